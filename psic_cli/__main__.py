@@ -1,0 +1,3 @@
+from psic_cli.cli import main
+
+main()

@@ -1,0 +1,68 @@
+"""Make ``import torchvision`` work next to the CPU-only torch wheel.
+
+PyPI's torchvision 0.28.0 ships C++ ops linked against CUDA torch; on a CPU torch
+they cannot load, and ``torchvision/__init__`` then fails on ``register_fake("torchvision::nms")``.
+compressai and open_clip both import torchvision, so everything that imports them calls
+:func:`ensure_torchvision_importable` first.  See ``../shared/docs/platform-notes.md`` section 1.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+_TV_LIB = None  # keeps the op-schema library alive for the life of the process
+
+
+def ensure_torchvision_importable() -> None:
+    """Load torchvision's real ops if they load, else define the two op schemas it expects."""
+    global _TV_LIB
+    import torch
+
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or _TV_LIB is not None or not spec.submodule_search_locations:
+        return
+    folder = list(spec.submodule_search_locations)[0]
+    libs = [f for f in os.listdir(folder) if f.startswith("_C") and f.endswith(".so")]
+    try:
+        if libs:
+            torch.ops.load_library(os.path.join(folder, libs[0]))
+            _TV_LIB = True
+            return
+    except (OSError, RuntimeError):
+        pass
+    try:
+        lib = torch.library.Library("torchvision", "FRAGMENT")
+        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    except RuntimeError:  # already defined (e.g. by a previous import path)
+        _TV_LIB = True
+        return
+    _TV_LIB = lib
+
+
+def import_compressai_core() -> None:
+    """Make ``compressai.layers`` / ``compressai.entropy_models`` / ``compressai.ans`` importable cheaply.
+
+    ``import compressai`` runs a package ``__init__`` that pulls torchvision, torch-geometric and
+    pandas (2-8 s here).  The codec's runtime path needs only the layers, the entropy models and the
+    rANS coder, which depend on torch, numpy and scipy alone.  When compressai has not been imported
+    yet, register a bare package object whose ``__path__`` is CompressAI's folder, so that its
+    submodules import without the heavy ``__init__``.  Training code that needs the rest of
+    CompressAI calls :func:`ensure_torchvision_importable` and imports submodules as usual.
+    """
+    import sys
+    import types
+
+    if "compressai" in sys.modules:
+        return
+    spec = importlib.util.find_spec("compressai")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("compressai is not installed")
+    pkg = types.ModuleType("compressai")
+    pkg.__path__ = list(spec.submodule_search_locations)
+    pkg.__file__ = spec.origin
+    # the two names CompressAI's entropy models look up on the package
+    pkg.available_entropy_coders = lambda: ["ans"]
+    pkg.get_entropy_coder = lambda: "ans"
+    sys.modules["compressai"] = pkg

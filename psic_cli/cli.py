@@ -1,0 +1,211 @@
+"""The ``psic`` command line (Typer): thin commands that parse, call the codec API, map errors to exit codes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from psic_cli.console import Messages, exit_on_error
+
+EPILOG = (
+    "Exit codes: 0 ok; 1 internal error; 2 usage; 3 bad input (image or .psic); 4 key problem; "
+    "5 output exists (without --force) or cannot be written; 130 interrupted."
+)
+
+app = typer.Typer(
+    name="psic",
+    help="Privacy-shielded image codec: the default decode looks like the photo to people while "
+    "vision-language models cannot tell what it shows; the key gives back the full view.",
+    epilog=EPILOG,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+    no_args_is_help=True,
+)
+
+Force = Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing outputs.")]
+Quiet = Annotated[bool, typer.Option("--quiet", help="No notices on stderr (errors still print).")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"psic {version('psic')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")]
+    = False,
+) -> None:
+    pass
+
+
+@app.command()
+def encode(
+    src: Annotated[str, typer.Argument(help="Input image (JPEG, PNG, WebP, TIFF, GIF, ...), or - for stdin.")],
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Output .psic file, or - for stdout. "
+                                                "Default: the input name with .psic.")] = None,
+    quality: Annotated[int | None, typer.Option("--quality", "-q", help="Quality level, 1 (smallest) to the "
+                                                 "model's highest (see 'psic models'). Default: the middle level.")]
+    = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model id (see 'psic models'). "
+                                               "Default: psic-sh.")] = None,
+    max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels than this.")] = 50_000_000,
+    force: Force = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Encode an image to a .psic file.
+
+    EXIF orientation is applied; all metadata (EXIF, GPS, ICC profile, comments) is dropped and never
+    coded. Grayscale, palette, RGBA, CMYK and 16-bit images are converted to 8-bit RGB (with a notice);
+    animated images use their first frame.
+
+    Examples:  psic encode photo.jpg   |   psic encode photo.jpg -q 4 -o out.psic   |   cat a.png | psic encode - -o -
+    """
+    msgs = Messages(quiet, verbose)
+    from psic_cli.jobs import encode_file
+
+    with exit_on_error(msgs):
+        res = encode_file(src, output, quality, model, force, max_pixels)
+        for n in res.notices:
+            msgs.notice(n)
+        msgs.notice(f"{src} -> {res.dst}: {res.bytes_out} bytes, {res.bpp:.4f} bpp")
+
+
+@app.command()
+def decode(
+    src: Annotated[str, typer.Argument(help="Input .psic file, or - for stdin.")],
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Output image, or - for stdout. "
+                                                "Default: the input name with .png.")] = None,
+    key: Annotated[str | None, typer.Option("--key", "-k", help="Key file: opens the full view.")] = None,
+    view: Annotated[str | None, typer.Option(help="shielded (default without a key), full (default with a key) "
+                                              "or machine (with a key).")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="png, jpg or webp. Default: from the output's "
+                                             "extension, else png.")] = None,
+    force: Force = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Decode a .psic file: the privacy-shielded view, or the full view when --key opens it.
+
+    A key that does not open the file's model is refused (exit 4) and nothing is written.
+
+    Examples:  psic decode photo.psic   |   psic decode --key secret.key photo.psic -o full.png
+    """
+    msgs = Messages(quiet, verbose)
+    from psic_cli.jobs import decode_file
+
+    with exit_on_error(msgs):
+        res = decode_file(src, output, key, view, fmt, force, warn=msgs.warn)
+        msgs.notice(f"{src} -> {res.dst}")
+
+
+@app.command()
+def info(
+    src: Annotated[str, typer.Argument(help="A .psic file, or - for stdin.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Show a .psic file's header: model, quality, size, bpp, and the key fingerprint that opens it.
+
+    Example:  psic info photo.psic
+    """
+    msgs = Messages(False, verbose)
+    from psic_cli.codec import read_info
+    from psic_cli.jobs import read_input
+    from psic_cli.zoo import list_models
+
+    with exit_on_error(msgs):
+        data = read_input(src)
+        try:
+            meta = read_info(data)
+        except Exception as e:
+            from psic_cli.errors import PsicError
+
+            if isinstance(e, PsicError):
+                raise type(e)(f"{src}: {e}") from None
+            raise
+        models = {m.model_id: m for m in list_models()}
+        m = models.get(meta["model"])
+        meta["model_installed"] = m is not None
+        if m is not None:
+            meta["key_fingerprint"] = m.key_fingerprint
+            meta["shield"] = m.metadata.get("shield", "unknown")
+        if as_json:
+            print(json.dumps(meta, indent=2))
+        else:
+            for k, v in meta.items():
+                print(f"{k:>16}: {v}")
+
+
+@app.command()
+def keygen(
+    output: Annotated[str, typer.Argument(help="Key file to write (mode 0600).")],
+    force: Force = False,
+    verbose: Verbose = False,
+) -> None:
+    """Write a new random key (32 bytes, armoured text, mode 0600).
+
+    A new key opens nothing until a model is trained with it ('psic train --key').
+
+    Example:  psic keygen secret.key
+    """
+    msgs = Messages(False, verbose)
+    from psic_cli.keys import fingerprint, generate_key, write_key
+
+    with exit_on_error(msgs):
+        key = generate_key()
+        write_key(output, key, force=force)
+        msgs.notice(f"wrote {output} (fingerprint {fingerprint(key)})")
+
+
+@app.command()
+def models(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """List the installed models, their qualities, shield status and key fingerprints."""
+    from psic_cli.zoo import list_models, weights_dir
+
+    rows = [
+        {
+            "model": m.model_id,
+            "arch": m.metadata.get("arch"),
+            "qualities": m.qualities,
+            "shield": m.metadata.get("shield", "unknown"),
+            "steps": m.metadata.get("steps"),
+            "key_fingerprint": m.key_fingerprint,
+            "file": str(m.path),
+        }
+        for m in list_models()
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        print(f"no models installed in {weights_dir()}")
+        return
+    for r in rows:
+        print(f"{r['model']:<10} {r['arch']:<22} qualities 1-{r['qualities']}  shield: {r['shield']:<10} "
+              f"key {r['key_fingerprint']}  steps {r['steps']}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+def train(ctx: typer.Context) -> None:
+    """Train a model (same as 'python -m psic_cli.training'; needs the 'train' extra). Try 'psic train rd -h'."""
+    from psic_cli.training.__main__ import main as train_main
+
+    raise SystemExit(train_main(list(ctx.args)))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        print("psic: error: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None

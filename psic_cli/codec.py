@@ -1,0 +1,161 @@
+"""The codec API: encode pixels to .psic bytes, decode .psic bytes to a view, read a file's header.
+
+Views: ``shielded`` (the default, no key), ``full`` (the model's key), ``machine`` (the key; for
+machine analytics, once a model ships that condition).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from psic_cli import container
+from psic_cli.errors import ChecksumError, FormatError, InputError, KeyMismatch, ModelError
+from psic_cli.imageio import DEFAULT_MAX_PIXELS, load_image
+from psic_cli.keys import condition_bits, fingerprint
+from psic_cli.zoo import DEFAULT_MODEL, load_model
+
+VIEWS = ("shielded", "full", "machine")
+
+
+@dataclass
+class EncodeResult:
+    data: bytes
+    header: container.Header
+    notices: list[str]
+
+    @property
+    def bpp(self) -> float:
+        return len(self.data) * 8 / (self.header.width * self.header.height)
+
+
+@dataclass
+class DecodeResult:
+    pixels: np.ndarray  # uint8 HxWx3
+    header: container.Header
+    view: str
+
+
+def _pad(x, multiple: int):
+    import torch.nn.functional as F
+
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+
+
+def encode_pixels(pixels: np.ndarray, model_id: str = DEFAULT_MODEL, quality: int | None = None,
+                  source_mode: str = "RGB") -> bytes:
+    """Encode uint8 HxWx3 RGB pixels; ``quality`` is 1..Q (default: the middle level)."""
+    import torch
+
+    lm = load_model(model_id)
+    model = lm.model
+    nq = model.cfg.qualities
+    quality = (nq + 1) // 2 if quality is None else quality
+    if not 1 <= quality <= nq:
+        raise InputError(f"quality {quality} is out of range for {model_id} (1..{nq})")
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+        raise InputError("pixels must be a uint8 HxWx3 array")
+    h, w = pixels.shape[:2]
+    header = container.Header(model_id, model.cfg.arch, lm.bitstream_id, quality, w, h, source_mode)
+    header.validate()
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float().div_(255.0)
+        out = model.compress(_pad(x, model.cfg.downsampling), quality - 1)
+    y_strings, z_strings = out["strings"]
+    tile = container.Tile(tuple(out["shape"]), out["checksum"], (y_strings[0], z_strings[0]))
+    return container.pack(container.PsicFile(header, (tile,)))
+
+
+def encode(data: bytes, name: str = "image", model_id: str = DEFAULT_MODEL, quality: int | None = None,
+           max_pixels: int = DEFAULT_MAX_PIXELS) -> EncodeResult:
+    """Encode image file bytes (any format Pillow reads) to .psic bytes."""
+    img = load_image(data, name, max_pixels=max_pixels)
+    out = encode_pixels(img.pixels, model_id, quality, img.source_mode)
+    return EncodeResult(out, container.unpack_header(out)[0], img.notices)
+
+
+def read_info(data: bytes) -> dict:
+    """Header fields of a .psic file (verifies structure and checksum; needs no model)."""
+    f = container.unpack(data)
+    h = f.header
+    info = {
+        "format_version": h.version,
+        "model": h.model_id,
+        "arch": h.arch,
+        "bitstream_id": h.weights_id.hex(),
+        "quality": h.quality,
+        "width": h.width,
+        "height": h.height,
+        "source_mode": h.source_mode,
+        "tiles": len(f.tiles),
+        "bytes": len(data),
+        "bpp": round(len(data) * 8 / (h.width * h.height), 4),
+    }
+    return info
+
+
+def _condition(model, key: bytes | None, view: str):
+    import torch
+
+    cfg = model.cfg
+    if view == "shielded":
+        return torch.zeros(1, cfg.cond_dim)
+    return torch.tensor([condition_bits(key, cfg.cond_dim, view)])
+
+
+def decode(data: bytes, key: bytes | None = None, view: str | None = None) -> DecodeResult:
+    """Decode .psic bytes.  Without a key: the shielded view.  With the model's key: ``full`` (default)
+    or ``machine``.  A key that does not open the model raises :class:`KeyMismatch` before decoding."""
+    import torch
+
+    view = view or ("full" if key is not None else "shielded")
+    if view not in VIEWS:
+        raise InputError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
+    if view != "shielded" and key is None:
+        raise KeyMismatch(f"the {view} view needs a key (--key)")
+    f = container.unpack(data)
+    h = f.header
+    lm = load_model(h.model_id)
+    model = lm.model
+    if h.weights_id != lm.bitstream_id:
+        raise ModelError(
+            f"file was written by other weights of {h.model_id} (bitstream id {h.weights_id.hex()}, "
+            f"installed {lm.bitstream_id.hex()})"
+        )
+    if h.arch != model.cfg.arch or not 1 <= h.quality <= model.cfg.qualities:
+        raise FormatError(f"header does not match model {h.model_id} (arch {h.arch}, quality {h.quality})")
+    if key is not None:
+        if fingerprint(key) != lm.info.key_fingerprint:
+            raise KeyMismatch(
+                f"this key (fingerprint {fingerprint(key)}) does not open model {h.model_id} "
+                f"(expects {lm.info.key_fingerprint})"
+            )
+        if view == "machine" and lm.info.metadata.get("machine_view") != "trained":
+            raise ModelError(f"model {h.model_id} has no trained machine view")
+    if h.tile_size != 0 or len(f.tiles) != 1:
+        raise FormatError("tiled files are not supported by this psic")
+    tile = f.tiles[0]
+    d = model.cfg.downsampling
+    ph, pw = -(-h.height // d), -(-h.width // d)
+    if tile.z_shape != (ph, pw) or len(tile.strings) != 2:
+        raise FormatError(f"tile shape {tile.z_shape} does not match image size {h.width}x{h.height}")
+    cond = _condition(model, key, view)
+    with torch.no_grad():
+        out = model.decompress([[tile.strings[0]], [tile.strings[1]]], tile.z_shape, cond, h.quality - 1)
+    if out["checksum"] != tile.checksum:
+        raise ChecksumError("decoded symbols do not match the encoder's (entropy decoder desync)")
+    x = out["x_hat"][0, :, : h.height, : h.width]
+    pixels = (x * 255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    return DecodeResult(pixels, h, view)
+
+
+def decode_to_image_bytes(data: bytes, fmt: str, key: bytes | None = None, view: str | None = None) -> bytes:
+    from psic_cli.imageio import encode_image
+
+    return encode_image(decode(data, key, view).pixels, fmt)
+
+
+__all__ = ["encode", "encode_pixels", "decode", "read_info", "EncodeResult", "DecodeResult", "VIEWS"]

@@ -1,0 +1,67 @@
+"""The error tree of psic and the exit codes the CLI maps them to."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Exit statuses that scripts can rely on (also listed in ``psic --help`` and the README)."""
+
+    OK = 0
+    INTERNAL = 1  # a bug: rerun with -v for the traceback
+    USAGE = 2  # bad command line (Click's own code)
+    BAD_INPUT = 3  # unreadable image, corrupt/truncated/unsupported .psic file
+    KEY = 4  # wrong key for this model, malformed or missing key file
+    OUTPUT = 5  # output exists without --force, or cannot be written
+    INTERRUPTED = 130  # Ctrl-C; partial outputs were removed
+
+
+class PsicError(Exception):
+    """Base class: a one-line, user-facing message and an exit code."""
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+
+
+class InputError(PsicError):
+    """The input image or file cannot be used."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+class FormatError(InputError):
+    """A .psic file is corrupt, truncated or of an unsupported version."""
+
+
+class TruncatedFile(FormatError):
+    pass
+
+
+class ChecksumError(FormatError):
+    pass
+
+
+class UnsupportedVersion(FormatError):
+    pass
+
+
+class KeyError_(PsicError):
+    """A key file is malformed, missing, or does not open this model."""
+
+    exit_code = ExitCode.KEY
+
+
+class KeyMismatch(KeyError_):
+    pass
+
+
+class OutputError(PsicError):
+    """The output exists (and --force was not given) or cannot be written."""
+
+    exit_code = ExitCode.OUTPUT
+
+
+class ModelError(PsicError):
+    """A model id or its weights are unknown, missing or inconsistent."""
+
+    exit_code = ExitCode.BAD_INPUT

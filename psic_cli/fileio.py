@@ -1,0 +1,58 @@
+"""Atomic output: write to a temporary file beside the target, then rename; never a partial file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from psic_cli.errors import OutputError
+
+
+def check_writable(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise OutputError(f"{path}: already exists (use --force to overwrite)")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a directory")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"{path}: folder {parent} does not exist")
+
+
+def _umask() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, force: bool = False, mode: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path in ``path``'s folder; on success rename it onto ``path``.
+
+    On any exception (Ctrl-C included) the temporary file is removed and nothing is left behind.
+    """
+    path = Path(path)
+    check_writable(path, force)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent or Path("."))
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        os.chmod(tmp_path, mode if mode is not None else 0o666 & ~_umask())
+        yield tmp_path
+        if path.exists() and not force:  # appeared while we worked
+            raise OutputError(f"{path}: already exists (use --force to overwrite)")
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write(path: Path, data: bytes, force: bool = False, mode: int | None = None) -> None:
+    try:
+        with atomic_output(path, force=force, mode=mode) as tmp:
+            tmp.write_bytes(data)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write ({e.strerror})") from None

@@ -1,0 +1,120 @@
+"""Image input and output with Pillow.
+
+Input: EXIF orientation is applied, then every piece of metadata (EXIF, GPS, ICC profile, comments, XMP)
+is dropped: only the pixels are coded.  Grayscale, palette, RGBA (alpha dropped, composited on white),
+CMYK and 16-bit images are converted to 8-bit RGB with a notice; animated images use their first frame.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from psic_cli.errors import InputError, OutputError
+
+DEFAULT_MAX_PIXELS = 50_000_000
+OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+
+Notice = Callable[[str], None]
+
+
+@dataclass
+class LoadedImage:
+    pixels: np.ndarray  # uint8 HxWx3 RGB
+    source_mode: str  # Pillow mode of the file before conversion
+    notices: list[str]
+
+
+def load_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Decode image bytes to 8-bit RGB; raise :class:`InputError` with a one-line reason."""
+    if not data:
+        raise InputError(f"{name}: empty file")
+    notices: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if w * h > max_pixels:
+                raise InputError(f"{name}: {w}x{h} is over the {max_pixels}-pixel limit (--max-pixels)")
+            if w < 1 or h < 1:
+                raise InputError(f"{name}: empty image ({w}x{h})")
+            if getattr(im, "n_frames", 1) > 1:
+                notices.append(f"{name}: animated image, coding its first frame only")
+                im.seek(0)
+            im.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise InputError(f"{name}: image is too large (decompression bomb guard, --max-pixels)") from None
+        except UnidentifiedImageError:
+            raise InputError(f"{name}: not an image Pillow can read") from None
+        except InputError:
+            raise
+        except (OSError, ValueError, SyntaxError, EOFError) as e:
+            raise InputError(f"{name}: cannot decode image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+    source_mode = im.mode
+    try:
+        im = ImageOps.exif_transpose(im) or im
+    except Exception:  # a broken EXIF block must not stop the image
+        notices.append(f"{name}: unreadable EXIF orientation ignored")
+    if im.getexif() or im.info:
+        notices.append(f"{name}: metadata (EXIF/GPS/ICC/comments) dropped")
+    im = _to_rgb(im, name, notices)
+    return LoadedImage(np.array(im, dtype=np.uint8), source_mode, notices)
+
+
+def _to_rgb(im: Image.Image, name: str, notices: list[str]) -> Image.Image:
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        peak = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr8 = np.clip(np.round(arr / peak * 255.0), 0, 255).astype(np.uint8)
+        notices.append(f"{name}: 16-bit grayscale converted to 8-bit RGB")
+        return Image.fromarray(arr8, "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        notices.append(f"{name}: transparency dropped (composited on white)")
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    notices.append(f"{name}: {mode} image converted to 8-bit RGB")
+    return im.convert("RGB")
+
+
+def output_format(path: str | None, explicit: str | None) -> str:
+    """Pick the Pillow format from ``--format`` or the output's extension (default PNG)."""
+    if explicit:
+        fmt = OUTPUT_FORMATS.get(explicit.lower())
+        if fmt is None:
+            raise InputError(f"unknown format {explicit!r}; choose png, jpg or webp")
+        return fmt
+    if path and path != "-":
+        ext = Path(path).suffix.lower().lstrip(".")
+        if ext in OUTPUT_FORMATS:
+            return OUTPUT_FORMATS[ext]
+        if ext:
+            raise OutputError(f"{path}: unknown image extension .{ext}; use .png, .jpg or .webp (or --format)")
+    return "PNG"
+
+
+def encode_image(pixels: np.ndarray, fmt: str, quality: int = 95) -> bytes:
+    """Encode uint8 HxWx3 pixels (no metadata is written)."""
+    buf = io.BytesIO()
+    im = Image.fromarray(pixels, "RGB")
+    if fmt == "PNG":
+        im.save(buf, "PNG", compress_level=6)
+    elif fmt == "JPEG":
+        im.save(buf, "JPEG", quality=quality, subsampling=0)
+    else:
+        im.save(buf, "WEBP", quality=quality)
+    return buf.getvalue()

@@ -1,0 +1,106 @@
+"""Keys: generation, armoured key files, and the key -> decoder-condition derivation.
+
+A key is 32 random bytes.  On disk it is armoured text::
+
+    -----BEGIN PSIC KEY-----
+    <base64 of the 32 bytes>
+    -----END PSIC KEY-----
+
+written with mode 0600.  From a key, HKDF-SHA256 (RFC 5869, salt ``b"psic"``) derives
+
+- the **condition** of a view: ``info = b"psic/condition/v1/<view>"``, ``cond_dim // 8`` bytes, each bit
+  mapped to +1 (set) or -1 (clear), most significant bit first;
+- the **fingerprint**: ``info = b"psic/fingerprint/v1"``, 8 bytes, shown as 16 hex digits.  Models store
+  the fingerprint of the key that opens their full view, so a wrong key is refused before decoding.
+
+The shielded view's condition is the all-zeros vector (no key).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from psic_cli.errors import KeyError_
+
+KEY_BYTES = 32
+_BEGIN = "-----BEGIN PSIC KEY-----"
+_END = "-----END PSIC KEY-----"
+MAX_KEY_FILE = 4096
+VIEWS_WITH_KEY = ("full", "machine")
+
+
+def generate_key() -> bytes:
+    return secrets.token_bytes(KEY_BYTES)
+
+
+def armour(key: bytes) -> str:
+    return f"{_BEGIN}\n{base64.b64encode(key).decode('ascii')}\n{_END}\n"
+
+
+def parse_key(text: str, name: str = "key") -> bytes:
+    """Parse armoured key text; raise :class:`KeyError_` with a one-line reason."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if len(lines) != 3 or lines[0] != _BEGIN or lines[2] != _END:
+        raise KeyError_(f"{name}: not a psic key file (expected the '{_BEGIN}' block written by 'psic keygen')")
+    try:
+        key = base64.b64decode(lines[1], validate=True)
+    except ValueError:
+        raise KeyError_(f"{name}: malformed key (invalid base64)") from None
+    if len(key) != KEY_BYTES:
+        raise KeyError_(f"{name}: wrong key length ({len(key)} bytes, expected {KEY_BYTES})")
+    return key
+
+
+def read_key(path: str | os.PathLike, warn=None) -> bytes:
+    """Read a key file.  ``warn(msg)`` is called when the file is readable by group or others."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise KeyError_(f"{p}: key file not found") from None
+    except OSError as e:
+        raise KeyError_(f"{p}: cannot read key file ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise KeyError_(f"{p}: not a regular file")
+    if st.st_size > MAX_KEY_FILE:
+        raise KeyError_(f"{p}: not a psic key file (too large)")
+    if warn is not None and st.st_mode & 0o077:
+        warn(f"{p}: key file is readable by other users (chmod 600 {p})")
+    try:
+        text = p.read_text(encoding="ascii")
+    except (UnicodeDecodeError, OSError):
+        raise KeyError_(f"{p}: not a psic key file") from None
+    return parse_key(text, str(p))
+
+
+def write_key(path: str | os.PathLike, key: bytes, force: bool = False) -> None:
+    """Write an armoured key with mode 0600, atomically; refuse to overwrite unless ``force``."""
+    from psic_cli.fileio import atomic_write
+
+    atomic_write(Path(path), armour(key).encode("ascii"), force=force, mode=0o600)
+
+
+def _hkdf(key: bytes, info: bytes, length: int) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=b"psic", info=info).derive(key)
+
+
+def fingerprint(key: bytes) -> str:
+    """16 hex digits identifying a key without revealing it."""
+    return _hkdf(key, b"psic/fingerprint/v1", 8).hex()
+
+
+def condition_bits(key: bytes, cond_dim: int, view: str = "full") -> list[float]:
+    """The +-1 condition vector of ``view`` for ``key`` (length ``cond_dim``, a multiple of 8)."""
+    if cond_dim % 8:
+        raise ValueError("cond_dim must be a multiple of 8")
+    if view not in VIEWS_WITH_KEY:
+        raise ValueError(f"unknown keyed view {view!r}")
+    raw = _hkdf(key, b"psic/condition/v1/" + view.encode("ascii"), cond_dim // 8)
+    return [1.0 if (byte >> (7 - i)) & 1 else -1.0 for byte in raw for i in range(8)]

@@ -1,0 +1,211 @@
+"""Conditional hyperprior codecs: the scale hyperprior (Balle et al. 2018) and the mean-scale
+hyperprior (Minnen et al. 2018), both with the conditional synthesis transform of PSIC/UG-ICM and
+per-quality gain vectors (one variable-rate model serves every quality level).
+
+Data flow::
+
+    x -> g_a -> y * gain[q] -> h_a -> z -> [Q, EB] -> z_hat -> h_s -> (scales_hat, means_hat)
+                     |                                                  |
+                     +------------------> [Q, GC] -> y_hat <------------+
+    y_hat / gain[q] -> g_s(., tau = CLTG(cond)) -> x_hat
+
+Cross-machine determinism: which CDF codes each symbol is chosen from ``scales_hat``.  In float32
+a different CPU kernel moves a scale across a table boundary about once in 1e5 symbols and silently
+corrupts the rest of the stream (CompressAI issue #309).  ``compress``/``decompress`` therefore run
+``h_s`` in float64, and ``g_s`` too, so decoded pixels are bit-identical across CPU instruction sets.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import zlib
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from psic_cli._compat import import_compressai_core
+from psic_cli.models.config import ModelConfig
+from psic_cli.models.layers import ConditionalSynthesis, TriggerGenerator, ste_round
+
+import_compressai_core()
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional  # noqa: E402
+from compressai.layers import GDN  # noqa: E402
+
+# CompressAI's default Gaussian scale table (0.11 .. 256, 64 log-spaced levels)
+SCALES_MIN, SCALES_MAX, SCALES_LEVELS = 0.11, 256.0, 64
+
+
+def scale_table() -> list[float]:
+    return [float(v) for v in np.exp(np.linspace(math.log(SCALES_MIN), math.log(SCALES_MAX), SCALES_LEVELS))]
+
+
+def _conv(cin: int, cout: int, k: int = 5, s: int = 2) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride=s, padding=k // 2)
+
+
+def _deconv(cin: int, cout: int, k: int = 5, s: int = 2) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(cin, cout, k, stride=s, output_padding=s - 1, padding=k // 2)
+
+
+def symbols_checksum(*arrays: Tensor) -> int:
+    """CRC32 over the int32 little-endian bytes of the quantised symbols (detects coder desync)."""
+    crc = 0
+    for a in arrays:
+        crc = zlib.crc32(a.to(torch.int32).contiguous().numpy().astype("<i4").tobytes(), crc)
+    return crc
+
+
+class ConditionalHyperprior(nn.Module):
+    """Scale or mean-scale hyperprior with a conditional decoder and variable-rate gains.
+
+    Args:
+        cfg: the model's :class:`ModelConfig` (``arch`` picks the hyperprior).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        N, M = cfg.N, cfg.M
+        self.mean_scale = cfg.arch == "mean-scale-hyperprior"
+        self.g_a = nn.Sequential(
+            _conv(3, N), GDN(N), _conv(N, N), GDN(N), _conv(N, N), GDN(N), _conv(N, M)
+        )
+        if self.mean_scale:
+            self.h_a = nn.Sequential(
+                _conv(M, N, 3, 1), nn.LeakyReLU(inplace=True), _conv(N, N), nn.LeakyReLU(inplace=True), _conv(N, N)
+            )
+            self.h_s = nn.Sequential(
+                _deconv(N, M),
+                nn.LeakyReLU(inplace=True),
+                _deconv(M, M * 3 // 2),
+                nn.LeakyReLU(inplace=True),
+                _conv(M * 3 // 2, M * 2, 3, 1),
+            )
+        else:
+            self.h_a = nn.Sequential(
+                _conv(M, N, 3, 1), nn.ReLU(inplace=True), _conv(N, N), nn.ReLU(inplace=True), _conv(N, N)
+            )
+            self.h_s = nn.Sequential(
+                _deconv(N, N), nn.ReLU(inplace=True), _deconv(N, N), nn.ReLU(inplace=True), _conv(N, M, 3, 1),
+                nn.ReLU(inplace=True),
+            )
+        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.gaussian_conditional = GaussianConditional(None)
+        self.cltg = TriggerGenerator(cfg.cond_dim, cfg.trigger_width)
+        self.g_s = ConditionalSynthesis(N, M, cfg.trigger_width, cfg.last_width)
+        # log-gain per quality and channel; higher lambda -> finer quantisation (larger gain)
+        lam = torch.tensor(cfg.lambdas, dtype=torch.float32)
+        init = 0.5 * torch.log(lam / lam.max())
+        self.log_gain = nn.Parameter(init[:, None].repeat(1, M).contiguous())
+        self._runtime: dict[str, nn.Module] | None = None
+
+    # ------------------------------------------------------------------ helpers
+    def gain(self, q: Tensor) -> Tensor:
+        return torch.exp(self.log_gain[q])[:, :, None, None]
+
+    def _hyper(self, z_hat: Tensor, h_s: nn.Module) -> tuple[Tensor, Tensor | None]:
+        params = h_s(z_hat)
+        if self.mean_scale:
+            scales, means = params.chunk(2, 1)
+            return scales, means
+        return params, None
+
+    def _analysis(self, x: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
+        y = self.g_a(x) * self.gain(q)
+        z = self.h_a(y if self.mean_scale else torch.abs(y))
+        return y, z
+
+    # ------------------------------------------------------------------ training door
+    def forward(self, x: Tensor, cond: Tensor, q: Tensor) -> dict:
+        """Training pass: noisy likelihoods for the rate, STE-rounded latents for the decoder."""
+        y, z = self._analysis(x, q)
+        z_hat, z_likelihoods = self.entropy_bottleneck(z)
+        scales_hat, means_hat = self._hyper(z_hat, self.h_s)
+        _, y_likelihoods = self.gaussian_conditional(y, scales_hat, means=means_hat)
+        mu = means_hat if means_hat is not None else torch.zeros_like(y)
+        y_hat = ste_round(y - mu) + mu
+        x_hat = self.synthesize(y_hat, cond, q)
+        return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+    def synthesize(self, y_hat: Tensor, cond: Tensor, q: Tensor, runtime: bool = False) -> Tensor:
+        """Decoder: ``g_s(y_hat / gain[q], CLTG(cond))``; ``runtime`` uses the float64 copies."""
+        if runtime:
+            rt = self.runtime_modules()
+            dt = torch.float64
+            y = y_hat.to(dt) / torch.exp(self.log_gain.detach().to(dt)[q])[:, :, None, None]
+            return rt["g_s"](y, rt["cltg"](cond.to(dt)))
+        return self.g_s(y_hat / self.gain(q), self.cltg(cond))
+
+    def aux_loss(self) -> Tensor:
+        return self.entropy_bottleneck.loss()
+
+    # ------------------------------------------------------------------ coding doors
+    def update(self, force: bool = True) -> None:
+        """Refresh the entropy models' CDF tables; call after training, before export."""
+        self.gaussian_conditional.update_scale_table(torch.tensor(scale_table()), force=force)
+        self.entropy_bottleneck.update(force=force)
+        self._runtime = None
+
+    def runtime_modules(self) -> dict[str, nn.Module]:
+        """float64 copies of the decoder-side networks (built once, cached)."""
+        if self._runtime is None:
+            self._runtime = {
+                "h_s": copy.deepcopy(self.h_s).double().eval(),
+                "g_s": copy.deepcopy(self.g_s).double().eval(),
+                "cltg": copy.deepcopy(self.cltg).double().eval(),
+            }
+        return self._runtime
+
+    @torch.no_grad()
+    def compress(self, x: Tensor, q: int) -> dict:
+        """Entropy-code ``x`` (batch of 1) at quality index ``q``; the encoder never sees a condition."""
+        qt = torch.tensor([q])
+        y, z = self._analysis(x, qt)
+        z_strings = self.entropy_bottleneck.compress(z)
+        z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        scales_hat, means_hat = self._hyper(z_hat.double(), self.runtime_modules()["h_s"])
+        indexes = self.gaussian_conditional.build_indexes(scales_hat)
+        mu = means_hat if means_hat is not None else torch.zeros_like(scales_hat)
+        y_sym = torch.round(y.double() - mu)
+        y_strings = self.gaussian_conditional.compress(y.double(), indexes, means=mu)
+        z_sym = torch.round(z_hat - self.entropy_bottleneck._get_medians())
+        return {
+            "strings": [y_strings, z_strings],
+            "shape": tuple(z.shape[-2:]),
+            "checksum": symbols_checksum(y_sym, z_sym),
+        }
+
+    @torch.no_grad()
+    def decode_latent(self, strings: list[list[bytes]], shape: tuple[int, int]) -> tuple[Tensor, int]:
+        """Entropy-decode to ``y_hat`` (float64) and the checksum of the decoded symbols."""
+        z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
+        scales_hat, means_hat = self._hyper(z_hat.double(), self.runtime_modules()["h_s"])
+        indexes = self.gaussian_conditional.build_indexes(scales_hat)
+        y_sym = self.gaussian_conditional.decompress(strings[0], indexes, dtype=torch.float64)
+        z_sym = torch.round(z_hat - self.entropy_bottleneck._get_medians())
+        y_hat = y_sym + (means_hat if means_hat is not None else 0.0)
+        return y_hat, symbols_checksum(y_sym, z_sym)
+
+    @torch.no_grad()
+    def decompress(self, strings: list[list[bytes]], shape: tuple[int, int], cond: Tensor, q: int) -> dict:
+        y_hat, checksum = self.decode_latent(strings, shape)
+        x_hat = self.synthesize(y_hat, cond, torch.tensor([q]), runtime=True).clamp_(0, 1)
+        return {"x_hat": x_hat, "checksum": checksum}
+
+    # ------------------------------------------------------------------ state
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Resize the entropy models' CDF buffers to the stored ones, then load."""
+        for prefix, module in (("entropy_bottleneck", self.entropy_bottleneck),
+                               ("gaussian_conditional", self.gaussian_conditional)):
+            for name in ("_quantized_cdf", "_offset", "_cdf_length", "scale_table"):
+                key = f"{prefix}.{name}"
+                if key in state_dict and hasattr(module, name):
+                    getattr(module, name).resize_(state_dict[key].shape)
+        self._runtime = None
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def build_model(cfg: ModelConfig) -> ConditionalHyperprior:
+    return ConditionalHyperprior(cfg)

@@ -1,0 +1,66 @@
+"""Model configurations: one JSON file per model id under ``configs/`` (no torch here)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from importlib import resources
+
+ARCHS = ("scale-hyperprior", "mean-scale-hyperprior")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape-defining settings of a conditional codec."""
+
+    model_id: str  # name stored in .psic headers and weight files
+    arch: str  # one of ARCHS: Balle 2018 scale hyperprior or Minnen 2018 mean-scale hyperprior
+    N: int  # channels of the analysis/synthesis and hyper transforms
+    M: int  # channels of the latent y
+    cond_dim: int  # length of the condition vector (key-derived +-1 bits, zeros = shielded)
+    trigger_width: int  # width of the CLTG trigger MLP output tau
+    last_width: int  # channels of the decoder's last (half-resolution) stage
+    lambdas: tuple[float, ...]  # rate-distortion weight of each quality level (quality = index + 1)
+    downsampling: int = 64  # total spatial stride; inputs are padded to a multiple of it
+
+    @property
+    def qualities(self) -> int:
+        return len(self.lambdas)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - fields
+        if unknown:
+            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
+        data = dict(data)
+        data["lambdas"] = tuple(float(v) for v in data["lambdas"])
+        cfg = cls(**data)
+        if cfg.arch not in ARCHS:
+            raise ValueError(f"unknown arch {cfg.arch!r}; expected one of {ARCHS}")
+        return cfg
+
+
+def _config_files() -> dict[str, str]:
+    folder = resources.files("psic_cli.models") / "configs"
+    return {p.name[: -len(".json")]: p.read_text() for p in folder.iterdir() if p.name.endswith(".json")}
+
+
+def list_configs() -> list[str]:
+    """Model ids that have a bundled JSON config."""
+    return sorted(_config_files())
+
+
+def load_config(model_id: str) -> ModelConfig:
+    """Return the bundled config of ``model_id`` (or of a JSON file path); unknown ids list the valid ones."""
+    if model_id.endswith(".json"):
+        with open(model_id) as f:
+            return ModelConfig.from_dict(json.load(f))
+    files = _config_files()
+    if model_id not in files:
+        raise KeyError(f"unknown model {model_id!r}; known: {', '.join(sorted(files))}")
+    return ModelConfig.from_dict(json.loads(files[model_id]))

@@ -1,0 +1,53 @@
+"""Checkpoint -> shipped weights: refresh CDF tables, write safetensors with metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from psic_cli.models import ModelConfig, build_model
+from psic_cli.zoo import WEIGHTS_FORMAT
+
+
+def write_weights(model, out: str | Path, *, steps: int, key_fingerprint: str, data_desc: str,
+                  stage: str = "rd", shield: str = "untrained", notes: str = "", extra: dict | None = None) -> dict:
+    """Write ``model`` (CDF tables refreshed) to ``out`` as safetensors with provenance metadata."""
+    model.eval()
+    model.update(force=True)
+    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    cfg = model.cfg
+    meta = {
+        "format": WEIGHTS_FORMAT,
+        "model_id": cfg.model_id,
+        "arch": cfg.arch,
+        "config": cfg.to_json(),
+        "qualities": str(cfg.qualities),
+        "training_data": data_desc,
+        "steps": str(steps),
+        "stage": stage,
+        "key_fingerprint": key_fingerprint,
+        "shield": shield,
+        "notes": notes,
+        **(extra or {}),
+    }
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, out)
+    return meta
+
+
+def export_weights(checkpoint: str | Path, out: str | Path, data_desc: str, shield: str = "untrained",
+                   notes: str = "") -> dict:
+    """Write ``out`` (safetensors) from a training checkpoint and return its metadata."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    cfg = ModelConfig.from_dict(json.loads(state["model_config"]))
+    model = build_model(cfg)
+    model.load_state_dict(state["model"])
+    extra = state.get("extra", {})
+    return write_weights(model, out, steps=state["step"], key_fingerprint=extra["key_fingerprint"],
+                         data_desc=data_desc, stage=extra.get("stage", "rd"), shield=shield, notes=notes)

@@ -1,0 +1,124 @@
+"""Drive the real Typer app (CliRunner) and check exit codes, outputs and that nothing partial is left."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from psic_cli.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def photo(tmp_path, rgb_image):
+    p = tmp_path / "photo.jpg"
+    Image.fromarray(rgb_image).save(p, quality=95)
+    return p
+
+
+def run(*args, **kw):
+    return runner.invoke(app, [str(a) for a in args], **kw)
+
+
+def test_encode_decode_defaults(tiny_env, photo, key_file):
+    r = run("encode", photo, "-m", "tiny-sh")
+    assert r.exit_code == 0, r.stderr
+    psic = photo.with_suffix(".psic")
+    assert psic.exists() and psic.read_bytes()[:4] == b"PSIC"
+    r = run("decode", psic)
+    assert r.exit_code == 0, r.stderr
+    png = photo.with_suffix(".png")
+    assert Image.open(png).size == (100, 70)
+    r = run("decode", psic, "--key", key_file, "-o", photo.parent / "full.webp")
+    assert r.exit_code == 0, r.stderr
+    assert Image.open(photo.parent / "full.webp").format == "WEBP"
+
+
+def test_never_overwrites_without_force(tiny_env, photo):
+    out = photo.with_suffix(".psic")
+    out.write_bytes(b"precious")
+    r = run("encode", photo, "-m", "tiny-sh")
+    assert r.exit_code == 5 and "--force" in r.stderr
+    assert out.read_bytes() == b"precious"
+    assert run("encode", photo, "-m", "tiny-sh", "--force").exit_code == 0
+    assert out.read_bytes()[:4] == b"PSIC"
+
+
+def test_wrong_key_writes_nothing(tiny_env, photo, tmp_path):
+    from psic_cli.keys import generate_key, write_key
+
+    assert run("encode", photo, "-m", "tiny-sh").exit_code == 0
+    other = tmp_path / "other.key"
+    write_key(other, generate_key())
+    r = run("decode", photo.with_suffix(".psic"), "--key", other, "-o", tmp_path / "x.png")
+    assert r.exit_code == 4
+    assert "does not open" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.png").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_bad_inputs_exit_3_with_one_line(tiny_env, tmp_path):
+    junk = tmp_path / "junk.psic"
+    junk.write_bytes(b"PSIC\x01\x00garbage")
+    r = run("decode", junk)
+    assert r.exit_code == 3 and len(r.stderr.strip().splitlines()) == 1
+    notimg = tmp_path / "a.jpg"
+    notimg.write_text("hello")
+    r = run("encode", notimg)
+    assert r.exit_code == 3 and "not an image" in r.stderr
+    assert run("encode", tmp_path / "missing.jpg").exit_code == 3
+    assert not (tmp_path / "a.psic").exists()
+
+
+def test_stdin_stdout(tiny_env, photo):
+    r = run("encode", "-", "-o", "-", "-m", "tiny-sh", input=photo.read_bytes())
+    assert r.exit_code == 0, r.stderr
+    data = r.stdout_bytes
+    assert data[:4] == b"PSIC"
+    r = run("decode", "-", "-o", "-", input=data)
+    assert r.exit_code == 0
+    assert r.stdout_bytes[:8] == b"\x89PNG\r\n\x1a\n"
+    assert run("encode", "-", input=photo.read_bytes()).exit_code == 3  # stdin needs -o
+
+
+def test_info_models_keygen(tiny_env, photo, tmp_path):
+    import json
+
+    run("encode", photo, "-m", "tiny-sh", "-q", "1")
+    r = run("info", photo.with_suffix(".psic"), "--json")
+    assert r.exit_code == 0
+    meta = json.loads(r.stdout)
+    assert meta["quality"] == 1 and meta["model"] == "tiny-sh" and meta["key_fingerprint"]
+    r = run("models", "--json")
+    assert {m["model"] for m in json.loads(r.stdout)} == {"tiny-sh", "tiny-msh"}
+    k = tmp_path / "new.key"
+    assert run("keygen", k).exit_code == 0
+    assert oct(os.stat(k).st_mode & 0o777) == "0o600"
+    assert run("keygen", k).exit_code == 5
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from psic_cli.cli import app; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    out = subprocess.run([sys.executable, "-m", "psic_cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "Exit codes" in out.stdout
+
+
+def test_quality_out_of_range(tiny_env, photo):
+    r = run("encode", photo, "-m", "tiny-sh", "-q", "9")
+    assert r.exit_code == 3 and "out of range" in r.stderr
+    assert not photo.with_suffix(".psic").exists()
+
+
+def test_decoded_pixels_close_to_api(tiny_env, photo):
+    from psic_cli import codec
+
+    run("encode", photo, "-m", "tiny-sh")
+    run("decode", photo.with_suffix(".psic"))
+    api = codec.decode(photo.with_suffix(".psic").read_bytes()).pixels
+    assert np.array_equal(np.asarray(Image.open(photo.with_suffix(".png"))), api)
