@@ -58,7 +58,8 @@ def load_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
         except InputError:
             raise
         except (OSError, ValueError, SyntaxError, EOFError) as e:
-            raise InputError(f"{name}: cannot decode image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise InputError(f"{name}: cannot decode image ({why})") from None
         finally:
             Image.MAX_IMAGE_PIXELS = old
     source_mode = im.mode

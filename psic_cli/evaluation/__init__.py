@@ -1,0 +1,1 @@
+"""Evaluation scripts (not on the runtime path): rate-distortion, timing, privacy."""

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up (if needed), then lint and run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+.venv/bin/ruff check psic_cli tests
+.venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,58 @@
+"""Paste generated tables into README.md between ``<!-- BEGIN name -->`` / ``<!-- END name -->`` markers.
+
+    python scripts/update_readme.py
+
+Each block is filled from a generated file (docs/*.md), so the README never carries a hand-typed figure.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def kodak_block() -> str:
+    p = ROOT / "results" / "kodak-rd.json"
+    if not p.exists():
+        return "_not generated yet: run `python -m psic_cli.evaluation.rd --folder ../shared/data/kodak`_"
+    r = json.loads(p.read_text())
+    lines = ["| curve | bpp | PSNR (dB) | MS-SSIM |", "|---|---|---|---|"]
+    for name, c in r["curves"].items():
+        if name in ("jpeg", "webp"):
+            continue
+        for b, ps, s in zip(c["bpp"], c["psnr"], c["ms_ssim"], strict=True):
+            lines.append(f"| {name} | {b:.3f} | {ps:.2f} | {s:.4f} |")
+    lines.append("")
+    lines.append("| BD-rate of the full view against | PSNR-based |")
+    lines.append("|---|---|")
+    for k, v in r["bd_rate_percent"].items():
+        if k.endswith("_psnr"):
+            lines.append(f"| {k[3:-5]} | {v:+.1f}% |")
+    s = r["seconds"]
+    lines.append("")
+    lines.append(f"Mean encode {s['encode_mean']:.2f} s, decode {s['decode_mean']:.2f} s per Kodak image "
+                 f"(768x512, model loaded once: {s['model_load']:.2f} s).")
+    cw = r.get("cli_wall", {})
+    if cw:
+        lines.append("Fresh-process wall times: " + ", ".join(f"`{k}` {v:.2f} s" for k, v in cw.items()) + ".")
+    lines.append(f"Model: {r['model']} ({r['model_metadata']}). Full table: `docs/kodak-rd.md`.")
+    return "\n".join(lines)
+
+
+BLOCKS = {"kodak-rd": kodak_block}
+
+
+def main() -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    for name, fn in BLOCKS.items():
+        pat = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
+        text = pat.sub(lambda m, fn=fn: m.group(1) + fn() + "\n" + m.group(2), text)
+    readme.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Files written by earlier psic versions keep decoding, bit-exactly while the weights are unchanged.
+
+``tests/golden/v<N>/*.psic`` are committed with a JSON of the expected decoded-pixel sha256 per view.
+Regenerate only deliberately: ``GENERATE_EXPECTED=1 pytest tests/test_golden.py`` (and say why in the commit).
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from .conftest import EXAMPLES, REPO
+
+GOLDEN = Path(__file__).parent / "golden"
+SHIPPED_KEY = REPO / "weights" / "shipped.key"
+CASES = [("psic-sh", 1), ("psic-sh", 4), ("psic-msh", 2)]
+
+
+def _sha(pixels: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+
+
+def _installed(model_id):
+    from psic_cli.zoo import list_models
+
+    return any(m.model_id == model_id for m in list_models())
+
+
+@pytest.mark.skipif(os.environ.get("GENERATE_EXPECTED") != "1", reason="set GENERATE_EXPECTED=1 to regenerate")
+def test_generate_golden():
+    from psic_cli import codec
+    from psic_cli.keys import read_key
+    from psic_cli.zoo import load_model
+
+    out = GOLDEN / "v1"
+    out.mkdir(parents=True, exist_ok=True)
+    img = np.asarray(Image.open(EXAMPLES / "kodim23.png").convert("RGB"))[40:168, 96:288]  # 192x128 crop
+    key = read_key(SHIPPED_KEY)
+    for model_id, q in CASES:
+        if not _installed(model_id):
+            continue
+        data = codec.encode_pixels(np.ascontiguousarray(img), model_id, q)
+        name = f"{model_id}-q{q}"
+        (out / f"{name}.psic").write_bytes(data)
+        lm = load_model(model_id)
+        expected = {
+            "weights_sha256": lm.weights_sha256,
+            "views": {v: _sha(codec.decode(data, key if v != "shielded" else None, v).pixels)
+                      for v in ("shielded", "full")},
+        }
+        (out / f"{name}.json").write_text(json.dumps(expected, indent=2) + "\n")
+
+
+GOLDEN_FILES = sorted(GOLDEN.glob("v*/*.psic"))
+
+
+@pytest.mark.parametrize("path", GOLDEN_FILES, ids=[f"{p.parent.name}/{p.name}" for p in GOLDEN_FILES])
+def test_golden_files_decode(path, monkeypatch):
+    from psic_cli import codec
+    from psic_cli.keys import read_key
+    from psic_cli.zoo import load_model
+
+    monkeypatch.delenv("PSIC_WEIGHTS", raising=False)
+    load_model.cache_clear()
+    data = path.read_bytes()
+    info = codec.read_info(data)
+    expected = json.loads(path.with_suffix(".json").read_text())
+    key = read_key(SHIPPED_KEY)
+    lm = load_model(info["model"])
+    for view, sha in expected["views"].items():
+        res = codec.decode(data, key if view != "shielded" else None, view)  # symbol checksum verified inside
+        assert res.pixels.shape == (info["height"], info["width"], 3)
+        if lm.weights_sha256 == expected["weights_sha256"]:
+            assert _sha(res.pixels) == sha, f"{path.name} {view}: decoded pixels changed"
+
+
+def test_golden_files_exist():
+    assert GOLDEN_FILES, "no golden files committed"
