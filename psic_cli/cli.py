@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from typing import Annotated
 
 import typer
@@ -29,6 +31,44 @@ app = typer.Typer(
 Force = Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing outputs.")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No notices on stderr (errors still print).")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")]
+Jobs = Annotated[int, typer.Option("--jobs", "-j", min=1, help="Worker processes for folders (each loads the "
+                                                              "model once).")]
+
+
+def _batch(kind: str, src: str, output: str | None, suffix: str, force: bool, jobs: int, options: dict,
+           msgs: Messages) -> None:
+    """Convert a folder; exits with the worst per-file code."""
+    from pathlib import Path
+
+    from psic_cli.batch import plan, run_batch, summary
+    from psic_cli.console import progress
+
+    out_dir = Path(output) if output else Path(src)
+    tasks, report = plan(kind, Path(src), out_dir, suffix, force)
+    bar = progress(not msgs.quiet)
+    start = time.time()
+
+    def on_result(res) -> None:
+        if res[2]:
+            msgs.error(res[1])
+        elif msgs.verbose:
+            msgs.notice(f"{res[0]}: done")
+        if bar is not None:
+            n = report.done + len(report.failed)
+            rate = n / max(1e-9, time.time() - start)
+            bar.update(task_id, advance=1, rate=f"{rate:.2f} img/s")
+
+    for f, m, _ in report.failed:
+        msgs.error(m)
+    if bar is not None:
+        with bar:
+            task_id = bar.add_task(kind, total=len(tasks), rate="")
+            run_batch(kind, tasks, report, options, jobs, on_result)
+    else:
+        run_batch(kind, tasks, report, options, jobs, on_result)
+    msgs.notice(summary(kind, report))
+    if report.exit_code:
+        raise SystemExit(report.exit_code)
 
 
 def _version(value: bool) -> None:
@@ -58,22 +98,30 @@ def encode(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model id (see 'psic models'). "
                                                "Default: psic-sh.")] = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels than this.")] = 50_000_000,
+    jobs: Jobs = 1,
     force: Force = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
-    """Encode an image to a .psic file.
+    """Encode an image (or a folder, recursively) to .psic.
+
+    A folder input mirrors its tree into -o OUTDIR (default: beside the inputs), skips images whose .psic
+    exists (--force redoes them), keeps going past bad files and exits with the worst error code.
 
     EXIF orientation is applied; all metadata (EXIF, GPS, ICC profile, comments) is dropped and never
     coded. Grayscale, palette, RGBA, CMYK and 16-bit images are converted to 8-bit RGB (with a notice);
     animated images use their first frame.
 
-    Examples:  psic encode photo.jpg   |   psic encode photo.jpg -q 4 -o out.psic   |   cat a.png | psic encode - -o -
+    Examples:  psic encode photo.jpg   |   psic encode photo.jpg -q 4 -o out.psic   |   psic encode photos/ -o coded/ -j 2
     """
     msgs = Messages(quiet, verbose)
     from psic_cli.jobs import encode_file
 
     with exit_on_error(msgs):
+        if src != "-" and os.path.isdir(src):
+            opts = {"quality": quality, "model": model, "max_pixels": max_pixels}
+            _batch("encode", src, output, ".psic", force, jobs, opts, msgs)
+            return
         res = encode_file(src, output, quality, model, force, max_pixels)
         for n in res.notices:
             msgs.notice(n)
@@ -90,20 +138,31 @@ def decode(
                                               "or machine (with a key).")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="png, jpg or webp. Default: from the output's "
                                              "extension, else png.")] = None,
+    jobs: Jobs = 1,
     force: Force = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
-    """Decode a .psic file: the privacy-shielded view, or the full view when --key opens it.
+    """Decode a .psic file (or a folder of them): the privacy-shielded view, or the full view with --key.
 
     A key that does not open the file's model is refused (exit 4) and nothing is written.
 
-    Examples:  psic decode photo.psic   |   psic decode --key secret.key photo.psic -o full.png
+    Examples:  psic decode photo.psic   |   psic decode --key secret.key photo.psic -o full.png   |
+    psic decode coded/ -o views/ -j 2
     """
     msgs = Messages(quiet, verbose)
     from psic_cli.jobs import decode_file
 
     with exit_on_error(msgs):
+        if src != "-" and os.path.isdir(src):
+            if key:
+                from psic_cli.keys import read_key
+
+                read_key(key, warn=msgs.warn)  # a bad key file fails once, before the batch
+            opts = {"key": key, "view": view, "fmt": fmt}
+            suffix = "." + (fmt.lower() if fmt else "png")
+            _batch("decode", src, output, suffix, force, jobs, opts, msgs)
+            return
         res = decode_file(src, output, key, view, fmt, force, warn=msgs.warn)
         msgs.notice(f"{src} -> {res.dst}")
 
@@ -193,6 +252,15 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
     for r in rows:
         print(f"{r['model']:<10} {r['arch']:<22} qualities 1-{r['qualities']}  shield: {r['shield']:<10} "
               f"key {r['key_fingerprint']}  steps {r['steps']}")
+
+
+@app.command(name="eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             add_help_option=False)
+def eval_(ctx: typer.Context) -> None:
+    """Rate-distortion report on an image folder vs JPEG/WebP ('python -m psic_cli.evaluation.rd'). Try -h."""
+    from psic_cli.evaluation.rd import main as rd_main
+
+    raise SystemExit(rd_main(list(ctx.args)))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)

@@ -122,3 +122,41 @@ def test_decoded_pixels_close_to_api(tiny_env, photo):
     run("decode", photo.with_suffix(".psic"))
     api = codec.decode(photo.with_suffix(".psic").read_bytes()).pixels
     assert np.array_equal(np.asarray(Image.open(photo.with_suffix(".png"))), api)
+
+
+def _tree(root, rgb_image):
+    (root / "a" / "b").mkdir(parents=True)
+    Image.fromarray(rgb_image).save(root / "one.png")
+    Image.fromarray(rgb_image[:40, :50]).save(root / "a" / "two.jpg")
+    Image.fromarray(rgb_image[:33, :65]).save(root / "a" / "b" / "three.webp")
+    (root / "a" / "broken.jpg").write_bytes(b"not really a jpeg")
+    (root / "notes.txt").write_text("ignored")
+
+
+def test_batch_folder_mirrors_skips_and_reports(tiny_env, tmp_path, rgb_image, key_file):
+    src, out, views = tmp_path / "in", tmp_path / "out", tmp_path / "views"
+    _tree(src, rgb_image)
+    r = run("encode", src, "-o", out, "-m", "tiny-sh")
+    assert r.exit_code == 3, r.stderr  # the broken file fails, the others finish
+    assert "broken.jpg" in r.stderr and "3 done" in r.stderr and "1 failed" in r.stderr
+    made = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.psic"))
+    assert made == ["a/b/three.psic", "a/two.psic", "one.psic"]
+    (src / "a" / "broken.jpg").unlink()
+    r = run("encode", src, "-o", out, "-m", "tiny-sh")
+    assert r.exit_code == 0 and "0 done, 3 skipped" in r.stderr
+    r = run("decode", out, "-o", views, "--key", key_file)
+    assert r.exit_code == 0, r.stderr
+    assert sorted(p.relative_to(views).as_posix() for p in views.rglob("*.png")) == [
+        "a/b/three.png", "a/two.png", "one.png"]
+    assert Image.open(views / "a" / "b" / "three.png").size == (65, 33)
+    assert not list(tmp_path.rglob("*.part"))
+
+
+@pytest.mark.slow
+def test_batch_two_workers(tiny_env, tmp_path, rgb_image):
+    src, out = tmp_path / "in", tmp_path / "out"
+    _tree(src, rgb_image)
+    (src / "a" / "broken.jpg").unlink()
+    r = run("encode", src, "-o", out, "-m", "tiny-sh", "--jobs", "2")
+    assert r.exit_code == 0, r.stderr
+    assert len(list(out.rglob("*.psic"))) == 3
