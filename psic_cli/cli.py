@@ -58,7 +58,7 @@ def _batch(kind: str, src: str, output: str | None, suffix: str, force: bool, jo
             rate = n / max(1e-9, time.time() - start)
             bar.update(task_id, advance=1, rate=f"{rate:.2f} img/s")
 
-    for f, m, _ in report.failed:
+    for _, m, _ in report.failed:
         msgs.error(m)
     if bar is not None:
         with bar:
@@ -112,7 +112,7 @@ def encode(
     coded. Grayscale, palette, RGBA, CMYK and 16-bit images are converted to 8-bit RGB (with a notice);
     animated images use their first frame.
 
-    Examples:  psic encode photo.jpg   |   psic encode photo.jpg -q 4 -o out.psic   |   psic encode photos/ -o coded/ -j 2
+    Examples:  psic encode photo.jpg  |  psic encode photo.jpg -q 4 -o out.psic  |  psic encode photos/ -o coded/ -j 2
     """
     msgs = Messages(quiet, verbose)
     from psic_cli.jobs import encode_file
