@@ -57,6 +57,30 @@ def symbols_checksum(*arrays: Tensor) -> int:
     return crc
 
 
+def tiled(fn, x: Tensor, scale: float, tile: int, margin: int) -> Tensor:
+    """Apply a fully convolutional ``fn`` (output size = input size x ``scale``) in overlapping tiles.
+
+    Each tile is computed with ``margin`` extra input pixels on every side (at least the receptive
+    field), and only its centre is kept, so the result equals ``fn(x)`` while the working set is bounded.
+    Inputs that fit in one tile are passed through unchanged.
+    """
+    h, w = x.shape[-2:]
+    if h <= tile and w <= tile:
+        return fn(x)
+    rows = []
+    for i0 in range(0, h, tile):
+        cols = []
+        for j0 in range(0, w, tile):
+            i1, j1 = min(i0 + tile, h), min(j0 + tile, w)
+            a0, b0 = max(0, i0 - margin), max(0, j0 - margin)
+            a1, b1 = min(h, i1 + margin), min(w, j1 + margin)
+            out = fn(x[..., a0:a1, b0:b1])
+            r0, c0 = round((i0 - a0) * scale), round((j0 - b0) * scale)
+            cols.append(out[..., r0 : r0 + round((i1 - i0) * scale), c0 : c0 + round((j1 - j0) * scale)])
+        rows.append(torch.cat(cols, -1))
+    return torch.cat(rows, -2)
+
+
 class ConditionalHyperprior(nn.Module):
     """Scale or mean-scale hyperprior with a conditional decoder and variable-rate gains.
 
@@ -100,6 +124,7 @@ class ConditionalHyperprior(nn.Module):
         init = 0.5 * torch.log(lam / lam.max())
         self.log_gain = nn.Parameter(init[:, None].repeat(1, M).contiguous())
         self._runtime: dict[str, nn.Module] | None = None
+        self.tile_latent = 64  # g_a / g_s run in overlapping tiles of 64x64 latents (1024x1024 pixels)
 
     # ------------------------------------------------------------------ helpers
     def gain(self, q: Tensor) -> Tensor:
@@ -135,7 +160,8 @@ class ConditionalHyperprior(nn.Module):
             rt = self.runtime_modules()
             dt = torch.float64
             y = y_hat.to(dt) / torch.exp(self.log_gain.detach().to(dt)[q])[:, :, None, None]
-            return rt["g_s"](y, rt["cltg"](cond.to(dt)))
+            tau = rt["cltg"](cond.to(dt))
+            return tiled(lambda t: rt["g_s"](t, tau), y, scale=16, tile=self.tile_latent, margin=8)
         return self.g_s(y_hat / self.gain(q), self.cltg(cond))
 
     def aux_loss(self) -> Tensor:
@@ -162,7 +188,8 @@ class ConditionalHyperprior(nn.Module):
     def compress(self, x: Tensor, q: int) -> dict:
         """Entropy-code ``x`` (batch of 1) at quality index ``q``; the encoder never sees a condition."""
         qt = torch.tensor([q])
-        y, z = self._analysis(x, qt)
+        y = tiled(self.g_a, x, scale=1 / 16, tile=self.tile_latent * 16, margin=128) * self.gain(qt)
+        z = self.h_a(y if self.mean_scale else torch.abs(y))
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
         scales_hat, means_hat = self._hyper(z_hat.double(), self.runtime_modules()["h_s"])
