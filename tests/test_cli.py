@@ -160,3 +160,30 @@ def test_batch_two_workers(tiny_env, tmp_path, rgb_image):
     r = run("encode", src, "-o", out, "-m", "tiny-sh", "--jobs", "2")
     assert r.exit_code == 0, r.stderr
     assert len(list(out.rglob("*.psic"))) == 3
+
+
+def test_mutated_files_one_line_errors_nothing_written(tiny_env, rgb_image, tmp_path):
+    """A fast slice of benchmarks/fuzz_reader.py through the real CLI."""
+    import random
+    import struct
+    import zlib
+
+    from psic_cli import codec
+
+    valid = codec.encode_pixels(rgb_image, "tiny-sh")
+    rng = random.Random(1)
+    cases = [b"", b"PSIC", valid[:-1], valid[:10], b"\x89PNG" + valid[4:], rng.randbytes(300)]
+    for _ in range(12):
+        b = bytearray(valid)
+        b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+        cases.append(bytes(b))
+    body = bytearray(valid[:-4])
+    body[4] = 7  # a future version, correctly checksummed
+    cases.append(bytes(body) + struct.pack("<I", zlib.crc32(bytes(body))))
+    src, dst = tmp_path / "c.psic", tmp_path / "c.png"
+    for data in cases:
+        src.write_bytes(data)
+        r = run("decode", src, "-o", dst)
+        assert r.exit_code == 3, (data[:16], r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+        assert not dst.exists()
