@@ -13,6 +13,24 @@ from psic_cli.models import ModelConfig, build_model
 from psic_cli.zoo import WEIGHTS_FORMAT
 
 
+def refine_quantiles(model, steps: int = 2000, lrs: tuple[float, ...] = (0.1, 0.01)) -> float:
+    """Converge the entropy bottleneck's quantiles, which set the range of z's CDF tables.
+
+    Their loss does not depend on data, so a few thousand steps here (seconds) finish what the slow
+    auxiliary optimiser of a short training run left undone.  Returns the final auxiliary loss.
+    """
+    params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
+    loss = model.aux_loss()
+    for lr in lrs:
+        opt = torch.optim.Adam(params, lr=lr)
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = model.aux_loss()
+            loss.backward()
+            opt.step()
+    return float(loss.detach())
+
+
 def write_weights(model, out: str | Path, *, steps: int, key_fingerprint: str, data_desc: str,
                   stage: str = "rd", shield: str = "untrained", notes: str = "", extra: dict | None = None) -> dict:
     """Write ``model`` (CDF tables refreshed) to ``out`` as safetensors with provenance metadata."""
@@ -49,5 +67,7 @@ def export_weights(checkpoint: str | Path, out: str | Path, data_desc: str, shie
     model = build_model(cfg)
     model.load_state_dict(state["model"])
     extra = state.get("extra", {})
+    aux = refine_quantiles(model)
+    notes = (notes + "; " if notes else "") + f"aux loss after quantile refinement {aux:.3g}"
     return write_weights(model, out, steps=state["step"], key_fingerprint=extra["key_fingerprint"],
                          data_desc=data_desc, stage=extra.get("stage", "rd"), shield=shield, notes=notes)
