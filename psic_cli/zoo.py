@@ -45,7 +45,7 @@ class ModelInfo:
 def _read_metadata(path: Path) -> dict:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open(str(path), framework="numpy") as f:  # no torch import for metadata
         return dict(f.metadata() or {})
 
 

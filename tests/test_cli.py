@@ -187,3 +187,11 @@ def test_mutated_files_one_line_errors_nothing_written(tiny_env, rgb_image, tmp_
         assert r.exit_code == 3, (data[:16], r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
         assert not dst.exists()
+
+
+def test_info_does_not_import_torch(tiny_env, photo):
+    assert run("encode", photo, "-m", "tiny-sh").exit_code == 0
+    code = ("import sys; from psic_cli.cli import app; from typer.testing import CliRunner; "
+            f"r = CliRunner().invoke(app, ['info', {str(photo.with_suffix('.psic'))!r}]); "
+            "assert r.exit_code == 0, r.output; assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
