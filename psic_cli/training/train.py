@@ -194,7 +194,11 @@ def train(tc: TrainConfig) -> Path:
         out = stepper(x, cond, q)
         opt.zero_grad(set_to_none=True)
         aux_opt.zero_grad(set_to_none=True)
-        (out["loss"] + out["aux"]).backward()
+        total = out["loss"] + out["aux"]
+        if not torch.isfinite(total):  # skip a diverging step instead of poisoning the weights
+            _log(run_dir, {"event": "non-finite loss, step skipped", "step": step})
+            continue
+        total.backward()
         torch.nn.utils.clip_grad_norm_(main_params, tc.clip)
         opt.step()
         aux_opt.step()
