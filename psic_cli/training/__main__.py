@@ -26,17 +26,31 @@ def main(argv: list[str] | None = None) -> int:
             typ = type(val) if val is not None else (float if name == "max_minutes" else
                                                       int if name == "limit_images" else str)
             tr.add_argument(flag, type=typ, default=val, help=f"default: {val}")
+    from psic_cli.training.shield import ShieldConfig
+
+    sh = sub.add_parser("shield", help="privacy stage: decoder + condition module against a VLP target")
+    for name, val in ShieldConfig().__dict__.items():
+        flag = "--" + name.replace("_", "-")
+        if name == "data":
+            sh.add_argument(flag, nargs="+", default=val, help=f"labelled <wnid>/ folders (default: {val})")
+        else:
+            typ = type(val) if val is not None else int
+            sh.add_argument(flag, type=typ, default=val, help=f"default: {val}")
     ex = sub.add_parser("export", help="checkpoint -> safetensors weights with metadata")
     ex.add_argument("checkpoint")
     ex.add_argument("out")
     ex.add_argument("--data-desc", required=True, help="training data, stored in the metadata")
     ex.add_argument("--notes", default="")
     args = ap.parse_args(argv)
+    kw = {k: v for k, v in vars(args).items() if k != "cmd"}
     if args.cmd == "rd":
         from psic_cli.training.train import train
 
-        kw = {k: v for k, v in vars(args).items() if k != "cmd"}
         train(TrainConfig(**kw))
+    elif args.cmd == "shield":
+        from psic_cli.training.shield import train_shield
+
+        train_shield(ShieldConfig(**kw))
     else:
         from psic_cli.training.export import export_weights
 

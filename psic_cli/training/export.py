@@ -67,7 +67,12 @@ def export_weights(checkpoint: str | Path, out: str | Path, data_desc: str, shie
     model = build_model(cfg)
     model.load_state_dict(state["model"])
     extra = state.get("extra", {})
-    aux = refine_quantiles(model)
-    notes = (notes + "; " if notes else "") + f"aux loss after quantile refinement {aux:.3g}"
+    stage = extra.get("stage", "rd")
+    if stage == "rd":  # later stages freeze the entropy models: refining would change the bitstream
+        aux = refine_quantiles(model)
+        notes = (notes + "; " if notes else "") + f"aux loss after quantile refinement {aux:.3g}"
+    else:
+        shield = "trained"
     return write_weights(model, out, steps=state["step"], key_fingerprint=extra["key_fingerprint"],
-                         data_desc=data_desc, stage=extra.get("stage", "rd"), shield=shield, notes=notes)
+                         data_desc=data_desc, stage=stage, shield=shield, notes=notes,
+                         extra={k: str(v) for k, v in extra.items() if k.endswith("_config")})

@@ -1,0 +1,85 @@
+"""The shield stage runs on a tiny codec and a tiny VLP, keeps the bitstream, and its loss behaves."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from .conftest import TINY
+
+
+class TinyVLP(torch.nn.Module):
+    """A stand-in VLP: a conv image tower and bag-of-characters text vectors (no downloads)."""
+
+    logit_scale = 20.0
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 16, 5, stride=4)
+
+    def encode_image(self, x):
+        return torch.nn.functional.normalize(self.conv(x).mean((-2, -1)), dim=-1)
+
+    def encode_text(self, texts):
+        out = torch.zeros(len(texts), 16)
+        for i, t in enumerate(texts):
+            for c in t:
+                out[i, ord(c) % 16] += 1
+        return torch.nn.functional.normalize(out, dim=-1)
+
+    def class_embeddings(self, names):
+        return self.encode_text([f"a photo of a {n}." for n in names])
+
+
+def test_uaeo_loss_pushes_towards_wrong_classes():
+    from psic_cli.training.shield import uaeo_loss
+
+    text = torch.nn.functional.normalize(torch.eye(4), dim=-1)
+    u = text[[0, 1]]
+    labels = torch.tensor([0, 1])
+    z_true = text[[0, 1]].clone().requires_grad_(True)
+    z_wrong = text[[2, 3]].clone()
+    loss_true, stats = uaeo_loss(z_true, u, text, labels, 20.0)
+    loss_wrong, _ = uaeo_loss(z_wrong, u, text, labels, 20.0)
+    assert stats["certain"] == 1.0 and stats["shielded_top1"] == 1.0
+    assert loss_wrong < loss_true
+    loss_true.backward()
+    assert z_true.grad.abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_shield_stage_keeps_bitstream(tmp_path, key_file):
+    from psic_cli.training.__main__ import main
+    from psic_cli.training.shield import ShieldConfig, train_shield
+    from psic_cli.zoo import bitstream_id
+
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(TINY))
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for wnid in ("n01440764", "n02102040"):
+        (data / wnid).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (72, 72, 3), dtype=np.uint8)).save(data / wnid / f"{i}.png")
+    rd = tmp_path / "rd"
+    main(["rd", "--model-id", str(cfg), "--data", str(data), "--key", str(key_file), "--run-dir", str(rd),
+          "--steps", "2", "--batch", "2", "--patch", "64"])
+    sc = ShieldConfig(init=str(rd / "checkpoint.pt"), model_id=str(cfg), data=[str(data)], key=str(key_file),
+                      run_dir=str(tmp_path / "sh"), steps=3, batch=4, patch=64, log_every=1, ckpt_every=3)
+    ckpt = train_shield(sc, vlp=TinyVLP())
+    before = torch.load(rd / "checkpoint.pt", weights_only=False)["model"]
+    after = torch.load(ckpt, weights_only=False)["model"]
+    assert bitstream_id(before) == bitstream_id(after)
+    assert not torch.equal(before["g_s.blocks.0.p1.weight"], after["g_s.blocks.0.p1.weight"])
+    log = [json.loads(x) for x in (tmp_path / "sh" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "priv" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in steps)
+    out = tmp_path / "w.safetensors"
+    assert main(["export", str(ckpt), str(out), "--data-desc", "test"]) == 0
+    from safetensors import safe_open
+
+    with safe_open(str(out), framework="numpy") as f:
+        assert f.metadata()["shield"] == "trained" and f.metadata()["stage"] == "shield"
