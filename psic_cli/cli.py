@@ -263,6 +263,15 @@ def eval_(ctx: typer.Context) -> None:
     raise SystemExit(rd_main(list(ctx.args)))
 
 
+@app.command(name="vlp-eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             add_help_option=False)
+def vlp_eval(ctx: typer.Context) -> None:
+    """Zero-shot top-1 and retrieval R@1 of a VLP on a labelled folder ('python -m psic_cli.vlp.eval'). Try -h."""
+    from psic_cli.vlp.eval import main as vlp_main
+
+    vlp_main(list(ctx.args))
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
 def train(ctx: typer.Context) -> None:
     """Train a model (same as 'python -m psic_cli.training'; needs the 'train' extra). Try 'psic train rd -h'."""

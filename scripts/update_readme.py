@@ -42,7 +42,14 @@ def kodak_block() -> str:
     return "\n".join(lines)
 
 
-BLOCKS = {"kodak-rd": kodak_block}
+def vlp_block() -> str:
+    p = ROOT / "results" / "vlp" / "summary.md"
+    if not p.exists():
+        return "_not generated yet: run `python -m psic_cli.vlp.eval --summarize results/vlp/*.json --md results/vlp/summary.md`_"
+    return p.read_text().strip() + "\n\n(from `results/vlp/summary.md`)"
+
+
+BLOCKS = {"kodak-rd": kodak_block, "vlp": vlp_block}
 
 
 def main() -> None:
