@@ -45,7 +45,8 @@ def kodak_block() -> str:
 def vlp_block() -> str:
     p = ROOT / "results" / "vlp" / "summary.md"
     if not p.exists():
-        return "_not generated yet: run `python -m psic_cli.vlp.eval --summarize results/vlp/*.json --md results/vlp/summary.md`_"
+        return ("_not generated yet: run `python -m psic_cli.vlp.eval --summarize results/vlp/*.json "
+                "--md results/vlp/summary.md`_")
     return p.read_text().strip() + "\n\n(from `results/vlp/summary.md`)"
 
 
