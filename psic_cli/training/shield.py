@@ -64,18 +64,11 @@ class ShieldConfig:
 
 
 def imagenet_classes() -> tuple[list[str], dict[str, int]]:
-    """The 1000 ImageNet class names and a wnid -> index map (shipped with psic_cli.vlp)."""
-    from importlib import resources
+    """The 1000 ImageNet class names and a wnid -> index map (the list shipped with psic_cli.vlp)."""
+    from psic_cli.vlp.text import imagenet_classes as _classes
 
-    names, index = [], {}
-    text = (resources.files("psic_cli.vlp") / "data" / "imagenet_classes.tsv").read_text()
-    for line in text.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        i, wnid, name = line.split("\t")
-        names.append(name)
-        index[wnid] = int(i)
-    return names, index
+    wnids, names = _classes()
+    return list(names), {w: i for i, w in enumerate(wnids)}
 
 
 class LabelledBank:
