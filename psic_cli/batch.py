@@ -9,14 +9,15 @@ processes, each loading the model once.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from psic_cli.errors import ExitCode, InputError, PsicError
+from psic_cli.imageio import DEFAULT_MAX_PIXELS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
 
@@ -36,7 +37,11 @@ class BatchReport:
 
     @property
     def exit_code(self) -> int:
-        return max((code for _, _, code in self.failed), default=int(ExitCode.OK))
+        """The worst code seen: an internal error outranks the others, which rank by their number."""
+        codes = {code for _, _, code in self.failed}
+        if int(ExitCode.INTERNAL) in codes:
+            return int(ExitCode.INTERNAL)
+        return max(codes, default=int(ExitCode.OK))
 
 
 def plan(kind: str, src_dir: Path, out_dir: Path, suffix: str, force: bool) -> tuple[list[Task], BatchReport]:
@@ -70,17 +75,19 @@ def _run_one(kind: str, task: Task, options: dict) -> tuple[str, str, int]:
     """Worker body: returns (file, message, exit code); never raises for a bad file."""
     from psic_cli import jobs
 
+    force = options.get("force", False)
     try:
         task.dst.parent.mkdir(parents=True, exist_ok=True)
         if kind == "encode":
             jobs.encode_file(str(task.src), str(task.dst), options.get("quality"), options.get("model"),
-                             True, options.get("max_pixels", 50_000_000))
+                             force, options.get("max_pixels", DEFAULT_MAX_PIXELS))
         else:
             jobs.decode_file(str(task.src), str(task.dst), options.get("key"), options.get("view"),
-                             options.get("fmt"), True)
+                             options.get("fmt"), force, max_pixels=options.get("max_pixels", DEFAULT_MAX_PIXELS))
         return str(task.src), "", 0
     except PsicError as e:
-        return str(task.src), str(e), int(e.exit_code)
+        msg = str(e) if str(e).startswith(str(task.src)) else f"{task.src}: {e}"
+        return str(task.src), msg, int(e.exit_code)
     except OSError as e:
         return str(task.src), f"{task.src}: {e.strerror or e}", int(ExitCode.OUTPUT)
     except Exception as e:  # a bug: report it, keep going
@@ -90,7 +97,9 @@ def _run_one(kind: str, task: Task, options: dict) -> tuple[str, str, int]:
 def _init_worker(threads: int) -> None:
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C kills the worker; atomic writes leave no part files
+    # Ctrl-C goes to the parent, which cancels what has not started and waits for the images in flight
+    # (each written atomically), so no worker dies half-way through a file
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 
@@ -119,19 +128,32 @@ def run_batch(kind: str, tasks: list[Task], report: BatchReport, options: dict, 
         threads = max(1, (os.cpu_count() or 1) // jobs)
         with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                                  initargs=(threads,)) as pool:
-            pending = set()
-            it = iter(tasks)
+            pending: dict = {}
+
+            def collect(futures) -> None:
+                for f in futures:
+                    t = pending.pop(f)
+                    try:
+                        record(f.result())
+                    except BrokenProcessPool:  # a worker died (e.g. out of memory) on this file
+                        record((str(t.src), f"{t.src}: worker process died while converting it",
+                                int(ExitCode.INTERNAL)))
+
             try:
-                for t in it:  # keep at most 2 tasks per worker in flight
-                    pending.add(pool.submit(_run_one, kind, t, options))
+                for i, t in enumerate(tasks):  # keep at most 2 tasks per worker in flight
+                    try:
+                        pending[pool.submit(_run_one, kind, t, options)] = t
+                    except BrokenProcessPool:
+                        for rest in tasks[i:]:
+                            record((str(rest.src), f"{rest.src}: not converted (a worker process died)",
+                                    int(ExitCode.INTERNAL)))
+                        break
                     if len(pending) >= 2 * jobs:
-                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        for f in done:
-                            record(f.result())
-                for f in pending:
-                    record(f.result())
+                        done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                        collect(done)
+                collect(list(pending))
             except KeyboardInterrupt:
-                pool.shutdown(wait=False, cancel_futures=True)
+                pool.shutdown(wait=True, cancel_futures=True)
                 raise
     report.seconds = time.time() - t0
     return report
@@ -142,6 +164,3 @@ def summary(kind: str, report: BatchReport) -> str:
     return (f"{kind}: {report.done} done, {report.skipped} skipped (already done), {len(report.failed)} failed "
             f"in {report.seconds:.1f} s ({rate:.2f} images/s)")
 
-
-def stderr_is_tty() -> bool:
-    return sys.stderr.isatty()

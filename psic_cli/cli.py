@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Annotated
 
@@ -42,7 +41,12 @@ def _batch(kind: str, src: str, output: str | None, suffix: str, force: bool, jo
 
     from psic_cli.batch import plan, run_batch, summary
     from psic_cli.console import progress
+    from psic_cli.errors import InputError, OutputError
 
+    if output == "-":
+        raise OutputError("a folder cannot be written to stdout; give -o OUTDIR")
+    if kind == "decode" and not output:
+        raise InputError("decoding a folder needs -o OUTDIR (decoded views never land beside the originals)")
     out_dir = Path(output) if output else Path(src)
     tasks, report = plan(kind, Path(src), out_dir, suffix, force)
     bar = progress(not msgs.quiet)
@@ -119,7 +123,10 @@ def encode(
 
     with exit_on_error(msgs):
         if src != "-" and os.path.isdir(src):
-            opts = {"quality": quality, "model": model, "max_pixels": max_pixels}
+            from psic_cli.codec import check_encode_options
+
+            check_encode_options(model, quality)  # a bad -m/-q fails once, not once per file
+            opts = {"quality": quality, "model": model, "max_pixels": max_pixels, "force": force}
             _batch("encode", src, output, ".psic", force, jobs, opts, msgs)
             return
         res = encode_file(src, output, quality, model, force, max_pixels)
@@ -138,6 +145,7 @@ def decode(
                                               "or machine (with a key).")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="png, jpg or webp. Default: from the output's "
                                              "extension, else png.")] = None,
+    max_pixels: Annotated[int, typer.Option(help="Refuse files that claim more pixels than this.")] = 50_000_000,
     jobs: Jobs = 1,
     force: Force = False,
     quiet: Quiet = False,
@@ -155,15 +163,18 @@ def decode(
 
     with exit_on_error(msgs):
         if src != "-" and os.path.isdir(src):
+            from psic_cli.codec import check_view
+            from psic_cli.jobs import output_suffix
+
             if key:
                 from psic_cli.keys import read_key
 
                 read_key(key, warn=msgs.warn)  # a bad key file fails once, before the batch
-            opts = {"key": key, "view": view, "fmt": fmt}
-            suffix = "." + (fmt.lower() if fmt else "png")
-            _batch("decode", src, output, suffix, force, jobs, opts, msgs)
+            check_view(view, key is not None)
+            opts = {"key": key, "view": view, "fmt": fmt, "force": force, "max_pixels": max_pixels}
+            _batch("decode", src, output, output_suffix(fmt), force, jobs, opts, msgs)
             return
-        res = decode_file(src, output, key, view, fmt, force, warn=msgs.warn)
+        res = decode_file(src, output, key, view, fmt, force, warn=msgs.warn, max_pixels=max_pixels)
         msgs.notice(f"{src} -> {res.dst}")
 
 
@@ -178,26 +189,10 @@ def info(
     Example:  psic info photo.psic
     """
     msgs = Messages(False, verbose)
-    from psic_cli.codec import read_info
-    from psic_cli.jobs import read_input
-    from psic_cli.zoo import list_models
+    from psic_cli.jobs import info_report
 
     with exit_on_error(msgs):
-        data = read_input(src)
-        try:
-            meta = read_info(data)
-        except Exception as e:
-            from psic_cli.errors import PsicError
-
-            if isinstance(e, PsicError):
-                raise type(e)(f"{src}: {e}") from None
-            raise
-        models = {m.model_id: m for m in list_models()}
-        m = models.get(meta["model"])
-        meta["model_installed"] = m is not None
-        if m is not None:
-            meta["key_fingerprint"] = m.key_fingerprint
-            meta["shield"] = m.metadata.get("shield", "unknown")
+        meta = info_report(src)
         if as_json:
             print(json.dumps(meta, indent=2))
         else:
@@ -221,6 +216,10 @@ def keygen(
     from psic_cli.keys import fingerprint, generate_key, write_key
 
     with exit_on_error(msgs):
+        if output == "-":
+            from psic_cli.errors import OutputError
+
+            raise OutputError("keys are written to a file, not stdout")
         key = generate_key()
         write_key(output, key, force=force)
         msgs.notice(f"wrote {output} (fingerprint {fingerprint(key)})")
@@ -229,6 +228,11 @@ def keygen(
 @app.command()
 def models(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """List the installed models, their qualities, shield status and key fingerprints."""
+    with exit_on_error(Messages()):
+        _models(as_json)
+
+
+def _models(as_json: bool) -> None:
     from psic_cli.zoo import list_models, weights_dir
 
     rows = [
@@ -250,7 +254,7 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
         print(f"no models installed in {weights_dir()}")
         return
     for r in rows:
-        print(f"{r['model']:<10} {r['arch']:<22} qualities 1-{r['qualities']}  shield: {r['shield']:<10} "
+        print(f"{r['model']:<10} {r['arch']!s:<22} qualities 1-{r['qualities']}  shield: {r['shield']!s:<10} "
               f"key {r['key_fingerprint']}  steps {r['steps']}")
 
 
@@ -281,8 +285,4 @@ def train(ctx: typer.Context) -> None:
 
 
 def main() -> None:
-    try:
-        app()
-    except KeyboardInterrupt:
-        print("psic: error: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+    app()

@@ -45,6 +45,25 @@ def _pad(x, multiple: int):
     return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
 
 
+def check_encode_options(model_id: str | None, quality: int | None) -> None:
+    """Validate ``--model``/``--quality`` against the installed models without loading one."""
+    from psic_cli.zoo import model_info
+
+    info = model_info(model_id or DEFAULT_MODEL)
+    if quality is not None and not 1 <= quality <= info.qualities:
+        raise InputError(f"quality {quality} is out of range for {info.model_id} (1..{info.qualities})")
+
+
+def check_view(view: str | None, have_key: bool) -> str:
+    """The view to decode: ``shielded`` without a key, ``full`` (default) or ``machine`` with one."""
+    view = view or ("full" if have_key else "shielded")
+    if view not in VIEWS:
+        raise InputError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
+    if view != "shielded" and not have_key:
+        raise KeyMismatch(f"the {view} view needs a key (--key)")
+    return view
+
+
 def encode_pixels(pixels: np.ndarray, model_id: str = DEFAULT_MODEL, quality: int | None = None,
                   source_mode: str = "RGB") -> bytes:
     """Encode uint8 HxWx3 RGB pixels; ``quality`` is 1..Q (default: the middle level)."""
@@ -111,11 +130,7 @@ def decode(data: bytes, key: bytes | None = None, view: str | None = None) -> De
     or ``machine``.  A key that does not open the model raises :class:`KeyMismatch` before decoding."""
     import torch
 
-    view = view or ("full" if key is not None else "shielded")
-    if view not in VIEWS:
-        raise InputError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
-    if view != "shielded" and key is None:
-        raise KeyMismatch(f"the {view} view needs a key (--key)")
+    view = check_view(view, key is not None)
     f = container.unpack(data)
     h = f.header
     lm = load_model(h.model_id)
@@ -150,12 +165,6 @@ def decode(data: bytes, key: bytes | None = None, view: str | None = None) -> De
     x = out["x_hat"][0, :, : h.height, : h.width]
     pixels = (x * 255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
     return DecodeResult(pixels, h, view)
-
-
-def decode_to_image_bytes(data: bytes, fmt: str, key: bytes | None = None, view: str | None = None) -> bytes:
-    from psic_cli.imageio import encode_image
-
-    return encode_image(decode(data, key, view).pixels, fmt)
 
 
 __all__ = ["encode", "encode_pixels", "decode", "read_info", "EncodeResult", "DecodeResult", "VIEWS"]

@@ -12,13 +12,19 @@ from psic_cli.errors import OutputError
 
 
 def check_writable(path: Path, force: bool) -> None:
-    if path.exists() and not force:
-        raise OutputError(f"{path}: already exists (use --force to overwrite)")
-    if path.is_dir():
-        raise OutputError(f"{path}: is a directory")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"{path}: folder {parent} does not exist")
+    """Fail early (before any work) when ``path`` cannot or must not be written."""
+    try:
+        if path.is_dir():
+            raise OutputError(f"{path}: is a directory")
+        if path.exists() and not force:
+            raise OutputError(f"{path}: already exists (use --force to overwrite)")
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir():
+            raise OutputError(f"{path}: folder {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise OutputError(f"{path}: folder {parent} is not writable")
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write ({e.strerror})") from None
 
 
 def _umask() -> int:
@@ -39,11 +45,24 @@ def atomic_output(path: Path, force: bool = False, mode: int | None = None) -> I
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        os.chmod(tmp_path, mode if mode is not None else 0o666 & ~_umask())
+        if mode is None:  # a replaced file keeps its permissions (a private 0600 view stays private)
+            mode = path.stat().st_mode & 0o777 if force and path.exists() else 0o666 & ~_umask()
+        os.chmod(tmp_path, mode)
         yield tmp_path
-        if path.exists() and not force:  # appeared while we worked
-            raise OutputError(f"{path}: already exists (use --force to overwrite)")
-        os.replace(tmp_path, path)
+        with open(tmp_path, "rb+") as f:  # durable before it takes the final name
+            os.fsync(f.fileno())
+        if force:
+            os.replace(tmp_path, path)
+        else:
+            try:  # link(2) refuses an existing target: no check-then-act race with another writer
+                os.link(tmp_path, path)
+            except FileExistsError:
+                raise OutputError(f"{path}: already exists (use --force to overwrite)") from None
+            except OSError:  # no hard links on this file system
+                if path.exists():
+                    raise OutputError(f"{path}: already exists (use --force to overwrite)") from None
+                os.replace(tmp_path, path)
+            tmp_path.unlink(missing_ok=True)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp_path.unlink()

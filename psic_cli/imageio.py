@@ -20,6 +20,9 @@ from psic_cli.errors import InputError, OutputError
 
 DEFAULT_MAX_PIXELS = 50_000_000
 OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+MAX_SIDE = {"PNG": 65535, "JPEG": 65500, "WEBP": 16383}  # what the writers accept (the .psic limit is 65535)
+_METADATA_KEYS = ("exif", "icc_profile", "comment", "comments", "xmp", "XML:com.adobe.xmp", "photoshop",
+                  "iptc", "Description", "Author", "Software", "Copyright")
 
 Notice = Callable[[str], None]
 
@@ -47,6 +50,8 @@ def load_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
                 raise InputError(f"{name}: {w}x{h} is over the {max_pixels}-pixel limit (--max-pixels)")
             if w < 1 or h < 1:
                 raise InputError(f"{name}: empty image ({w}x{h})")
+            if max(w, h) > MAX_SIDE["PNG"]:
+                raise InputError(f"{name}: {w}x{h} has a side over {MAX_SIDE['PNG']} pixels, the .psic limit")
             if getattr(im, "n_frames", 1) > 1:
                 notices.append(f"{name}: animated image, coding its first frame only")
                 im.seek(0)
@@ -67,7 +72,7 @@ def load_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
         im = ImageOps.exif_transpose(im) or im
     except Exception:  # a broken EXIF block must not stop the image
         notices.append(f"{name}: unreadable EXIF orientation ignored")
-    if im.getexif() or im.info:
+    if len(im.getexif()) or any(k in im.info for k in _METADATA_KEYS):
         notices.append(f"{name}: metadata (EXIF/GPS/ICC/comments) dropped")
     im = _to_rgb(im, name, notices)
     return LoadedImage(np.array(im, dtype=np.uint8), source_mode, notices)
@@ -106,6 +111,13 @@ def output_format(path: str | None, explicit: str | None) -> str:
         if ext:
             raise OutputError(f"{path}: unknown image extension .{ext}; use .png, .jpg or .webp (or --format)")
     return "PNG"
+
+
+def check_output_size(width: int, height: int, fmt: str) -> None:
+    """Refuse, before any decoding, an image too large for the output format's writer."""
+    if max(width, height) > MAX_SIDE[fmt]:
+        raise OutputError(f"{width}x{height} is too large for {fmt} (at most {MAX_SIDE[fmt]} pixels a side); "
+                          "use --format png")
 
 
 def encode_image(pixels: np.ndarray, fmt: str, quality: int = 95) -> bytes:

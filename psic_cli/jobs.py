@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from psic_cli.fileio import atomic_write, check_writable
 from psic_cli.imageio import DEFAULT_MAX_PIXELS
 
 MAX_PSIC_BYTES = 1 << 31
+MAX_IMAGE_BYTES = 1 << 30
 
 
 @dataclass
@@ -23,22 +25,28 @@ class JobResult:
 
 
 def read_input(src: str, limit: int = MAX_PSIC_BYTES) -> bytes:
+    """Read a file (or stdin for ``-``) of at most ``limit`` bytes, allocating only what is there."""
     if src == "-":
-        data = sys.stdin.buffer.read(limit + 1)
-    else:
-        p = Path(src)
+        chunks, total = [], 0
+        while chunk := sys.stdin.buffer.read(1 << 20):
+            total += len(chunk)
+            if total > limit:
+                raise InputError("stdin: input is too large")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    p = Path(src)
+    try:
         if p.is_dir():
             raise InputError(f"{src}: is a folder (give a file)")
-        try:
-            with open(p, "rb") as f:
-                data = f.read(limit + 1)
-        except FileNotFoundError:
-            raise InputError(f"{src}: no such file") from None
-        except OSError as e:
-            raise InputError(f"{src}: cannot read ({e.strerror})") from None
-    if len(data) > limit:
-        raise InputError(f"{src}: file is too large")
-    return data
+        with open(p, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > limit:
+                raise InputError(f"{src}: file is too large ({size} bytes)")
+            return f.read(limit + 1)
+    except FileNotFoundError:
+        raise InputError(f"{src}: no such file") from None
+    except OSError as e:
+        raise InputError(f"{src}: cannot read ({e.strerror})") from None
 
 
 def _default_output(src: str, output: str | None, suffix: str) -> str:
@@ -53,8 +61,13 @@ def _write(dst: str, data: bytes, force: bool) -> None:
     if dst == "-":
         if sys.stdout.isatty():
             raise OutputError("refusing to write binary data to a terminal (use -o FILE or a pipe)")
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+        try:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise OutputError(f"stdout: cannot write ({e.strerror})") from None
     else:
         atomic_write(Path(dst), data, force=force)
 
@@ -68,19 +81,26 @@ def encode_file(src: str, output: str | None = None, quality: int | None = None,
     if dst != "-":
         check_writable(Path(dst), force)  # fail before the expensive work
     name = "stdin" if src == "-" else src
-    res = codec.encode(read_input(src, 1 << 30), name, model or DEFAULT_MODEL, quality, max_pixels)
+    res = codec.encode(read_input(src, MAX_IMAGE_BYTES), name, model or DEFAULT_MODEL, quality, max_pixels)
     _write(dst, res.data, force)
     return JobResult(src, dst, len(res.data), res.notices, res.bpp)
 
 
+def output_suffix(fmt: str | None) -> str:
+    """Default extension of decoded images: that of ``--format``, else .png."""
+    from psic_cli.imageio import output_format
+
+    return {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}[output_format(None, fmt)]
+
+
 def decode_file(src: str, output: str | None = None, key_file: str | None = None, view: str | None = None,
-                fmt: str | None = None, force: bool = False, warn=None) -> JobResult:
-    from psic_cli import codec
-    from psic_cli.imageio import OUTPUT_FORMATS, encode_image, output_format
+                fmt: str | None = None, force: bool = False, warn=None,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> JobResult:
+    from psic_cli import codec, container
+    from psic_cli.imageio import check_output_size, encode_image, output_format
     from psic_cli.keys import read_key
 
-    suffix = "." + (fmt.lower() if fmt and fmt.lower() in OUTPUT_FORMATS else "png")
-    dst = _default_output(src, output, suffix)
+    dst = _default_output(src, output, output_suffix(fmt))
     pil_fmt = output_format(dst, fmt)
     if dst != "-":
         check_writable(Path(dst), force)
@@ -88,9 +108,32 @@ def decode_file(src: str, output: str | None = None, key_file: str | None = None
     data = read_input(src)
     name = "stdin" if src == "-" else src
     try:
+        header, _ = container.unpack_header(data)
+        if header.width * header.height > max_pixels:
+            raise InputError(f"{header.width}x{header.height} is over the {max_pixels}-pixel limit (--max-pixels)")
+        check_output_size(header.width, header.height, pil_fmt)
         res = codec.decode(data, key, view)
-    except InputError as e:
+    except (InputError, OutputError) as e:
         raise type(e)(f"{name}: {e}") from None
     out = encode_image(res.pixels, pil_fmt)
     _write(dst, out, force)
     return JobResult(src, dst, len(out), [])
+
+
+def info_report(src: str) -> dict:
+    """``psic info``: the header, and what the installed weights say about the file."""
+    from psic_cli.codec import read_info
+    from psic_cli.zoo import list_models
+
+    name = "stdin" if src == "-" else src
+    try:
+        meta = read_info(read_input(src))
+    except InputError as e:
+        raise type(e)(str(e) if str(e).startswith(name) else f"{name}: {e}") from None
+    m = {m.model_id: m for m in list_models()}.get(meta["model"])
+    meta["model_installed"] = m is not None
+    if m is not None:
+        meta["weights_match"] = m.metadata.get("bitstream_id") in (None, meta["bitstream_id"])
+        meta["key_fingerprint"] = m.key_fingerprint
+        meta["shield"] = m.metadata.get("shield", "unknown")
+    return meta

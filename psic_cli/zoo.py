@@ -19,6 +19,7 @@ from psic_cli.errors import ModelError
 WEIGHTS_FORMAT = "psic-weights/1"
 DEFAULT_MODEL = "psic-sh"
 # tensors that define the bitstream (entropy decoding); a file decodes only with the same ones
+_REQUIRED_METADATA = ("model_id", "arch", "config", "qualities", "key_fingerprint")
 _BITSTREAM_PREFIXES = ("h_s.", "entropy_bottleneck.", "gaussian_conditional.", "log_gain")
 
 
@@ -55,13 +56,20 @@ def list_models() -> list[ModelInfo]:
     folder = weights_dir()
     if not folder.is_dir():
         return out
+    seen: set[str] = set()
     for p in sorted(folder.glob("*.safetensors")):
         try:
             meta = _read_metadata(p)
         except Exception:  # unreadable file: not ours to list
             continue
-        if meta.get("format") == WEIGHTS_FORMAT:
-            out.append(ModelInfo(meta["model_id"], p, meta))
+        if meta.get("format") != WEIGHTS_FORMAT:
+            continue
+        if not all(k in meta for k in _REQUIRED_METADATA) or not meta["qualities"].isdigit():
+            continue  # incomplete psic weights: load_model would refuse them anyway
+        if meta["model_id"] in seen:  # first file (by name) wins; a duplicate never shadows it silently
+            continue
+        seen.add(meta["model_id"])
+        out.append(ModelInfo(meta["model_id"], p, meta))
     return out
 
 

@@ -195,3 +195,24 @@ def test_info_does_not_import_torch(tiny_env, photo):
             f"r = CliRunner().invoke(app, ['info', {str(photo.with_suffix('.psic'))!r}]); "
             "assert r.exit_code == 0, r.output; assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
+
+
+def test_guards_fail_before_work(tiny_env, tmp_path, photo):
+    from psic_cli import codec
+
+    # folder decode never writes beside the originals
+    assert run("encode", photo.parent, "-m", "tiny-sh").exit_code == 0
+    r = run("decode", photo.parent)
+    assert r.exit_code == 3 and "needs -o" in r.stderr
+    # a bad option fails once for a whole folder
+    r = run("encode", photo.parent, "-o", tmp_path / "o", "-q", "9", "-m", "tiny-sh")
+    assert r.exit_code == 3 and len(r.stderr.strip().splitlines()) == 1
+    # decode's pixel limit and the output format's size limit are checked from the header
+    wide = codec.encode_pixels(np.zeros((8, 17000, 3), np.uint8), "tiny-sh", 1)
+    (tmp_path / "wide.psic").write_bytes(wide)
+    r = run("decode", tmp_path / "wide.psic", "-o", tmp_path / "wide.webp")
+    assert r.exit_code == 5 and "too large for WEBP" in r.stderr
+    r = run("decode", tmp_path / "wide.psic", "-o", tmp_path / "wide.png", "--max-pixels", "1000")
+    assert r.exit_code == 3 and "pixel limit" in r.stderr
+    assert not (tmp_path / "wide.webp").exists() and not (tmp_path / "wide.png").exists()
+    assert run("keygen", "-").exit_code == 5

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from psic_cli.models import ModelConfig, build_model
-from psic_cli.zoo import WEIGHTS_FORMAT
+from psic_cli.zoo import WEIGHTS_FORMAT, bitstream_id
 
 
 def refine_quantiles(model, steps: int = 2000, lrs: tuple[float, ...] = (0.1, 0.01)) -> float:
@@ -48,6 +48,7 @@ def write_weights(model, out: str | Path, *, steps: int, key_fingerprint: str, d
         "steps": str(steps),
         "stage": stage,
         "key_fingerprint": key_fingerprint,
+        "bitstream_id": bitstream_id(tensors).hex(),
         "shield": shield,
         "notes": notes,
         **(extra or {}),
