@@ -216,3 +216,29 @@ def test_guards_fail_before_work(tiny_env, tmp_path, photo):
     assert r.exit_code == 3 and "pixel limit" in r.stderr
     assert not (tmp_path / "wide.webp").exists() and not (tmp_path / "wide.png").exists()
     assert run("keygen", "-").exit_code == 5
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_no_partial_files_and_rerun_continues(tiny_env, tmp_path, rgb_image):
+    import signal
+    import time
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(40):
+        Image.fromarray(np.roll(rgb_image, i, axis=1)).save(src / f"{i:02d}.png")
+    cmd = [sys.executable, "-m", "psic_cli", "encode", str(src), "-o", str(out), "-m", "tiny-sh", "--quiet"]
+    env = {**os.environ, "PSIC_WEIGHTS": str(tiny_env)}
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.rglob("*.psic"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (0, 130), err
+    assert not [p for p in out.rglob("*") if p.name.endswith(".part")]
+    done_before = len(list(out.rglob("*.psic")))
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert len(list(out.rglob("*.psic"))) == 40
+    assert done_before <= 40
