@@ -14,10 +14,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def kodak_block() -> str:
-    p = ROOT / "results" / "kodak-rd.json"
+def kodak_block(name: str = "kodak-rd") -> str:
+    p = ROOT / "results" / f"{name}.json"
     if not p.exists():
-        return "_not generated yet: run `python -m psic_cli.evaluation.rd --folder ../shared/data/kodak`_"
+        return (f"_not generated yet: run `python -m psic_cli.evaluation.rd --folder ../shared/data/kodak "
+                f"--name {name}`_")
     r = json.loads(p.read_text())
     lines = ["| curve | bpp | PSNR (dB) | MS-SSIM |", "|---|---|---|---|"]
     for name, c in r["curves"].items():
@@ -38,7 +39,8 @@ def kodak_block() -> str:
     cw = r.get("cli_wall", {})
     if cw:
         lines.append("Fresh-process wall times: " + ", ".join(f"`{k}` {v:.2f} s" for k, v in cw.items()) + ".")
-    lines.append(f"Model: {r['model']} ({r['model_metadata']}). Full table: `docs/kodak-rd.md`.")
+    lines.append(f"Model: {r['model']} ({r['model_metadata']}). Full table: `docs/{name}.md`, "
+                 f"plot `docs/{name}.png`.")
     return "\n".join(lines)
 
 
@@ -50,7 +52,7 @@ def vlp_block() -> str:
     return p.read_text().strip() + "\n\n(from `results/vlp/summary.md`)"
 
 
-BLOCKS = {"kodak-rd": kodak_block, "vlp": vlp_block}
+BLOCKS = {"kodak-rd": kodak_block, "kodak-rd-msh": lambda: kodak_block("kodak-rd-msh"), "vlp": vlp_block}
 
 
 def main() -> None:
