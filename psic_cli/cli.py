@@ -25,6 +25,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
     no_args_is_help=True,
+    rich_markup_mode=None,  # plain Click help: paragraphs re-flow to the terminal width
 )
 
 Force = Annotated[bool, typer.Option("--force", "-f", help="Overwrite existing outputs.")]
@@ -116,7 +117,12 @@ def encode(
     coded. Grayscale, palette, RGBA, CMYK and 16-bit images are converted to 8-bit RGB (with a notice);
     animated images use their first frame.
 
-    Examples:  psic encode photo.jpg  |  psic encode photo.jpg -q 4 -o out.psic  |  psic encode photos/ -o coded/ -j 2
+    \b
+    Examples:
+      psic encode photo.jpg
+      psic encode photo.jpg -q 4 -o out.psic
+      cat photo.png | psic encode - -o - > photo.psic
+      psic encode photos/ -o coded/ -j 2
     """
     msgs = Messages(quiet, verbose)
     from psic_cli.jobs import encode_file
@@ -155,8 +161,11 @@ def decode(
 
     A key that does not open the file's model is refused (exit 4) and nothing is written.
 
-    Examples:  psic decode photo.psic   |   psic decode --key secret.key photo.psic -o full.png   |
-    psic decode coded/ -o views/ -j 2
+    \b
+    Examples:
+      psic decode photo.psic
+      psic decode --key secret.key photo.psic -o full.png
+      psic decode coded/ -o views/ -j 2
     """
     msgs = Messages(quiet, verbose)
     from psic_cli.jobs import decode_file
@@ -186,7 +195,10 @@ def info(
 ) -> None:
     """Show a .psic file's header: model, quality, size, bpp, and the key fingerprint that opens it.
 
-    Example:  psic info photo.psic
+    \b
+    Examples:
+      psic info photo.psic
+      psic info --json photo.psic
     """
     msgs = Messages(False, verbose)
     from psic_cli.jobs import info_report
@@ -210,7 +222,9 @@ def keygen(
 
     A new key opens nothing until a model is trained with it ('psic train --key').
 
-    Example:  psic keygen secret.key
+    \b
+    Example:
+      psic keygen secret.key
     """
     msgs = Messages(False, verbose)
     from psic_cli.keys import fingerprint, generate_key, write_key
