@@ -32,6 +32,9 @@ def kodak_block(name: str = "kodak-rd") -> str:
     for k, v in r["bd_rate_percent"].items():
         if k.endswith("_psnr"):
             lines.append(f"| {k[3:-5]} | {v:+.1f}% |")
+    for e in r.get("vs_compressai_at_equal_bpp", []):
+        lines.append(f"| at {e['bpp']} bpp vs CompressAI bmshj2018 (published {e['compressai_psnr']} dB) | "
+                     f"{e['delta_db']:+.2f} dB |")
     s = r["seconds"]
     lines.append("")
     lines.append(f"Mean encode {s['encode_mean']:.2f} s, decode {s['decode_mean']:.2f} s per Kodak image "
