@@ -18,8 +18,8 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
     from pytorch_msssim import ms_ssim as _ms_ssim
     from pytorch_msssim import ssim as _ssim
 
-    ta = torch.from_numpy(np.array(a)).permute(2, 0, 1)[None].double()
-    tb = torch.from_numpy(np.array(b)).permute(2, 0, 1)[None].double()
+    ta = torch.from_numpy(np.array(a)).permute(2, 0, 1)[None].float()
+    tb = torch.from_numpy(np.array(b)).permute(2, 0, 1)[None].float()
     if min(a.shape[:2]) > 160:
         return float(_ms_ssim(ta, tb, data_range=255.0))
     return float(_ssim(ta, tb, data_range=255.0))
