@@ -21,11 +21,11 @@ def kodak_block(name: str = "kodak-rd") -> str:
                 f"--name {name}`_")
     r = json.loads(p.read_text())
     lines = ["| curve | bpp | PSNR (dB) | MS-SSIM |", "|---|---|---|---|"]
-    for name, c in r["curves"].items():
-        if name in ("jpeg", "webp"):
+    for curve, c in r["curves"].items():
+        if curve in ("jpeg", "webp"):
             continue
-        for b, ps, s in zip(c["bpp"], c["psnr"], c["ms_ssim"], strict=True):
-            lines.append(f"| {name} | {b:.3f} | {ps:.2f} | {s:.4f} |")
+        for b, ps, ss in zip(c["bpp"], c["psnr"], c["ms_ssim"], strict=True):
+            lines.append(f"| {curve} | {b:.3f} | {ps:.2f} | {ss:.4f} |")
     lines.append("")
     lines.append("| BD-rate of the full view against | PSNR-based |")
     lines.append("|---|---|")
@@ -55,7 +55,19 @@ def vlp_block() -> str:
     return p.read_text().strip() + "\n\n(from `results/vlp/summary.md`)"
 
 
-BLOCKS = {"kodak-rd": kodak_block, "kodak-rd-msh": lambda: kodak_block("kodak-rd-msh"), "vlp": vlp_block}
+def timing_block() -> str:
+    p = ROOT / "docs" / "timing.md"
+    if not p.exists():
+        return "_not generated yet: run `python benchmarks/timing.py --folder ../shared/data/kodak`_"
+    return "\n".join(line for line in p.read_text().splitlines() if line.startswith("|"))
+
+
+BLOCKS = {
+    "timing": timing_block,
+    "kodak-rd": kodak_block,
+    "kodak-rd-msh": lambda: kodak_block("kodak-rd-msh"),
+    "vlp": vlp_block,
+}
 
 
 def main() -> None:
