@@ -24,6 +24,24 @@ def find_images(folders: list[Path]) -> list[Path]:
     return out
 
 
+def load_rgb_at_least(path: Path, patch: int) -> np.ndarray:
+    """An image as uint8 HxWx3, upscaled (bicubic) when its short side is below ``patch``."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if min(im.size) < patch:
+            s = patch / min(im.size)
+            im = im.resize((max(patch, round(im.width * s)), max(patch, round(im.height * s))), Image.BICUBIC)
+        return np.asarray(im, dtype=np.uint8)
+
+
+def random_crop(img: np.ndarray, patch: int, rng: np.random.Generator) -> np.ndarray:
+    """A random ``patch``-square crop, flipped left-right half of the time."""
+    h, w = img.shape[:2]
+    i, j = rng.integers(h - patch + 1), rng.integers(w - patch + 1)
+    crop = img[i : i + patch, j : j + patch]
+    return crop[:, ::-1] if rng.random() < 0.5 else crop
+
+
 class PatchBank:
     """All training images as uint8 HWC arrays; ``batch()`` draws random crops with flips.
 
@@ -40,13 +58,7 @@ class PatchBank:
         self.patch = patch
         self.images: list[np.ndarray] = []
         for i, p in enumerate(paths):
-            with Image.open(p) as im:
-                im = im.convert("RGB")
-                if min(im.size) < patch:
-                    s = patch / min(im.size)
-                    im = im.resize((max(patch, round(im.width * s)), max(patch, round(im.height * s))),
-                                   Image.BICUBIC)
-                self.images.append(np.asarray(im, dtype=np.uint8))
+            self.images.append(load_rgb_at_least(p, patch))
             if progress is not None:
                 progress(i + 1, len(paths))
         self.rng = np.random.default_rng(seed + 1)
@@ -58,11 +70,5 @@ class PatchBank:
         p = self.patch
         out = np.empty((n, p, p, 3), dtype=np.uint8)
         for k in range(n):
-            img = self.images[self.rng.integers(len(self.images))]
-            h, w = img.shape[:2]
-            i, j = self.rng.integers(h - p + 1), self.rng.integers(w - p + 1)
-            crop = img[i : i + p, j : j + p]
-            if self.rng.random() < 0.5:
-                crop = crop[:, ::-1]
-            out[k] = crop
+            out[k] = random_crop(self.images[self.rng.integers(len(self.images))], p, self.rng)
         return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0).contiguous()

@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from psic_cli.keys import condition_bits, fingerprint, read_key
+from psic_cli.training.data import load_rgb_at_least, random_crop
 from psic_cli.training.train import _log, draw_conditions, load_matching
 
 
@@ -83,13 +83,7 @@ class LabelledBank:
             files = [files[i] for i in sorted(rng.choice(len(files), limit, replace=False))]
         self.images, self.labels = [], []
         for p in files:
-            with Image.open(p) as im:
-                im = im.convert("RGB")
-                if min(im.size) < patch:
-                    s = patch / min(im.size)
-                    im = im.resize((max(patch, round(im.width * s)), max(patch, round(im.height * s))),
-                                   Image.BICUBIC)
-                self.images.append(np.asarray(im, dtype=np.uint8))
+            self.images.append(load_rgb_at_least(p, patch))
             self.labels.append(wnid_index.get(p.parent.name, -1))
         self.patch = patch
         self.rng = np.random.default_rng(seed + 1)
@@ -99,12 +93,7 @@ class LabelledBank:
         xs, ys = [], []
         for _ in range(n):
             k = self.rng.integers(len(self.images))
-            img = self.images[k]
-            i, j = self.rng.integers(img.shape[0] - p + 1), self.rng.integers(img.shape[1] - p + 1)
-            crop = img[i : i + p, j : j + p]
-            if self.rng.random() < 0.5:
-                crop = crop[:, ::-1]
-            xs.append(np.ascontiguousarray(crop))
+            xs.append(np.ascontiguousarray(random_crop(self.images[k], p, self.rng)))
             ys.append(self.labels[k])
         x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float().div_(255.0)
         return x, torch.tensor(ys)
