@@ -81,7 +81,9 @@ def encode_pixels(pixels: np.ndarray, model_id: str = DEFAULT_MODEL, quality: in
     header = container.Header(model_id, model.cfg.arch, lm.bitstream_id, quality, w, h, source_mode)
     header.validate()
     with torch.no_grad():
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float().div_(255.0)
+        arr = np.ascontiguousarray(pixels)
+        arr = arr if arr.flags.writeable else arr.copy()  # torch.from_numpy needs a writable buffer
+        x = torch.from_numpy(arr).permute(2, 0, 1)[None].float().div_(255.0)
         out = model.compress(_pad(x, model.cfg.downsampling), quality - 1)
     y_strings, z_strings = out["strings"]
     tile = container.Tile(tuple(out["shape"]), out["checksum"], (y_strings[0], z_strings[0]))
