@@ -41,7 +41,7 @@ from psic_cli.training.train import _log, draw_conditions, load_matching
 
 @dataclass
 class ShieldConfig:
-    init: str = "runs/psic-sh/checkpoint.pt"  # rate-distortion checkpoint to start from
+    init: str = "weights/psic-sh.safetensors"  # rate-distortion weights or checkpoint to start from
     model_id: str = "psic-sh"
     data: list[str] = field(default_factory=lambda: ["../shared/data/imagenette/train"])  # <wnid>/ folders
     key: str = "weights/shipped.key"
