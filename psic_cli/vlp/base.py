@@ -58,6 +58,22 @@ def normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return (images - m) / s
 
 
+def read_weights(path, what: str, train_hint: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The ``architecture`` metadata (JSON) and the tensors of a bundled VLP weights file."""
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} weights missing: {path} (train: {train_hint})")
+    with safe_open(str(path), framework="pt") as f:
+        arch = json.loads(f.metadata()["architecture"])
+    return arch, load_file(str(path))
+
+
 class VLP(nn.Module, abc.ABC):
     """Abstract vision-language model: image and text embeddings in one normalised space.
 

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import VLP, normalise, resize_center_crop
+from .base import VLP, normalise, read_weights, resize_center_crop
 from .mini import LITE_MEAN, LITE_SIZES, LITE_STD, load_efficientnet_lite
 from .text import DATA_DIR, TEXT_DIM, imagenet_classes, read_class_file, shared_minilm
 
@@ -94,16 +93,9 @@ class ScratchJudge(VLP):
     @classmethod
     def load(cls, path: str | Path = DEFAULT_JUDGE_WEIGHTS) -> ScratchJudge:
         """Build the judge from ``weights/judge-scratch.safetensors``."""
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"judge-scratch weights missing: {path} (python -m psic_cli.vlp.train_judge)")
-        with safe_open(str(path), framework="pt") as f:
-            arch = json.loads(f.metadata()["architecture"])
+        arch, state = read_weights(path, "judge-scratch", "python -m psic_cli.vlp.train_judge")
         tower = SmallResNet(arch["widths"], arch.get("out_dim", TEXT_DIM))
-        tower.load_state_dict(load_file(str(path)))
+        tower.load_state_dict(state)
         return cls(tower, image_size=arch["image_size"], logit_scale=arch["logit_scale"]).freeze()
 
 

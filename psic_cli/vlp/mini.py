@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import VLP, normalise, resize_center_crop
+from .base import VLP, normalise, read_weights, resize_center_crop
 from .text import TEXT_DIM, shared_minilm
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "psic-vlp-mini.safetensors"
@@ -121,14 +121,7 @@ class PsicVlpMini(VLP):
     @classmethod
     def load(cls, path: str | Path = DEFAULT_WEIGHTS) -> PsicVlpMini:
         """Build the model from a weights file written by :meth:`save`."""
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"psic-vlp-mini weights missing: {path} (train: python -m psic_cli.vlp.train_mini)")
-        with safe_open(str(path), framework="pt") as f:
-            arch = json.loads(f.metadata()["architecture"])
+        arch, state = read_weights(path, "psic-vlp-mini", "python -m psic_cli.vlp.train_mini")
         proj = Projection(**arch["projection"])
-        proj.load_state_dict(load_file(str(path)))
+        proj.load_state_dict(state)
         return cls(proj, logit_scale=arch["logit_scale"]).freeze()
