@@ -149,6 +149,8 @@ def decode(
     key: Annotated[str | None, typer.Option("--key", "-k", help="Key file: opens the full view.")] = None,
     view: Annotated[str | None, typer.Option(help="shielded (default without a key), full (default with a key) "
                                               "or machine (with a key).")] = None,
+    shield: Annotated[str | None, typer.Option(help="Shield level of the shielded view: subtle (default) or "
+                                                "strong (survives re-encoding better, costs more quality).")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="png, jpg or webp. Default: from the output's "
                                              "extension, else png.")] = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse files that claim more pixels than this.")] = 50_000_000,
@@ -165,6 +167,7 @@ def decode(
     Examples:
       psic decode photo.psic
       psic decode --key secret.key photo.psic -o full.png
+      psic decode --shield strong photo.psic -o strong.png
       psic decode coded/ -o views/ -j 2
     """
     msgs = Messages(quiet, verbose)
@@ -172,18 +175,20 @@ def decode(
 
     with exit_on_error(msgs):
         if src != "-" and os.path.isdir(src):
-            from psic_cli.codec import check_view
+            from psic_cli.codec import check_shield, check_view
             from psic_cli.jobs import output_suffix
 
             if key:
                 from psic_cli.keys import read_key
 
                 read_key(key, warn=msgs.warn)  # a bad key file fails once, before the batch
-            check_view(view, key is not None)
-            opts = {"key": key, "view": view, "fmt": fmt, "force": force, "max_pixels": max_pixels}
+            check_shield(shield, check_view(view, key is not None))
+            opts = {"key": key, "view": view, "fmt": fmt, "force": force, "max_pixels": max_pixels,
+                    "shield": shield}
             _batch("decode", src, output, output_suffix(fmt), force, jobs, opts, msgs)
             return
-        res = decode_file(src, output, key, view, fmt, force, warn=msgs.warn, max_pixels=max_pixels)
+        res = decode_file(src, output, key, view, fmt, force, warn=msgs.warn, max_pixels=max_pixels,
+                          shield=shield)
         msgs.notice(f"{src} -> {res.dst}")
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from psic_cli import container
 from psic_cli.errors import ChecksumError, FormatError, InputError, KeyMismatch, ModelError
 from psic_cli.imageio import DEFAULT_MAX_PIXELS, load_image
-from psic_cli.keys import condition_bits, fingerprint
+from psic_cli.keys import SHIELD_LEVELS, condition_bits, fingerprint, shield_condition
 from psic_cli.zoo import DEFAULT_MODEL, load_model
 
 VIEWS = ("shielded", "full", "machine")
@@ -118,21 +118,35 @@ def read_info(data: bytes) -> dict:
     return info
 
 
-def _condition(model, key: bytes | None, view: str):
+def _condition(model, key: bytes | None, view: str, shield: str):
     import torch
 
     cfg = model.cfg
     if view == "shielded":
-        return torch.zeros(1, cfg.cond_dim)
+        return torch.tensor([shield_condition(cfg.cond_dim, shield)])
     return torch.tensor([condition_bits(key, cfg.cond_dim, view)])
 
 
-def decode(data: bytes, key: bytes | None = None, view: str | None = None) -> DecodeResult:
-    """Decode .psic bytes.  Without a key: the shielded view.  With the model's key: ``full`` (default)
-    or ``machine``.  A key that does not open the model raises :class:`KeyMismatch` before decoding."""
+def check_shield(shield: str | None, view: str) -> str:
+    """The shield level: ``subtle`` (default) or ``strong``; only the shielded view has one."""
+    if shield is None:
+        return "subtle"
+    if shield not in SHIELD_LEVELS:
+        raise InputError(f"unknown shield level {shield!r}; choose one of {', '.join(SHIELD_LEVELS)}")
+    if view != "shielded":
+        raise InputError(f"--shield applies to the shielded view only (this decode gives the {view} view)")
+    return shield
+
+
+def decode(data: bytes, key: bytes | None = None, view: str | None = None,
+           shield: str | None = None) -> DecodeResult:
+    """Decode .psic bytes.  Without a key: the shielded view, at shield level ``subtle`` (default) or
+    ``strong``.  With the model's key: ``full`` (default) or ``machine``.  A key that does not open the
+    model raises :class:`KeyMismatch` before decoding."""
     import torch
 
     view = check_view(view, key is not None)
+    shield = check_shield(shield, view)
     f = container.unpack(data)
     h = f.header
     lm = load_model(h.model_id)
@@ -152,6 +166,8 @@ def decode(data: bytes, key: bytes | None = None, view: str | None = None) -> De
             )
         if view == "machine" and lm.info.metadata.get("machine_view") != "trained":
             raise ModelError(f"model {h.model_id} has no trained machine view")
+    if shield != "subtle" and shield not in lm.info.metadata.get("shield_levels", "subtle").split(","):
+        raise ModelError(f"model {h.model_id} has no trained {shield} shield")
     if h.tile_size != 0 or len(f.tiles) != 1:
         raise FormatError("tiled files are not supported by this psic")
     tile = f.tiles[0]
@@ -159,7 +175,7 @@ def decode(data: bytes, key: bytes | None = None, view: str | None = None) -> De
     ph, pw = -(-h.height // d), -(-h.width // d)
     if tile.z_shape != (ph, pw) or len(tile.strings) != 2:
         raise FormatError(f"tile shape {tile.z_shape} does not match image size {h.width}x{h.height}")
-    cond = _condition(model, key, view)
+    cond = _condition(model, key, view, shield)
     with torch.no_grad():
         out = model.decompress([[tile.strings[0]], [tile.strings[1]]], tile.z_shape, cond, h.quality - 1)
     if out["checksum"] != tile.checksum:

@@ -95,7 +95,7 @@ def output_suffix(fmt: str | None) -> str:
 
 def decode_file(src: str, output: str | None = None, key_file: str | None = None, view: str | None = None,
                 fmt: str | None = None, force: bool = False, warn=None,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> JobResult:
+                max_pixels: int = DEFAULT_MAX_PIXELS, shield: str | None = None) -> JobResult:
     from psic_cli import codec, container
     from psic_cli.imageio import check_output_size, encode_image, output_format
     from psic_cli.keys import read_key
@@ -112,7 +112,7 @@ def decode_file(src: str, output: str | None = None, key_file: str | None = None
         if header.width * header.height > max_pixels:
             raise InputError(f"{header.width}x{header.height} is over the {max_pixels}-pixel limit (--max-pixels)")
         check_output_size(header.width, header.height, pil_fmt)
-        res = codec.decode(data, key, view)
+        res = codec.decode(data, key, view, shield)
     except (InputError, OutputError) as e:
         raise type(e)(f"{name}: {e}") from None
     out = encode_image(res.pixels, pil_fmt)

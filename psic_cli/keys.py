@@ -13,7 +13,9 @@ written with mode 0600.  From a key, HKDF-SHA256 (RFC 5869, salt ``b"psic"``) de
 - the **fingerprint**: ``info = b"psic/fingerprint/v1"``, 8 bytes, shown as 16 hex digits.  Models store
   the fingerprint of the key that opens their full view, so a wrong key is refused before decoding.
 
-The shielded view's condition is the all-zeros vector (no key).
+The shielded view's condition does not need a key: ``subtle`` (the default) is the all-zeros vector;
+``strong`` is a public +-1 vector, derived the same way from the published constant
+:data:`PUBLIC_SHIELD_SEED` with ``info = b"psic/condition/v1/shield/strong"``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ _BEGIN = "-----BEGIN PSIC KEY-----"
 _END = "-----END PSIC KEY-----"
 MAX_KEY_FILE = 4096
 VIEWS_WITH_KEY = ("full", "machine")
+SHIELD_LEVELS = ("subtle", "strong")
+PUBLIC_SHIELD_SEED = b"psic public shield levels"
 
 
 def generate_key() -> bytes:
@@ -103,4 +107,14 @@ def condition_bits(key: bytes, cond_dim: int, view: str = "full") -> list[float]
     if view not in VIEWS_WITH_KEY:
         raise ValueError(f"unknown keyed view {view!r}")
     raw = _hkdf(key, b"psic/condition/v1/" + view.encode("ascii"), cond_dim // 8)
+    return [1.0 if (byte >> (7 - i)) & 1 else -1.0 for byte in raw for i in range(8)]
+
+
+def shield_condition(cond_dim: int, level: str = "subtle") -> list[float]:
+    """The condition vector of a shield level (no key needed; see the module docstring)."""
+    if level == "subtle":
+        return [0.0] * cond_dim
+    if level not in SHIELD_LEVELS:
+        raise ValueError(f"unknown shield level {level!r}")
+    raw = _hkdf(PUBLIC_SHIELD_SEED, b"psic/condition/v1/shield/" + level.encode("ascii"), cond_dim // 8)
     return [1.0 if (byte >> (7 - i)) & 1 else -1.0 for byte in raw for i in range(8)]

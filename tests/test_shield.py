@@ -44,7 +44,7 @@ def test_uaeo_loss_pushes_towards_wrong_classes():
     z_wrong = text[[2, 3]].clone()
     loss_true, stats = uaeo_loss(z_true, u, text, labels, 20.0)
     loss_wrong, _ = uaeo_loss(z_wrong, u, text, labels, 20.0)
-    assert stats["certain"] == 1.0 and stats["shielded_top1"] == 1.0
+    assert stats["certain"] == 1.0 and stats["top1"] == 1.0
     assert loss_wrong < loss_true
     loss_true.backward()
     assert z_true.grad.abs().sum() > 0
@@ -75,7 +75,7 @@ def test_shield_stage_keeps_bitstream(tmp_path, key_file):
     assert bitstream_id(before) == bitstream_id(after)
     assert not torch.equal(before["g_s.blocks.0.p1.weight"], after["g_s.blocks.0.p1.weight"])
     log = [json.loads(x) for x in (tmp_path / "sh" / "log.jsonl").read_text().splitlines()]
-    steps = [r for r in log if "priv" in r]
+    steps = [r for r in log if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in steps)
     out = tmp_path / "w.safetensors"
     assert main(["export", str(ckpt), str(out), "--data-desc", "test"]) == 0
@@ -83,3 +83,54 @@ def test_shield_stage_keeps_bitstream(tmp_path, key_file):
 
     with safe_open(str(out), framework="numpy") as f:
         assert f.metadata()["shield"] == "trained" and f.metadata()["stage"] == "shield"
+
+
+class TinyClassifier(torch.nn.Module):
+    """A stand-in ImageNet classifier for the strong shield's ensemble."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = torch.nn.Conv2d(3, 1000, 5, stride=4)
+
+    def logits(self, x):
+        return self.conv(x).mean((-2, -1))
+
+
+@pytest.mark.slow
+def test_later_stage_trains_machine_and_strong_views(tmp_path, key_file):
+    """A later stage adds the machine view and the strong shield, holds the subtle shield to its start,
+    keeps the bitstream, and the exported weights say which views are trained."""
+    from safetensors import safe_open
+
+    from psic_cli.training.export import export_weights
+    from psic_cli.training.shield import ShieldConfig, train_shield
+    from psic_cli.zoo import bitstream_id
+
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(TINY))
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for wnid in ("n01440764", "n02102040"):
+        (data / wnid).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (72, 72, 3), dtype=np.uint8)).save(data / wnid / f"{i}.png")
+    common = dict(model_id=str(cfg), data=[str(data)], key=str(key_file), batch=8, patch=64, log_every=1)
+    first = train_shield(ShieldConfig(init="", run_dir=str(tmp_path / "s2"), steps=2, ckpt_every=2, **common),
+                         vlp=TinyVLP())
+    sc = ShieldConfig(init=str(first), run_dir=str(tmp_path / "s3"), steps=3, ckpt_every=3,
+                      views="full,shielded,strong,machine", preserve="shielded", p_full=0.25, **common)
+    ckpt = train_shield(sc, vlp=TinyVLP(), ensemble=[TinyClassifier()])
+    before = torch.load(first, weights_only=False)["model"]
+    after = torch.load(ckpt, weights_only=False)["model"]
+    assert bitstream_id(before) == bitstream_id(after)
+    log = [json.loads(x) for x in (tmp_path / "s3" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "step" in r and "loss" in r]
+    assert len(steps) == 3 and all(np.isfinite(r["loss"]) for r in steps)
+    seen = set().union(*steps)
+    assert {"d_shielded_preserve", "priv_strong", "machine_instance", "ens_strong"} <= seen
+    out = tmp_path / "w.safetensors"
+    export_weights(ckpt, out, "test")
+    with safe_open(str(out), framework="numpy") as f:
+        meta = f.metadata()
+    assert meta["machine_view"] == "trained" and meta["shield_levels"] == "subtle,strong"

@@ -24,28 +24,53 @@ import torch
 from psic_cli.evaluation.metrics import ms_ssim, psnr
 
 
-def _zero_shot(vlp, images: list[np.ndarray], class_emb: torch.Tensor, batch: int = 32) -> np.ndarray:
-    preds = []
+def _batches(images: list[np.ndarray], batch: int = 32):
+    for i in range(0, len(images), batch):
+        yield torch.from_numpy(np.stack(images[i : i + batch])).permute(0, 3, 1, 2).float() / 255
+
+
+def _zero_shot(vlp, images: list[np.ndarray], class_emb: torch.Tensor) -> np.ndarray:
     with torch.no_grad():
-        for i in range(0, len(images), batch):
-            x = torch.from_numpy(np.stack(images[i : i + batch])).permute(0, 3, 1, 2).float() / 255
-            preds.append((vlp.encode_image(x) @ class_emb.t()).argmax(1).numpy())
-    return np.concatenate(preds)
+        return np.concatenate([(vlp.encode_image(x) @ class_emb.t()).argmax(1).numpy() for x in _batches(images)])
+
+
+def _imagenet_top1(vlp, images: list[np.ndarray]) -> np.ndarray:
+    """1000-way ImageNet predictions of a classifier judge (one with ``logits``)."""
+    with torch.no_grad():
+        return np.concatenate([vlp.logits(x).argmax(1).numpy() for x in _batches(images)])
+
+
+#: how each evaluated view is decoded: (needs the key, codec view, shield level)
+VIEW_DECODES = {"full": (True, "full", None), "shielded": (False, "shielded", None),
+                "strong": (False, "shielded", "strong"), "machine": (True, "machine", None)}
+
+
+def available_views(metadata: dict) -> list[str]:
+    """The views a model's weights have trained (full and shielded always)."""
+    views = ["full", "shielded"]
+    if "strong" in metadata.get("shield_levels", "subtle").split(","):
+        views.append("strong")
+    if metadata.get("machine_view") == "trained":
+        views.append("machine")
+    return views
 
 
 def evaluate(folder: Path, classes_file: Path, model_id: str, key_path: Path, vlp_specs: list[str],
-             limit: int | None, random_keys: int, qualities: list[int] | None) -> dict:
+             limit: int | None, random_keys: int, qualities: list[int] | None,
+             views: list[str] | None = None) -> dict:
     from PIL import Image
 
     from psic_cli import codec
     from psic_cli.keys import read_key
     from psic_cli.vlp import load_vlp
     from psic_cli.vlp.data_utils import list_labelled_folder
+    from psic_cli.vlp.judges import EffNetLabelJudge
     from psic_cli.vlp.text import read_class_file
     from psic_cli.zoo import load_model
 
     key = read_key(key_path)
     lm = load_model(model_id)
+    views = views or available_views(lm.info.metadata)
     files, labels = list_labelled_folder(folder, limit)
     mapping = read_class_file(classes_file)
     label_set = list(mapping)
@@ -54,42 +79,55 @@ def evaluate(folder: Path, classes_file: Path, model_id: str, key_path: Path, vl
     originals = [np.asarray(Image.open(f).convert("RGB")) for f in files]
     vlps = {s: load_vlp(s) for s in vlp_specs}
     class_emb = {s: v.class_embeddings(names) for s, v in vlps.items()}
-    res: dict = {"folder": str(folder), "images": len(files), "model": model_id,
-                 "model_metadata": {k: lm.info.metadata.get(k) for k in ("steps", "shield", "stage")},
+    y1000 = {}
+    for s, v in vlps.items():
+        if isinstance(v, EffNetLabelJudge):
+            y1000[s] = np.array([v.wnid_index[lab] for lab in labels])
+    res: dict = {"folder": str(folder), "images": len(files), "model": model_id, "views": views,
+                 "model_metadata": {k: lm.info.metadata.get(k) for k in ("steps", "shield", "stage", "shield_levels",
+                                                                          "machine_view")},
                  "original": {s: float((_zero_shot(v, originals, class_emb[s]) == y).mean()) for s, v in vlps.items()},
+                 "original_1000way": {s: float((_imagenet_top1(vlps[s], originals) == t).mean())
+                                      for s, t in y1000.items()},
                  "qualities": {}}
     target = vlp_specs[0]
     qs = qualities or list(range(1, lm.model.cfg.qualities + 1))
     last_data = []
     for q in qs:
         t0 = time.time()
-        views = {"full": [], "shielded": []}
-        bpp, metrics = [], {"full": [], "shielded": []}
+        decoded: dict[str, list] = {v: [] for v in views}
+        bpp, metrics = [], {v: [] for v in views}
         datas = []
         for img in originals:
             data = codec.encode_pixels(np.ascontiguousarray(img), model_id, q)
             datas.append(data)
             bpp.append(len(data) * 8 / (img.shape[0] * img.shape[1]))
             for v in views:
-                px = codec.decode(data, key if v == "full" else None, v).pixels
-                views[v].append(px)
+                needs_key, view, shield = VIEW_DECODES[v]
+                px = codec.decode(data, key if needs_key else None, view, shield).pixels
+                decoded[v].append(px)
                 metrics[v].append((psnr(img, px), ms_ssim(img, px)))
-        entry = {"bpp": float(np.mean(bpp))}
+        entry: dict = {"bpp": float(np.mean(bpp))}
         for v in views:
             m = np.array(metrics[v])
             entry[f"{v}_psnr"], entry[f"{v}_ms_ssim"] = float(m[:, 0].mean()), float(m[:, 1].mean())
         for s, vlp in vlps.items():
-            pf = _zero_shot(vlp, views["full"], class_emb[s])
-            ps = _zero_shot(vlp, views["shielded"], class_emb[s])
-            ok_full = pf == y
-            entry[s] = {"full_top1": float(ok_full.mean()), "shielded_top1": float((ps == y).mean()),
-                        "attack_success_rate": float((ok_full & (ps != y)).sum() / max(1, ok_full.sum()))}
+            preds = {v: _zero_shot(vlp, decoded[v], class_emb[s]) for v in views}
+            ok_full = preds["full"] == y
+            entry[s] = {f"{v}_top1": float((preds[v] == y).mean()) for v in views}
+            for v in views:
+                if v in ("shielded", "strong"):
+                    entry[s][f"{v}_attack_success_rate"] = float((ok_full & (preds[v] != y)).sum()
+                                                                 / max(1, ok_full.sum()))
+            if s in y1000:
+                entry[s]["1000way"] = {v: float((_imagenet_top1(vlp, decoded[v]) == y1000[s]).mean())
+                                       for v in views}
         entry["seconds"] = time.time() - t0
         res["qualities"][str(q)] = entry
         last_data = datas
         print(f"q{q}: {json.dumps(entry)}", file=sys.stderr, flush=True)
     if random_keys:
-        res["random_keys"] = _random_keys(lm.model, last_data[:8], y[:8], vlps[target], class_emb[target],
+        res["random_keys"] = _random_keys(lm.model, last_data[:16], y[:16], vlps[target], class_emb[target],
                                           key, random_keys, qs[-1])
     return res
 
@@ -114,45 +152,106 @@ def _random_keys(model, datas: list[bytes], y: np.ndarray, vlp, class_emb, key: 
     qt = torch.full((len(datas),), q - 1)
     h, w = sizes[0]
 
-    def top1(bits) -> float:
+    def view(bits) -> torch.Tensor:
         cond = torch.tensor(bits, dtype=torch.float32)[None].expand(len(datas), -1)
         with torch.no_grad():
-            x = model.synthesize(y_hat, cond, qt).clamp(0, 1)[..., :h, :w]
+            return model.synthesize(y_hat, cond, qt).clamp(0, 1)[..., :h, :w]
+
+    def top1(x: torch.Tensor) -> float:
+        with torch.no_grad():
             pred = (vlp.encode_image(x) @ class_emb.t()).argmax(1).numpy()
         return float((pred == y).mean())
 
-    full = top1(condition_bits(key, model.cfg.cond_dim, "full"))
-    shielded = top1([0.0] * model.cfg.cond_dim)
-    accs = [top1(condition_bits(secrets.token_bytes(32), model.cfg.cond_dim, "full")) for _ in range(n)]
+    def psnr_t(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(-10 * torch.log10(((a - b) ** 2).mean().clamp_min(1e-12)))
+
+    x_full = view(condition_bits(key, model.cfg.cond_dim, "full"))
+    x_shield = view([0.0] * model.cfg.cond_dim)
+    full, shielded = top1(x_full), top1(x_shield)
+    accs, to_full = [], []
+    for _ in range(n):
+        xk = view(condition_bits(secrets.token_bytes(32), model.cfg.cond_dim, "full"))
+        accs.append(top1(xk))
+        to_full.append(psnr_t(xk, x_full))
     unlocked = sum(a >= full for a in accs) if full > shielded else None
     return {"keys": n, "images": len(datas), "full_top1": full, "shielded_top1": shielded,
             "random_key_top1_mean": float(np.mean(accs)), "random_key_top1_max": float(np.max(accs)),
-            "unlocked": unlocked,
+            "unlocked": unlocked, "shielded_vs_full_psnr_db": psnr_t(x_shield, x_full),
+            "random_key_vs_full_psnr_db_max": float(np.max(to_full)),
             "note": "unlocked = random keys whose top-1 reaches the full view's (None while the views do not "
-                    "differ, i.e. the shield is untrained)"}
+                    "differ, i.e. the shield is untrained); PSNR of a random key's view against the full view "
+                    "(max over keys) shows how close the nearest one came"}
+
+
+def plot(res: dict, path: Path) -> None:
+    """Zero-shot top-1 of every VLP against bpp, one line per view, the original as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vl = list(res["original"])
+    fig, axes = plt.subplots(1, len(vl) + 1, figsize=(4.2 * (len(vl) + 1), 3.6))
+    qs = list(res["qualities"].values())
+    bpp = [e["bpp"] for e in qs]
+    for ax, s in zip(axes, vl, strict=False):
+        for v in res["views"]:
+            ax.plot(bpp, [100 * e[s][f"{v}_top1"] for e in qs], "o-", label=v)
+        ax.axhline(100 * res["original"][s], ls="--", c="k", lw=1, label="original")
+        ax.axhline(10, ls=":", c="gray", lw=1, label="chance")
+        ax.set(title=f"{s} (10-way)", xlabel="bpp", ylabel="top-1 %", ylim=(0, 102))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    ax = axes[-1]
+    for v in res["views"]:
+        ax.plot(bpp, [e[f"{v}_psnr"] for e in qs], "o-", label=v)
+    ax.set(title="PSNR vs original", xlabel="bpp", ylabel="dB")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def write_report(res: dict, name: str, command: str) -> None:
     Path("results").mkdir(exist_ok=True)
     Path(f"results/{name}.json").write_text(json.dumps(res, indent=2))
-    vl = list(res["original"])
+    vl, views = list(res["original"]), res["views"]
     lines = [f"# Privacy on {res['folder']} ({res['images']} images)", "",
-             f"Generated by `{command}`; raw numbers in `results/{name}.json`.", "",
+             f"Generated by `{command}`; raw numbers in `results/{name}.json`, figure `docs/{name}.png`.", "",
              f"Model `{res['model']}`: {res['model_metadata']}", "",
-             "| quality | bpp | PSNR full | PSNR shielded | MS-SSIM full | MS-SSIM shielded | "
-             + " | ".join(f"{v} orig / full / shielded (ASR)" for v in vl) + " |",
-             "|---" * (6 + len(vl)) + "|"]
+             "Zero-shot top-1 over the 10 Imagenette classes (chance 10%); ASR = attack success rate as PSIC "
+             "defines it: correct on the full view, wrong on the shielded view.", "",
+             "| quality | bpp | " + " | ".join(f"PSNR {v}" for v in views) + " | "
+             + " | ".join(f"MS-SSIM {v}" for v in views) + " |",
+             "|---" * (2 + 2 * len(views)) + "|"]
     for q, e in res["qualities"].items():
-        cells = [f"{res['original'][v]:.1%} / {e[v]['full_top1']:.1%} / {e[v]['shielded_top1']:.1%} "
-                 f"({e[v]['attack_success_rate']:.1%})" for v in vl]
-        lines.append(f"| {q} | {e['bpp']:.3f} | {e['full_psnr']:.2f} | {e['shielded_psnr']:.2f} | "
-                     f"{e['full_ms_ssim']:.4f} | {e['shielded_ms_ssim']:.4f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {q} | {e['bpp']:.3f} | " + " | ".join(f"{e[f'{v}_psnr']:.2f}" for v in views) + " | "
+                     + " | ".join(f"{e[f'{v}_ms_ssim']:.4f}" for v in views) + " |")
+    lines += ["", "| quality | VLP | original | " + " | ".join(views) + " | ASR shielded |",
+              "|---" * (4 + len(views)) + "|"]
+    for q, e in res["qualities"].items():
+        for s in vl:
+            lines.append(f"| {q} | {s} | {res['original'][s]:.1%} | "
+                         + " | ".join(f"{e[s][f'{v}_top1']:.1%}" for v in views)
+                         + f" | {e[s]['shielded_attack_success_rate']:.1%} |")
+    if res.get("original_1000way"):
+        lines += ["", "1000-way ImageNet top-1 of the classifier judges:", "",
+                  "| quality | judge | original | " + " | ".join(views) + " |", "|---" * (3 + len(views)) + "|"]
+        for q, e in res["qualities"].items():
+            for s, o in res["original_1000way"].items():
+                lines.append(f"| {q} | {s} | {o:.1%} | " + " | ".join(f"{e[s]['1000way'][v]:.1%}" for v in views)
+                             + " |")
     if "random_keys" in res:
         rk = res["random_keys"]
-        lines += ["", f"Random keys: {rk['keys']} keys on {rk['images']} images: unlocked {rk['unlocked']}; "
-                  f"target top-1 full {rk['full_top1']:.1%}, shielded {rk['shielded_top1']:.1%}, random keys mean "
-                  f"{rk['random_key_top1_mean']:.1%} (max {rk['random_key_top1_max']:.1%})."]
+        lines += ["", f"Random keys: {rk['keys']} keys on {rk['images']} images at the highest quality: "
+                  f"**unlocked {rk['unlocked']}**; target top-1 full {rk['full_top1']:.1%}, shielded "
+                  f"{rk['shielded_top1']:.1%}, random keys mean {rk['random_key_top1_mean']:.1%} (max "
+                  f"{rk['random_key_top1_max']:.1%}); the closest random-key view is "
+                  f"{rk['random_key_vs_full_psnr_db_max']:.2f} dB PSNR from the full view (the shielded view: "
+                  f"{rk['shielded_vs_full_psnr_db']:.2f} dB)."]
     Path(f"docs/{name}.md").write_text("\n".join(lines) + "\n")
+    plot(res, Path(f"docs/{name}.png"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,10 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=500)
     ap.add_argument("--qualities", type=int, nargs="*", default=None)
     ap.add_argument("--random-keys", type=int, default=1000)
+    ap.add_argument("--views", nargs="*", default=None, choices=list(VIEW_DECODES),
+                    help="default: every view the model's weights have trained")
     ap.add_argument("--name", default="privacy")
     args = ap.parse_args(argv)
     res = evaluate(args.folder, args.classes, args.model, args.key, args.vlps, args.limit, args.random_keys,
-                   args.qualities)
+                   args.qualities, args.views)
     write_report(res, args.name, "python -m psic_cli.evaluation.privacy " + " ".join(argv or sys.argv[1:]))
     return 0
 

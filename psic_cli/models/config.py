@@ -23,6 +23,7 @@ class ModelConfig:
     last_width: int  # channels of the decoder's last (half-resolution) stage
     lambdas: tuple[float, ...]  # rate-distortion weight of each quality level (quality = index + 1)
     downsampling: int = 64  # total spatial stride; inputs are padded to a multiple of it
+    trigger_scale: bool = False  # the trigger also scales decoder features (FiLM), not only biases them
 
     @property
     def qualities(self) -> int:

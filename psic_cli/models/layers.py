@@ -32,10 +32,14 @@ class CondResBlock(nn.Module):
     """Residual block whose two convolutions each receive a per-channel trigger bias.
 
     ``h1 = GELU(conv(f)) + P1 tau``, ``h2 = GELU(conv(h1)) + P2 tau``, ``out = h2 + skip(f)``.
-    ``P1``/``P2`` are zero-initialised, so a fresh block is the same for every condition.
+    With ``trigger_scale`` the trigger also scales the features (FiLM):
+    ``h1 = GELU(conv(f)) * (1 + S1 tau) + P1 tau``, and likewise for ``h2``.  A bias alone can only add a
+    spatially constant offset per channel; a scale modulates what the image already contains, which lets
+    a view change content-dependent detail.  ``P``/``S`` are zero-initialised, so a fresh block is the
+    same for every condition.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, trigger_width: int):
+    def __init__(self, in_ch: int, out_ch: int, trigger_width: int, trigger_scale: bool = False):
         super().__init__()
         self.conv1 = conv3x3(in_ch, out_ch)
         self.conv2 = conv3x3(out_ch, out_ch)
@@ -43,12 +47,22 @@ class CondResBlock(nn.Module):
         self.p2 = nn.Linear(trigger_width, out_ch, bias=False)
         nn.init.zeros_(self.p1.weight)
         nn.init.zeros_(self.p2.weight)
+        self.s1 = self.s2 = None
+        if trigger_scale:
+            self.s1 = nn.Linear(trigger_width, out_ch, bias=False)
+            self.s2 = nn.Linear(trigger_width, out_ch, bias=False)
+            nn.init.zeros_(self.s1.weight)
+            nn.init.zeros_(self.s2.weight)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, f: Tensor, tau: Tensor) -> Tensor:
-        h = F.gelu(self.conv1(f)) + self.p1(tau)[:, :, None, None]
-        h = F.gelu(self.conv2(h)) + self.p2(tau)[:, :, None, None]
-        return h + self.skip(f)
+        h = F.gelu(self.conv1(f))
+        if self.s1 is not None:
+            h = h * (1 + self.s1(tau)[:, :, None, None])
+        h = F.gelu(self.conv2(h + self.p1(tau)[:, :, None, None]))
+        if self.s2 is not None:
+            h = h * (1 + self.s2(tau)[:, :, None, None])
+        return h + self.p2(tau)[:, :, None, None] + self.skip(f)
 
 
 class ConditionalSynthesis(nn.Module):
@@ -58,17 +72,18 @@ class ConditionalSynthesis(nn.Module):
     the decoder's arithmetic, and the runtime decoder runs in float64 for cross-machine determinism.
     """
 
-    def __init__(self, N: int, M: int, trigger_width: int, last_width: int):
+    def __init__(self, N: int, M: int, trigger_width: int, last_width: int, trigger_scale: bool = False):
         super().__init__()
+        tw, ts = trigger_width, trigger_scale
         self.blocks = nn.ModuleList(
             [
-                CondResBlock(M, N, trigger_width),
+                CondResBlock(M, N, tw, ts),
                 ResidualBlockUpsample(N, N, 2),
-                CondResBlock(N, N, trigger_width),
+                CondResBlock(N, N, tw, ts),
                 ResidualBlockUpsample(N, N, 2),
-                CondResBlock(N, N, trigger_width),
+                CondResBlock(N, N, tw, ts),
                 ResidualBlockUpsample(N, last_width, 2),
-                CondResBlock(last_width, last_width, trigger_width),
+                CondResBlock(last_width, last_width, tw, ts),
             ]
         )
         self.out = subpel_conv3x3(last_width, 3, 2)

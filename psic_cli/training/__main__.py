@@ -33,8 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         flag = "--" + name.replace("_", "-")
         if name == "data":
             sh.add_argument(flag, nargs="+", default=val, help=f"labelled <wnid>/ folders (default: {val})")
+        elif isinstance(val, bool):
+            sh.add_argument(flag, action=argparse.BooleanOptionalAction, default=val, help=f"default: {val}")
         else:
-            typ = type(val) if val is not None else int
+            typ = type(val) if val is not None else (float if name == "max_minutes" else int)
             sh.add_argument(flag, type=typ, default=val, help=f"default: {val}")
     ex = sub.add_parser("export", help="checkpoint -> safetensors weights with metadata")
     ex.add_argument("checkpoint")

@@ -62,7 +62,10 @@ def write_weights(model, out: str | Path, *, steps: int, key_fingerprint: str, d
 
 def export_weights(checkpoint: str | Path, out: str | Path, data_desc: str, shield: str = "untrained",
                    notes: str = "") -> dict:
-    """Write ``out`` (safetensors) from a training checkpoint and return its metadata."""
+    """Write ``out`` (safetensors) from a training checkpoint and return its metadata.
+
+    The metadata records the trained views (``machine_view``, ``shield_levels``) from the checkpoint's
+    ``views`` (a later stage lists every view it keeps, preserved ones included)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     cfg = ModelConfig.from_dict(json.loads(state["model_config"]))
     model = build_model(cfg)
@@ -74,6 +77,10 @@ def export_weights(checkpoint: str | Path, out: str | Path, data_desc: str, shie
         notes = (notes + "; " if notes else "") + f"aux loss after quantile refinement {aux:.3g}"
     else:
         shield = "trained"
+    meta_extra = {k: str(v) for k, v in extra.items() if k.endswith("_config")}
+    views = set(str(extra.get("views", "full,shielded")).split(","))
+    if "machine" in views:
+        meta_extra["machine_view"] = "trained"
+    meta_extra["shield_levels"] = "subtle,strong" if "strong" in views else "subtle"
     return write_weights(model, out, steps=state["step"], key_fingerprint=extra["key_fingerprint"],
-                         data_desc=data_desc, stage=stage, shield=shield, notes=notes,
-                         extra={k: str(v) for k, v in extra.items() if k.endswith("_config")})
+                         data_desc=data_desc, stage=stage, shield=shield, notes=notes, extra=meta_extra)

@@ -2,24 +2,28 @@
 misleads the target vision-language model while both views stay close to the image.
 
 The encoder, hyperprior, entropy models and gains are frozen, so the bitstream (and the bitstream id in
-every .psic file) is unchanged.  Per sample the condition is the model's key (full view, 1/2), no key
-(1/4) or a random wrong key (1/4); the last two must give the shielded view, so a guessed key never
-unlocks.
+every .psic file) is unchanged.  Per sample the condition is the model's key (full view, ``p_full``), no
+key or a random wrong key (the rest, half each); the last two must give the shielded view, so a guessed
+key never unlocks.
 
-Losses (see ``../shared/docs/papers.md`` section 2 for the paper's versions):
+Losses (see ``../shared/docs/papers.md`` section 2 for the paper's versions), with ``D(a, b) =
+lambda_q * 255^2 * MSE(a, b)``:
 
-- distortion on both views: ``lambda_q * 255^2 * MSE(x_hat, x)``;
+- full-view samples: ``D(x_full, x) + anchor_weight * D(x_full, x_ref)``, where ``x_ref`` is the frozen
+  starting decoder's full view (the rate-distortion model): the full view must not lose quality;
+- shielded samples: ``nu * D(x_shield, x) + UAEO``;
 - **UAEO** on shielded samples, from the target's soft labels on the *original* image ``u`` over the
   1000 ImageNet class prompts: samples the target classifies correctly ("certain") are pushed away from
   their true class, ``(1 + cos(z, t_y)) / 2``; every shielded sample is pulled towards a soft label that puts
   its mass on the classes the target finds *least* compatible with the original, ``softmax(-s u T^T)`` (our
   softened version of the paper's argmin pseudo-label); the two terms are combined with detached
   inverse-magnitude weights (the paper's stage-2 weighting, made numerically safe);
-- **semantic preservation** on full-view samples: ``1 - cos(vlp(x_hat_full), vlp(x))``;
-- **adaptive multi-objective weighting** between distortion and privacy: a Lagrange multiplier ``mu`` on
-  the privacy term, raised while the shielded view's PSNR is within ``psnr_budget_db`` of the full view's
-  and lowered when it falls further behind (dual ascent on a quality constraint).  ``--weighting fixed``
-  keeps ``mu`` constant, for the ablation.
+- optional **semantic preservation** on full-view samples: ``1 - cos(vlp(x_full), vlp(x))``;
+- **adaptive multi-objective weighting** between distortion and privacy, as a constrained problem:
+  minimise UAEO subject to "the shielded view's PSNR is at most ``psnr_budget_db`` below the reference
+  full view's on the same latents".  ``nu`` is the Lagrange multiplier of that constraint, updated by
+  dual ascent (multiplicatively, on an EMA of the measured per-sample gap) and bounded.  ``--weighting
+  fixed`` keeps ``nu`` constant, for the ablation.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import torch.nn.functional as F
 
 from psic_cli.keys import condition_bits, fingerprint, read_key
 from psic_cli.training.data import load_rgb_at_least, random_crop
-from psic_cli.training.train import _log, draw_conditions, load_matching
+from psic_cli.training.train import _log, load_matching
 
 
 @dataclass
@@ -47,20 +51,39 @@ class ShieldConfig:
     key: str = "weights/shipped.key"
     vlp: str = "psic-vlp-mini"
     run_dir: str = "runs/psic-sh-shield"
-    steps: int = 2000
+    steps: int = 3000
     batch: int = 8
     patch: int = 192
     lr: float = 1e-4
-    weighting: str = "adaptive"  # adaptive (Lagrangian) | fixed
-    mu: float = 1.0  # initial (adaptive) or constant (fixed) privacy weight
-    mu_lr: float = 0.05
-    psnr_budget_db: float = 0.7  # allowed PSNR gap between shielded and full view
-    semantic_weight: float = 1.0
+    lr_final: float = 1e-5  # cosine decay to this over the last half of the run
+    qualities: str = "all"  # "all" or 1-based quality levels to train, e.g. "2" or "1,2"
+    p_full: float = 0.375  # share of samples decoded with the model's key
+    weighting: str = "adaptive"  # adaptive (Lagrangian dual ascent) | fixed
+    nu: float = 1.0  # initial (adaptive) or constant (fixed) weight of the shielded view's distortion
+    nu_lr: float = 0.02
+    nu_min: float = 0.05
+    nu_max: float = 50.0
+    psnr_budget_db: float = 0.6  # allowed PSNR gap between the shielded and the reference full view
+    anchor_weight: float = 1.0
+    semantic_weight: float = 0.0
+    reset_trigger: bool = True  # re-initialise CLTG and zero the trigger projections at the start
+    trigger_lr_mult: float = 10.0  # learning-rate multiplier of the condition path (CLTG, P, S)
+    # later stages (machine view, strong shield) train more views on the same decoder:
+    views: str = "full,shielded"  # trained views: full, shielded, strong, machine
+    preserve: str = ""  # views held to the starting decoder's output (e.g. "shielded" in a later stage)
+    preserve_weight: float = 4.0
+    strong_budget_db: float = 2.5  # allowed PSNR gap of the strong shield
+    strong_nu: float = 1.0
+    ensemble: str = "effnet-lite1"  # extra models the strong shield must fool (never the unseen judges)
+    ensemble_weight: float = 1.0
+    machine_weight: float = 1.0
+    machine_dist_weight: float = 0.25
     threads: int = 0
     seed: int = 2000
     log_every: int = 20
     ckpt_every: int = 100
     limit_images: int | None = None
+    max_minutes: float | None = None  # stop (with a checkpoint) after this wall time
 
 
 def imagenet_classes() -> tuple[list[str], dict[str, int]]:
@@ -125,7 +148,7 @@ def uaeo_loss(z: torch.Tensor, u: torch.Tensor, text: torch.Tensor, labels: torc
     loss = (w_c * l_c + w_u * l_u) / (w_c + w_u)
     acc = float((logits_z.argmax(-1) == truth).float().mean())
     return loss, {"l_c": float(l_c.detach()), "l_u": float(l_u.detach()), "certain": float(certain.float().mean()),
-                  "shielded_top1": acc}
+                  "top1": acc}
 
 
 def _frozen_latents(model, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -139,42 +162,168 @@ def _frozen_latents(model, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         return torch.round(y - mu) + mu
 
 
-def train_shield(sc: ShieldConfig, vlp=None) -> Path:
-    """Run (or resume) the shield stage; ``vlp`` overrides ``sc.vlp`` (tests pass a tiny model)."""
+def draw_views(n: int, views: list[str], p_full: float, gen: torch.Generator) -> list[str]:
+    """Per-sample views: ``full`` with probability ``p_full``, the others uniformly."""
+    rest = [v for v in views if v != "full"]
+    u = torch.rand(n, generator=gen).tolist()
+    k = torch.randint(0, max(1, len(rest)), (n,), generator=gen).tolist()
+    return ["full" if (ui < p_full or not rest) and "full" in views else rest[ki] for ui, ki in zip(u, k, strict=True)]
+
+
+def view_conditions(views: list[str], key_cond: torch.Tensor, machine_cond: torch.Tensor,
+                    strong_cond: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Condition vectors: the key (full), the machine bits, the public strong vector, and for the
+    shielded view no key or a random wrong key (half each), so a guessed key never unlocks."""
+    out = []
+    for v in views:
+        if v == "full":
+            out.append(key_cond)
+        elif v == "machine":
+            out.append(machine_cond)
+        elif v == "strong":
+            out.append(strong_cond)
+        elif torch.rand(1, generator=gen).item() < 0.5:
+            out.append(torch.zeros_like(key_cond))
+        else:
+            out.append(torch.randint(0, 2, key_cond.shape, generator=gen).float() * 2 - 1)
+    return torch.stack(out)
+
+
+def parse_qualities(spec: str, n: int) -> list[int]:
+    """``"all"`` or 1-based levels (``"1,3"``) -> 0-based quality indices."""
+    if spec == "all":
+        return list(range(n))
+    qs = sorted({int(t) - 1 for t in spec.split(",") if t.strip()})
+    if not qs or qs[0] < 0 or qs[-1] >= n:
+        raise ValueError(f"qualities must be 'all' or levels in 1..{n}, got {spec!r}")
+    return qs
+
+
+def _lr(step: int, sc: ShieldConfig) -> float:
+    half = sc.steps // 2
+    if step < half:
+        return sc.lr
+    t = (step - half) / max(1, sc.steps - half)
+    return sc.lr_final + 0.5 * (sc.lr - sc.lr_final) * (1 + math.cos(math.pi * t))
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    mse = F.mse_loss(a, b, reduction="none").flatten(1).mean(1)
+    return -10 * torch.log10(mse.clamp_min(1e-10))
+
+
+def _is_trigger(name: str) -> bool:
+    """The condition path: CLTG and the per-block trigger projections (bias P, scale S)."""
+    return name.startswith("cltg.") or (name.startswith("g_s.") and name.split(".")[-2] in ("p1", "p2", "s1", "s2"))
+
+
+def reset_trigger(model, seed: int) -> None:
+    """Fresh CLTG weights and zero trigger projections.
+
+    Rate-distortion training draws random conditions that must all reconstruct the image, which teaches
+    the condition path to ignore its input (measured on our rd weights: the trigger of the key and of
+    random keys is exactly zero, dead ReLUs).  The shield stage therefore restarts that path; with zero
+    projections the decoder's output is unchanged at the start.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for m in model.cltg.modules():
+        if isinstance(m, torch.nn.Linear):
+            bound = 1 / math.sqrt(m.in_features)
+            with torch.no_grad():
+                m.weight.uniform_(-bound, bound, generator=g)
+                m.bias.uniform_(-bound, bound, generator=g)
+    for name, p in model.named_parameters():
+        if _is_trigger(name) and not name.startswith("cltg."):
+            with torch.no_grad():
+                p.zero_()
+
+
+def _ensemble_loss(models: list, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Untargeted loss for ImageNet classifiers: ``-log(1 - p_true)`` (zero once the true class is gone)."""
+    loss = x.sum() * 0
+    for m in models:
+        p_true = m.logits(x).softmax(-1).gather(1, labels.clamp_min(0)[:, None])[:, 0]
+        loss = loss + (-torch.log1p(-p_true.clamp(max=1 - 1e-4)) * (labels >= 0)).mean()
+    return loss / max(1, len(models))
+
+
+def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Path:
+    """Run (or resume) the shield stage; ``vlp``/``ensemble`` override ``sc.vlp``/``sc.ensemble`` (tests)."""
+    import copy
+
+    from psic_cli.keys import shield_condition
     from psic_cli.models import build_model, load_config
+    from psic_cli.training.augment import publish, texture_weights
+    from psic_cli.training.machine import machine_losses
     from psic_cli.training.train import save_checkpoint
 
     if sc.threads:
         torch.set_num_threads(sc.threads)
+    if sc.weighting not in ("adaptive", "fixed"):
+        raise ValueError(f"weighting must be adaptive or fixed, got {sc.weighting!r}")
+    views = [v.strip() for v in sc.views.split(",") if v.strip()]
+    preserve = {v.strip() for v in sc.preserve.split(",") if v.strip()}
+    unknown = set(views) - {"full", "shielded", "strong", "machine"}
+    if unknown or "shielded" not in views:
+        raise ValueError(f"views must include shielded and come from full, shielded, strong, machine: {views}")
     torch.manual_seed(sc.seed)
     run_dir = Path(sc.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
     cfg = load_config(sc.model_id)
+    qualities = torch.tensor(parse_qualities(sc.qualities, cfg.qualities))
     model = build_model(cfg)
+    n = load_matching(model, sc.init) if sc.init else 0  # no init: random weights (tests)
+    teacher = copy.deepcopy(model).eval()  # the starting decoder: reference full view, preserved views
+    if sc.reset_trigger and not ckpt_path.exists():
+        reset_trigger(model, sc.seed)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
     key = read_key(sc.key)
     key_cond = torch.tensor(condition_bits(key, cfg.cond_dim, "full"))
-    trainable = [p for n, p in model.named_parameters() if n.startswith(("g_s.", "cltg."))]
-    opt = torch.optim.Adam(trainable, lr=sc.lr)
+    machine_cond = torch.tensor(condition_bits(key, cfg.cond_dim, "machine"))
+    strong_cond = torch.tensor(shield_condition(cfg.cond_dim, "strong"))
+    trainable = [p for name, p in model.named_parameters() if name.startswith(("g_s.", "cltg."))]
+    trigger = [p for name, p in model.named_parameters() if _is_trigger(name)]
+    others = [p for name, p in model.named_parameters() if name.startswith("g_s.") and not _is_trigger(name)]
+    opt = torch.optim.Adam([{"params": others, "lr_mult": 1.0}, {"params": trigger, "lr_mult": sc.trigger_lr_mult}],
+                           lr=sc.lr)
     aux_opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # checkpoint format compatibility
-    step, mu = 0, sc.mu
+    step = 0
+    nu = {"shielded": sc.nu, "strong": sc.strong_nu}
+    budget = {"shielded": sc.psnr_budget_db, "strong": sc.strong_budget_db}
+    gap_ema: dict[str, float | None] = {"shielded": None, "strong": None}
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
-        step, mu = state["step"], state["extra"]["mu"]
+        ex = state["extra"]
+        step = state["step"]
+        nu = {"shielded": ex["nu"], "strong": ex.get("nu_strong", sc.strong_nu)}
+        gap_ema = {"shielded": ex.get("gap_ema"), "strong": ex.get("gap_ema_strong")}
         _log(run_dir, {"event": "resume", "step": step})
     else:
-        n = load_matching(model, sc.init)
         _log(run_dir, {"event": "init_from", "path": sc.init, "tensors": n})
-    for n, p in model.named_parameters():
-        p.requires_grad_(n.startswith(("g_s.", "cltg.")))
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(("g_s.", "cltg.")))
     model.eval()  # frozen parts (GDN, entropy models) in inference mode; g_s has no batch-dependent layers
 
     if vlp is None:
         from psic_cli.vlp import load_vlp
 
         vlp = load_vlp(sc.vlp)
+    if ensemble is None:
+        ensemble = []
+        if "strong" in views and sc.ensemble:
+            from psic_cli.vlp import load_vlp
+
+            for spec in sc.ensemble.split(","):
+                if spec.strip() in ("effnet-lite2", "judge-scratch"):
+                    raise ValueError(f"{spec} is an unseen judge: never train against it")
+                ensemble.append(load_vlp(spec.strip()))
+    for m in [vlp, *ensemble]:
+        for p in m.parameters() if isinstance(m, torch.nn.Module) else ():
+            p.requires_grad_(False)
     names, _ = imagenet_classes()
     text_cache = run_dir / "class_text.pt"
     if text_cache.exists():
@@ -184,46 +333,132 @@ def train_shield(sc: ShieldConfig, vlp=None) -> Path:
         torch.save(text, text_cache)
     lambdas = torch.tensor(cfg.lambdas)
     bank = LabelledBank(sc.data, sc.patch, sc.seed, sc.limit_images)
-    _log(run_dir, {"event": "data", "images": len(bank.images)})
+    present = sorted({y for y in bank.labels if y >= 0})  # the classes of the data (10-way accuracy)
+    _log(run_dir, {"event": "data", "images": len(bank.images), "classes": len(present), "views": views,
+                   "preserve": sorted(preserve)})
     gen = torch.Generator().manual_seed(sc.seed + step)
-    gap_ema = None
-    last = time.time()
+    bank.rng = np.random.default_rng(sc.seed + 1 + step)
+    aug_rng = np.random.default_rng(sc.seed + 2 + step)
+
+    def acc10(z: torch.Tensor, labels: torch.Tensor) -> float:
+        if not present or len(z) == 0:
+            return float("nan")
+        truth = torch.tensor([present.index(int(y)) if int(y) in present else -1 for y in labels])
+        return float(((z.detach() @ text[present].t()).argmax(-1) == truth).float().mean())
+
+    t0 = last = time.time()
     while step < sc.steps:
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, sc) * g["lr_mult"]
         x, labels = bank.batch(sc.batch)
-        q = torch.randint(0, cfg.qualities, (sc.batch,), generator=gen)
-        cond = draw_conditions(sc.batch, key_cond, gen)
-        full = (cond == key_cond[None]).all(1)
+        q = qualities[torch.randint(0, len(qualities), (sc.batch,), generator=gen)]
+        vs = draw_views(sc.batch, views, sc.p_full, gen)
+        if "full" in views and "full" not in vs:
+            vs[0] = "full"
+        if "shielded" not in vs:
+            vs[-1] = "shielded"
+        sel = {v: torch.tensor([w == v for w in vs]) for v in views}
+        cond = view_conditions(vs, key_cond, machine_cond, strong_cond, gen)
         y_hat = _frozen_latents(model, x, q)
-        x_hat = model.synthesize(y_hat, cond, q).clamp(0, 1)
-        mse = F.mse_loss(x_hat, x, reduction="none").flatten(1).mean(1)
-        dist = (lambdas[q] * 255**2 * mse).mean()
         with torch.no_grad():
-            u = vlp.encode_image(x)
-        priv, stats = uaeo_loss(vlp.encode_image(x_hat[~full]), u[~full], text, labels[~full], vlp.logit_scale)
-        sem = (1 - (vlp.encode_image(x_hat[full]) * u[full]).sum(-1)).mean() if full.any() else dist * 0
-        loss = dist + mu * priv + sc.semantic_weight * sem
+            # reference: the starting decoder's full view; preserved views: its output for the same condition
+            t_cond = torch.stack([c if v in preserve else key_cond for v, c in zip(vs, cond, strict=True)])
+            x_ref = teacher.synthesize(y_hat, t_cond, q).clamp(0, 1)
+        x_hat = model.synthesize(y_hat, cond, q).clamp(0, 1)
+        lam = lambdas[q] * 255**2
+        d_img = lam * F.mse_loss(x_hat, x, reduction="none").flatten(1).mean(1)
+        d_ref = lam * F.mse_loss(x_hat, x_ref, reduction="none").flatten(1).mean(1)
+        loss = x_hat.sum() * 0
+        rec: dict = {}
+        m = sel.get("full")
+        if m is not None and m.any():
+            d_full = (d_img + sc.anchor_weight * d_ref)[m].mean()
+            loss = loss + d_full
+            rec["d_full"] = float(d_full.detach())
+            if sc.semantic_weight > 0:
+                with torch.no_grad():
+                    u_full = vlp.encode_image(x[m])
+                sem = (1 - (vlp.encode_image(x_hat[m]) * u_full).sum(-1)).mean()
+                loss = loss + sc.semantic_weight * sem
+                rec["sem"] = float(sem.detach())
+        for v in ("shielded", "strong"):
+            m = sel.get(v)
+            if m is None or not m.any():
+                continue
+            if v in preserve:
+                d = sc.preserve_weight * d_ref[m].mean()
+                loss = loss + d
+                rec[f"d_{v}_preserve"] = float(d.detach())
+                continue
+            if v == "strong":
+                w = texture_weights(x[m])
+                d = (lam[m] * (w * (x_hat[m] - x[m]) ** 2).mean(dim=(1, 2, 3))).mean()
+                seen = publish(x_hat[m], aug_rng)
+            else:
+                d = d_img[m].mean()
+                seen = x_hat[m]
+            with torch.no_grad():
+                u = vlp.encode_image(x[m])
+            z = vlp.encode_image(seen)
+            priv, stats = uaeo_loss(z, u, text, labels[m], vlp.logit_scale)
+            loss = loss + nu[v] * d + priv
+            if v == "strong" and ensemble:
+                ens = _ensemble_loss(ensemble, seen, labels[m])
+                loss = loss + sc.ensemble_weight * ens
+                rec["ens_strong"] = float(ens.detach())
+            rec[f"d_{v}"] = float(d.detach())
+            rec[f"priv_{v}"] = float(priv.detach())
+            rec[f"top1_10way_{v}"] = acc10(z, labels[m])
+            rec.update({f"{k}_{v}": val for k, val in stats.items()})
+        m = sel.get("machine")
+        if m is not None and m.any():
+            ml = machine_losses(vlp, x_hat[m], x[m], aug_rng)
+            mloss = ml["global"] + ml["local"] + ml["instance"]
+            dm = d_img[m].mean()
+            loss = loss + sc.machine_weight * mloss + sc.machine_dist_weight * dm
+            rec.update({f"machine_{k}": float(val.detach()) for k, val in ml.items()})
+            rec["d_machine"] = float(dm.detach())
+        if not torch.isfinite(loss):
+            _log(run_dir, {"event": "non-finite loss, step skipped", "step": step})
+            continue
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         step += 1
         with torch.no_grad():
-            psnr = -10 * torch.log10(mse.clamp_min(1e-10))
-            gap = float(psnr[full].mean() - psnr[~full].mean()) if full.any() and (~full).any() else 0.0
-            gap_ema = gap if gap_ema is None else 0.9 * gap_ema + 0.1 * gap
-        if sc.weighting == "adaptive":  # dual ascent on "shielded PSNR within budget of full"
-            mu = float(np.clip(mu * math.exp(sc.mu_lr * (sc.psnr_budget_db - gap_ema)), 1e-3, 1e3))
+            drop = _psnr(x_ref, x) - _psnr(x_hat.detach(), x)  # dB below the reference full view
+            if sel.get("full") is not None and sel["full"].any():
+                rec["full_drop_db"] = float(drop[sel["full"]].mean())
+            if sel.get("machine") is not None and sel["machine"].any():
+                rec["machine_drop_db"] = float(drop[sel["machine"]].mean())
+            for v in ("shielded", "strong"):
+                m = sel.get(v)
+                if m is None or not m.any() or v in preserve:
+                    continue
+                gap = float(drop[m].mean())
+                gap_ema[v] = gap if gap_ema[v] is None else 0.95 * gap_ema[v] + 0.05 * gap
+                rec[f"gap_db_{v}"] = gap
+                if sc.weighting == "adaptive":  # dual ascent on "PSNR gap <= budget"
+                    nu[v] = float(np.clip(nu[v] * math.exp(sc.nu_lr * (gap_ema[v] - budget[v])), sc.nu_min,
+                                          sc.nu_max))
+        out_of_time = sc.max_minutes is not None and time.time() - t0 > 60 * sc.max_minutes
         if step % sc.log_every == 0 or step == sc.steps:
-            _log(run_dir, {"step": step, "loss": round(float(loss.detach()), 4), "dist": round(float(dist.detach()), 4),
-                           "priv": round(float(priv.detach()), 4), "sem": round(float(sem.detach()), 4),
-                           "mu": round(mu, 4),
-                           "psnr_gap_ema": round(gap_ema, 3), **{k: round(v, 3) for k, v in stats.items()},
-                           "s_per_step": round((time.time() - last) / sc.log_every, 3)})
+            _log(run_dir, {"step": step, "loss": round(float(loss.detach()), 4),
+                           **{k: round(v, 4) for k, v in rec.items()},
+                           **{f"nu_{k}": round(v, 4) for k, v in nu.items() if k in views},
+                           **{f"gap_ema_{k}": round(v, 3) for k, v in gap_ema.items() if v is not None},
+                           "lr": _lr(step, sc), "s_per_step": round((time.time() - last) / sc.log_every, 3)})
             last = time.time()
-        if step % sc.ckpt_every == 0 or step == sc.steps:
+        if step % sc.ckpt_every == 0 or step == sc.steps or out_of_time:
             save_checkpoint(ckpt_path, model, opt, aux_opt, step, _as_train_config(sc),
-                            {"key_fingerprint": fingerprint(key), "stage": "shield", "mu": mu,
+                            {"key_fingerprint": fingerprint(key), "stage": "shield", "nu": nu["shielded"],
+                             "gap_ema": gap_ema["shielded"], "nu_strong": nu["strong"],
+                             "gap_ema_strong": gap_ema["strong"], "views": ",".join(views),
                              "shield_config": json.dumps(sc.__dict__)})
+        if out_of_time:
+            _log(run_dir, {"event": "time limit", "step": step})
+            break
     return ckpt_path
 
 

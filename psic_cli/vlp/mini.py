@@ -91,6 +91,11 @@ class PsicVlpMini(VLP):
         """Frozen backbone features ``[B, 1280]`` (differentiable w.r.t. ``images``)."""
         return lite_pooled_features(self.backbone, images, self.image_size)
 
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's last feature map ``[B, 1280, h, w]`` of square images (for saliency)."""
+        x = normalise(resize_center_crop(images, self.image_size), LITE_MEAN, LITE_STD)
+        return self.backbone.extract_features(x)
+
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised 384-d embedding of ``[B, 3, H, W]`` images in ``[0, 1]``."""
         return F.normalize(self.projection(self.image_features(images)), dim=-1)
