@@ -260,6 +260,9 @@ def _models(as_json: bool) -> None:
             "arch": m.metadata.get("arch"),
             "qualities": m.qualities,
             "shield": m.metadata.get("shield", "unknown"),
+            "views": ["shielded", "full"]
+            + (["strong"] if "strong" in m.metadata.get("shield_levels", "subtle").split(",") else [])
+            + (["machine"] if m.metadata.get("machine_view") == "trained" else []),
             "steps": m.metadata.get("steps"),
             "key_fingerprint": m.key_fingerprint,
             "file": str(m.path),
@@ -274,7 +277,7 @@ def _models(as_json: bool) -> None:
         return
     for r in rows:
         print(f"{r['model']:<10} {r['arch']!s:<22} qualities 1-{r['qualities']}  shield: {r['shield']!s:<10} "
-              f"key {r['key_fingerprint']}  steps {r['steps']}")
+              f"views {','.join(r['views']):<30} key {r['key_fingerprint']}  steps {r['steps']}")
 
 
 @app.command(name="eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},

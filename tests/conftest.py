@@ -28,7 +28,8 @@ TINY = {
 }
 
 
-def make_tiny_weights(folder: Path, arch: str = "scale-hyperprior", model_id: str = "tiny-sh") -> Path:
+def make_tiny_weights(folder: Path, arch: str = "scale-hyperprior", model_id: str = "tiny-sh",
+                      extra: dict | None = None) -> Path:
     import torch
 
     from psic_cli.keys import fingerprint
@@ -45,7 +46,7 @@ def make_tiny_weights(folder: Path, arch: str = "scale-hyperprior", model_id: st
             if hasattr(blk, "p1"):
                 blk.p1.weight.normal_(0, 0.05)
     out = folder / f"{model_id}.safetensors"
-    write_weights(model, out, steps=0, key_fingerprint=fingerprint(TEST_KEY), data_desc="none (test)")
+    write_weights(model, out, steps=0, key_fingerprint=fingerprint(TEST_KEY), data_desc="none (test)", extra=extra)
     return out
 
 
@@ -54,6 +55,9 @@ def tiny_weights(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("weights")
     make_tiny_weights(folder)
     make_tiny_weights(folder, "mean-scale-hyperprior", "tiny-msh")
+    # a model whose metadata says every view is trained (machine view, strong shield)
+    make_tiny_weights(folder, model_id="tiny-views",
+                      extra={"machine_view": "trained", "shield_levels": "subtle,strong"})
     return folder
 
 

@@ -39,6 +39,20 @@ def test_encode_decode_defaults(tiny_env, photo, key_file):
     assert Image.open(photo.parent / "full.webp").format == "WEBP"
 
 
+def test_shield_option(tiny_env, photo, tmp_path, key_file):
+    assert run("encode", photo, "-m", "tiny-sh").exit_code == 0
+    psic = photo.with_suffix(".psic")
+    r = run("decode", psic, "--shield", "strong", "-o", tmp_path / "s.png")
+    assert r.exit_code == 3 and "no trained strong shield" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run("decode", psic, "--key", key_file, "--shield", "strong", "-o", tmp_path / "s.png")
+    assert r.exit_code == 3 and "shielded view only" in r.stderr
+    assert not (tmp_path / "s.png").exists()
+    assert run("encode", photo, "-m", "tiny-views", "-o", tmp_path / "v.psic").exit_code == 0
+    assert run("decode", tmp_path / "v.psic", "--shield", "strong", "-o", tmp_path / "s.png").exit_code == 0
+    assert run("decode", tmp_path / "v.psic", "-o", tmp_path / "d.png").exit_code == 0
+    assert Image.open(tmp_path / "s.png").tobytes() != Image.open(tmp_path / "d.png").tobytes()
+
+
 def test_never_overwrites_without_force(tiny_env, photo):
     out = photo.with_suffix(".psic")
     out.write_bytes(b"precious")
@@ -95,7 +109,10 @@ def test_info_models_keygen(tiny_env, photo, tmp_path):
     meta = json.loads(r.stdout)
     assert meta["quality"] == 1 and meta["model"] == "tiny-sh" and meta["key_fingerprint"]
     r = run("models", "--json")
-    assert {m["model"] for m in json.loads(r.stdout)} == {"tiny-sh", "tiny-msh"}
+    rows = {m["model"]: m for m in json.loads(r.stdout)}
+    assert set(rows) == {"tiny-sh", "tiny-msh", "tiny-views"}
+    assert rows["tiny-sh"]["views"] == ["shielded", "full"]
+    assert rows["tiny-views"]["views"] == ["shielded", "full", "strong", "machine"]
     k = tmp_path / "new.key"
     assert run("keygen", k).exit_code == 0
     assert oct(os.stat(k).st_mode & 0o777) == "0o600"

@@ -38,6 +38,27 @@ def test_views_differ_and_key_is_checked(tiny_env, rgb_image):
         codec.decode(data, view="full")
 
 
+def test_shield_levels_and_machine_view(tiny_env, rgb_image):
+    from psic_cli.errors import InputError
+
+    data = codec.encode_pixels(rgb_image, "tiny-sh")
+    with pytest.raises(ModelError, match="no trained strong shield"):
+        codec.decode(data, shield="strong")
+    with pytest.raises(ModelError, match="no trained machine view"):
+        codec.decode(data, key=TEST_KEY, view="machine")
+    with pytest.raises(InputError, match="unknown shield level"):
+        codec.decode(data, shield="medium")
+    with pytest.raises(InputError, match="shielded view only"):
+        codec.decode(data, key=TEST_KEY, shield="strong")
+    assert np.array_equal(codec.decode(data, shield="subtle").pixels, codec.decode(data).pixels)
+    data = codec.encode_pixels(rgb_image, "tiny-views")
+    views = [codec.decode(data).pixels, codec.decode(data, shield="strong").pixels,
+             codec.decode(data, key=TEST_KEY).pixels, codec.decode(data, key=TEST_KEY, view="machine").pixels]
+    for i in range(len(views)):  # four different conditions, four different decodes
+        for j in range(i):
+            assert not np.array_equal(views[i], views[j])
+
+
 def test_symbol_checksum_catches_desync(tiny_env, rgb_image):
     from psic_cli import container
 

@@ -60,3 +60,13 @@ def test_missing_and_world_readable(tmp_path):
     warnings = []
     keys.read_key(p, warn=warnings.append)
     assert warnings and "readable by other users" in warnings[0]
+
+
+def test_shield_conditions_are_public_and_pinned():
+    subtle = keys.shield_condition(16, "subtle")
+    strong = keys.shield_condition(16, "strong")
+    assert subtle == [0.0] * 16
+    assert set(strong) == {-1.0, 1.0} and strong == keys.shield_condition(16, "strong")
+    assert strong != keys.condition_bits(TEST_KEY, 16, "full")
+    with pytest.raises(ValueError):
+        keys.shield_condition(16, "medium")

@@ -1,0 +1,86 @@
+"""Publication transforms (evaluation and training), texture weights, machine-view losses, trigger search."""
+
+import numpy as np
+import torch
+
+from .test_shield import TinyVLP
+
+
+def test_publish_transforms(rgb_image):
+    from psic_cli.evaluation.attacks import publish
+
+    img = np.ascontiguousarray(rgb_image)
+    assert publish(img, "as decoded") is img
+    j = publish(img, "jpeg50")
+    assert j.shape == img.shape and not np.array_equal(j, img)
+    r = publish(img, "resize0.5")
+    assert r.shape[:2] == (round(img.shape[0] / 2), round(img.shape[1] / 2))
+    b = publish(img, "blur1")
+    assert np.abs(np.diff(b.astype(float), axis=1)).mean() < np.abs(np.diff(img.astype(float), axis=1)).mean()
+
+
+def test_training_publish_keeps_shape_and_passes_gradient():
+    from psic_cli.training.augment import EOTConfig, jpeg_ste, publish
+
+    x = torch.rand(3, 3, 48, 40, requires_grad=True)
+    y = publish(x, np.random.default_rng(0), EOTConfig(p_jpeg=1, p_resize=1, p_blur=1, p_crop=1))
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    j = jpeg_ste(x[0].detach(), 30)
+    assert not torch.equal(j, x[0].detach())
+
+
+def test_texture_weights_favour_texture():
+    from psic_cli.training.augment import texture_weights
+
+    x = torch.full((1, 3, 32, 64), 0.5)
+    x[..., 32:] = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    w = texture_weights(x)
+    assert torch.allclose(w.mean(), torch.tensor(1.0), atol=1e-4)
+    assert w[..., 4:28, 4:28].mean() > 3 * w[..., 4:28, 36:60].mean()  # flat costs more than texture
+
+
+def test_machine_losses_and_saliency_boxes():
+    from psic_cli.training.machine import machine_losses, saliency_boxes
+
+    vlp = TinyVLP()
+    x = torch.rand(2, 3, 64, 64)
+    m = (x + 0.1 * torch.randn_like(x)).clamp(0, 1).requires_grad_(True)
+    out = machine_losses(vlp, m, x, np.random.default_rng(0), size=32)
+    assert set(out) == {"global", "local", "instance"}
+    sum(out.values()).backward()
+    assert m.grad.abs().sum() > 0
+    assert machine_losses(vlp, x.clone(), x, np.random.default_rng(0), size=32)["global"] < 1e-5
+
+    class Mapped(TinyVLP):
+        def feature_map(self, images):  # one hot spot in the top-left corner
+            f = torch.zeros(len(images), 4, 8, 8)
+            f[:, :, 1, 1] = 1
+            return f
+
+    (t, b, lf, r), = saliency_boxes(Mapped(), torch.rand(1, 3, 64, 64))
+    assert t < 16 and lf < 16 and b - t >= 16 and r - lf >= 16
+
+
+def test_trigger_search_raises_confidence(tiny_env, rgb_image):
+    from psic_cli import codec, container
+    from psic_cli.evaluation.attacks import trigger_search
+    from psic_cli.zoo import load_model
+
+    model = load_model("tiny-sh").model
+    data = codec.encode_pixels(rgb_image, "tiny-sh", 1)
+    t = container.unpack(data).tiles[0]
+    y_hat, _ = model.decode_latent([[t.strings[0]], [t.strings[1]]], t.z_shape)
+    y_hat = y_hat.float()
+    vlp = TinyVLP()
+    text = vlp.class_embeddings(["a", "bb", "ccc", "dddd"])
+
+    def confidence(cond):
+        with torch.no_grad():
+            x = model.synthesize(y_hat, cond[None], torch.tensor([0])).clamp(0, 1)
+            return (vlp.logit_scale * vlp.encode_image(x) @ text.t()).softmax(-1).max().item()
+
+    v = trigger_search(model, vlp, text, text, y_hat, 1, None, "cond", steps=15)
+    assert v.shape == (model.cfg.cond_dim,)
+    assert confidence(v) > confidence(torch.zeros(model.cfg.cond_dim))
