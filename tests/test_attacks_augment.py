@@ -84,3 +84,36 @@ def test_trigger_search_raises_confidence(tiny_env, rgb_image):
     v = trigger_search(model, vlp, text, text, y_hat, 1, None, "cond", steps=15)
     assert v.shape == (model.cfg.cond_dim,)
     assert confidence(v) > confidence(torch.zeros(model.cfg.cond_dim))
+
+
+def test_privacy_report_end_to_end(tiny_env, tmp_path, monkeypatch, key_file):
+    """The privacy evaluation runs every trained view through the real codec and writes its report."""
+    import json
+
+    from PIL import Image
+
+    import psic_cli.vlp as vlp_pkg
+    from psic_cli.evaluation import privacy
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "val"
+    for wnid in ("n01440764", "n02102040"):
+        (data / wnid).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(data / wnid / f"{i}.png")
+    classes = tmp_path / "classes.tsv"
+    classes.write_text("n01440764\ttench\nn02102040\tEnglish springer\n")
+    monkeypatch.setattr(vlp_pkg, "load_vlp", lambda spec: TinyVLP())
+    res = privacy.evaluate(data, classes, "tiny-views", key_file, ["tiny"], None, 3, [1])
+    assert res["views"] == ["full", "shielded", "strong", "machine"]
+    e = res["qualities"]["1"]
+    assert set(e["tiny"]) >= {"full_top1", "shielded_top1", "strong_top1", "machine_top1",
+                              "shielded_attack_success_rate"}
+    assert res["random_keys"]["keys"] == 3 and res["random_keys"]["images"] == 6
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs").mkdir()
+    privacy.write_report(res, "p", "test")
+    md = (tmp_path / "docs/p.md").read_text()
+    assert "PSNR strong" in md and "Random keys: 3 keys" in md
+    assert (tmp_path / "docs/p.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "results/p.json").read_text())["images"] == 6

@@ -29,15 +29,19 @@ def _batches(images: list[np.ndarray], batch: int = 32):
         yield torch.from_numpy(np.stack(images[i : i + batch])).permute(0, 3, 1, 2).float() / 255
 
 
-def _zero_shot(vlp, images: list[np.ndarray], class_emb: torch.Tensor) -> np.ndarray:
+def _predict(vlp, images: list[np.ndarray], class_emb: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+    """Zero-shot predictions over ``class_emb``; for a classifier judge (one with ``logits``) also its
+    1000-way ImageNet predictions, from the same forward pass."""
+    zs, full = [], []
     with torch.no_grad():
-        return np.concatenate([(vlp.encode_image(x) @ class_emb.t()).argmax(1).numpy() for x in _batches(images)])
-
-
-def _imagenet_top1(vlp, images: list[np.ndarray]) -> np.ndarray:
-    """1000-way ImageNet predictions of a classifier judge (one with ``logits``)."""
-    with torch.no_grad():
-        return np.concatenate([vlp.logits(x).argmax(1).numpy() for x in _batches(images)])
+        for x in _batches(images):
+            if hasattr(vlp, "logits"):
+                logits = vlp.logits(x)
+                zs.append((logits.softmax(-1) @ class_emb.t()).argmax(1).numpy())
+                full.append(logits.argmax(1).numpy())
+            else:
+                zs.append((vlp.encode_image(x) @ class_emb.t()).argmax(1).numpy())
+    return np.concatenate(zs), (np.concatenate(full) if full else None)
 
 
 #: how each evaluated view is decoded: (needs the key, codec view, shield level)
@@ -86,10 +90,12 @@ def evaluate(folder: Path, classes_file: Path, model_id: str, key_path: Path, vl
     res: dict = {"folder": str(folder), "images": len(files), "model": model_id, "views": views,
                  "model_metadata": {k: lm.info.metadata.get(k) for k in ("steps", "shield", "stage", "shield_levels",
                                                                           "machine_view")},
-                 "original": {s: float((_zero_shot(v, originals, class_emb[s]) == y).mean()) for s, v in vlps.items()},
-                 "original_1000way": {s: float((_imagenet_top1(vlps[s], originals) == t).mean())
-                                      for s, t in y1000.items()},
-                 "qualities": {}}
+                 "original": {}, "original_1000way": {}, "qualities": {}}
+    for s, v in vlps.items():
+        p10, p1000 = _predict(v, originals, class_emb[s])
+        res["original"][s] = float((p10 == y).mean())
+        if s in y1000:
+            res["original_1000way"][s] = float((p1000 == y1000[s]).mean())
     target = vlp_specs[0]
     qs = qualities or list(range(1, lm.model.cfg.qualities + 1))
     last_data = []
@@ -112,7 +118,8 @@ def evaluate(folder: Path, classes_file: Path, model_id: str, key_path: Path, vl
             m = np.array(metrics[v])
             entry[f"{v}_psnr"], entry[f"{v}_ms_ssim"] = float(m[:, 0].mean()), float(m[:, 1].mean())
         for s, vlp in vlps.items():
-            preds = {v: _zero_shot(vlp, decoded[v], class_emb[s]) for v in views}
+            both = {v: _predict(vlp, decoded[v], class_emb[s]) for v in views}
+            preds = {v: b[0] for v, b in both.items()}
             ok_full = preds["full"] == y
             entry[s] = {f"{v}_top1": float((preds[v] == y).mean()) for v in views}
             for v in views:
@@ -120,8 +127,7 @@ def evaluate(folder: Path, classes_file: Path, model_id: str, key_path: Path, vl
                     entry[s][f"{v}_attack_success_rate"] = float((ok_full & (preds[v] != y)).sum()
                                                                  / max(1, ok_full.sum()))
             if s in y1000:
-                entry[s]["1000way"] = {v: float((_imagenet_top1(vlp, decoded[v]) == y1000[s]).mean())
-                                       for v in views}
+                entry[s]["1000way"] = {v: float((both[v][1] == y1000[s]).mean()) for v in views}
         entry["seconds"] = time.time() - t0
         res["qualities"][str(q)] = entry
         last_data = datas
