@@ -29,9 +29,10 @@ def _batches(images: list[np.ndarray], batch: int = 32):
         yield torch.from_numpy(np.stack(images[i : i + batch])).permute(0, 3, 1, 2).float() / 255
 
 
-def _predict(vlp, images: list[np.ndarray], class_emb: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-    """Zero-shot predictions over ``class_emb``; for a classifier judge (one with ``logits``) also its
-    1000-way ImageNet predictions, from the same forward pass."""
+def _predict(vlp, images: list[np.ndarray], class_emb: torch.Tensor,
+             emb1000: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Zero-shot predictions over ``class_emb`` and, from the same forward pass, 1000-way ImageNet
+    predictions: a classifier judge's own logits, or zero-shot over ``emb1000`` (all 1000 class prompts)."""
     zs, full = [], []
     with torch.no_grad():
         for x in _batches(images):
@@ -40,7 +41,10 @@ def _predict(vlp, images: list[np.ndarray], class_emb: torch.Tensor) -> tuple[np
                 zs.append((logits.softmax(-1) @ class_emb.t()).argmax(1).numpy())
                 full.append(logits.argmax(1).numpy())
             else:
-                zs.append((vlp.encode_image(x) @ class_emb.t()).argmax(1).numpy())
+                z = vlp.encode_image(x)
+                zs.append((z @ class_emb.t()).argmax(1).numpy())
+                if emb1000 is not None:
+                    full.append((z @ emb1000.t()).argmax(1).numpy())
     return np.concatenate(zs), (np.concatenate(full) if full else None)
 
 
@@ -69,7 +73,7 @@ def evaluate(folder: Path, classes_file: Path, model_id: str, key_path: Path, vl
     from psic_cli.vlp import load_vlp
     from psic_cli.vlp.data_utils import list_labelled_folder
     from psic_cli.vlp.judges import EffNetLabelJudge
-    from psic_cli.vlp.text import read_class_file
+    from psic_cli.vlp.text import imagenet_classes, read_class_file
     from psic_cli.zoo import load_model
 
     key = read_key(key_path)
@@ -83,16 +87,17 @@ def evaluate(folder: Path, classes_file: Path, model_id: str, key_path: Path, vl
     originals = [np.asarray(Image.open(f).convert("RGB")) for f in files]
     vlps = {s: load_vlp(s) for s in vlp_specs}
     class_emb = {s: v.class_embeddings(names) for s, v in vlps.items()}
-    y1000 = {}
-    for s, v in vlps.items():
-        if isinstance(v, EffNetLabelJudge):
-            y1000[s] = np.array([v.wnid_index[lab] for lab in labels])
+    wnids, names1000 = imagenet_classes()
+    wnid_index = {w: i for i, w in enumerate(wnids)}
+    emb1000 = {s: None if isinstance(v, EffNetLabelJudge) else v.class_embeddings(list(names1000))
+               for s, v in vlps.items()} if all(lab in wnid_index for lab in label_set) else {}
+    y1000 = {s: np.array([wnid_index[lab] for lab in labels]) for s in emb1000}
     res: dict = {"folder": str(folder), "images": len(files), "model": model_id, "views": views,
                  "model_metadata": {k: lm.info.metadata.get(k) for k in ("steps", "shield", "stage", "shield_levels",
                                                                           "machine_view")},
                  "original": {}, "original_1000way": {}, "qualities": {}}
     for s, v in vlps.items():
-        p10, p1000 = _predict(v, originals, class_emb[s])
+        p10, p1000 = _predict(v, originals, class_emb[s], emb1000.get(s))
         res["original"][s] = float((p10 == y).mean())
         if s in y1000:
             res["original_1000way"][s] = float((p1000 == y1000[s]).mean())
@@ -118,7 +123,7 @@ def evaluate(folder: Path, classes_file: Path, model_id: str, key_path: Path, vl
             m = np.array(metrics[v])
             entry[f"{v}_psnr"], entry[f"{v}_ms_ssim"] = float(m[:, 0].mean()), float(m[:, 1].mean())
         for s, vlp in vlps.items():
-            both = {v: _predict(vlp, decoded[v], class_emb[s]) for v in views}
+            both = {v: _predict(vlp, decoded[v], class_emb[s], emb1000.get(s)) for v in views}
             preds = {v: b[0] for v, b in both.items()}
             ok_full = preds["full"] == y
             entry[s] = {f"{v}_top1": float((preds[v] == y).mean()) for v in views}
@@ -242,7 +247,8 @@ def write_report(res: dict, name: str, command: str) -> None:
                          + " | ".join(f"{e[s][f'{v}_top1']:.1%}" for v in views)
                          + f" | {e[s]['shielded_attack_success_rate']:.1%} |")
     if res.get("original_1000way"):
-        lines += ["", "1000-way ImageNet top-1 of the classifier judges:", "",
+        lines += ["", "1000-way ImageNet top-1 (classifier judges: their own 1000 outputs; the others: zero-shot "
+                  "over all 1000 ImageNet class prompts):", "",
                   "| quality | judge | original | " + " | ".join(views) + " |", "|---" * (3 + len(views)) + "|"]
         for q, e in res["qualities"].items():
             for s, o in res["original_1000way"].items():

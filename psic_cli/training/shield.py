@@ -13,7 +13,9 @@ lambda_q * 255^2 * MSE(a, b)``:
   starting decoder's full view (the rate-distortion model): the full view must not lose quality;
 - shielded samples: ``nu * D(x_shield, x) + UAEO``;
 - **UAEO** on shielded samples, from the target's soft labels on the *original* image ``u`` over the
-  1000 ImageNet class prompts: samples the target classifies correctly ("certain") are pushed away from
+  captions ``T``: by default the class captions of the training data (the paper uses the captions of the
+  batch; ours come from the class names), or all 1000 ImageNet class prompts (``--captions imagenet``).
+  Samples the target classifies correctly ("certain") are pushed away from
   their true class, ``(1 + cos(z, t_y)) / 2``; every shielded sample is pulled towards a soft label that puts
   its mass on the classes the target finds *least* compatible with the original, ``softmax(-s u T^T)`` (our
   softened version of the paper's argmin pseudo-label); the two terms are combined with detached
@@ -66,6 +68,7 @@ class ShieldConfig:
     psnr_budget_db: float = 0.6  # allowed PSNR gap between the shielded and the reference full view
     anchor_weight: float = 1.0
     semantic_weight: float = 0.0
+    captions: str = "data"  # UAEO's text set: "data" (the training data's class captions) or "imagenet" (1000)
     reset_trigger: bool = True  # re-initialise CLTG and zero the trigger projections at the start
     trigger_lr_mult: float = 10.0  # learning-rate multiplier of the condition path (CLTG, P, S)
     # later stages (machine view, strong shield) train more views on the same decoder:
@@ -334,6 +337,14 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
     lambdas = torch.tensor(cfg.lambdas)
     bank = LabelledBank(sc.data, sc.patch, sc.seed, sc.limit_images)
     present = sorted({y for y in bank.labels if y >= 0})  # the classes of the data (10-way accuracy)
+    if sc.captions == "data" and present:  # the paper's in-batch captions: those of the training data
+        u_text = text[present]
+        to_caption = torch.full((len(names),), -1, dtype=torch.long)
+        to_caption[torch.tensor(present)] = torch.arange(len(present))
+    elif sc.captions in ("data", "imagenet"):
+        u_text, to_caption = text, torch.arange(len(names))
+    else:
+        raise ValueError(f"captions must be data or imagenet, got {sc.captions!r}")
     _log(run_dir, {"event": "data", "images": len(bank.images), "classes": len(present), "views": views,
                    "preserve": sorted(preserve)})
     gen = torch.Generator().manual_seed(sc.seed + step)
@@ -400,7 +411,9 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
             with torch.no_grad():
                 u = vlp.encode_image(x[m])
             z = vlp.encode_image(seen)
-            priv, stats = uaeo_loss(z, u, text, labels[m], vlp.logit_scale)
+            lab = labels[m]
+            priv, stats = uaeo_loss(z, u, u_text, torch.where(lab >= 0, to_caption[lab.clamp_min(0)], -1),
+                                    vlp.logit_scale)
             loss = loss + nu[v] * d + priv
             if v == "strong" and ensemble:
                 ens = _ensemble_loss(ensemble, seen, labels[m])
