@@ -44,6 +44,17 @@ def kodak_block(name: str = "kodak-rd") -> str:
         lines.append("Fresh-process wall times: " + ", ".join(f"`{k}` {v:.2f} s" for k, v in cw.items()) + ".")
     lines.append(f"Model: {r['model']} ({r['model_metadata']}). Full table: `docs/{name}.md`, "
                  f"plot `docs/{name}.png`.")
+    base = ROOT / "results" / f"{name}-rdonly.json"
+    if base.exists():  # the same bitstreams decoded by the rate-distortion weights (before the shield stage)
+        b = json.loads(base.read_text())["curves"]["psic-full"]
+        c = r["curves"]
+        lines += ["", "Cost of the shield at the same bitstream (identical bpp) against the rate-distortion "
+                  f"weights before the shield stage (`results/{name}-rdonly.json`):", "",
+                  "| quality | bpp | PSNR before | " + " | ".join(f"{k[5:]} view" for k in c if k.startswith("psic-"))
+                  + " |", "|---" * (3 + sum(k.startswith("psic-") for k in c)) + "|"]
+        for i, (bp, ps) in enumerate(zip(b["bpp"], b["psnr"], strict=True)):
+            cells = [f"{c[k]['psnr'][i]:.2f} ({c[k]['psnr'][i] - ps:+.2f})" for k in c if k.startswith("psic-")]
+            lines.append(f"| {i + 1} | {bp:.3f} | {ps:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -82,7 +93,41 @@ def md_block(path: str) -> str:
     return "\n".join(out).strip()
 
 
+def summary_block() -> str:
+    """The headline numbers, from results/privacy.json and results/attacks.json."""
+    p = ROOT / "results" / "privacy.json"
+    if not p.exists():
+        return "_not generated yet: run the privacy evaluation (below)_"
+    r = json.loads(p.read_text())
+    target = next(iter(r["original"]))
+    lines = [f"Measured on {r['images']} Imagenette val images (10-way zero-shot top-1, chance 10%; target "
+             f"`{target}`, original images {r['original'][target]:.1%}):", "",
+             "| quality | bpp | target: full view | target: shielded | target: strong | PSNR full | "
+             "PSNR shielded | PSNR strong |", "|---|---|---|---|---|---|---|---|"]
+    for q, e in r["qualities"].items():
+        t = e[target]
+        strong = f"{t['strong_top1']:.1%}" if "strong_top1" in t else "-"
+        ps = f"{e['strong_psnr']:.2f}" if "strong_psnr" in e else "-"
+        lines.append(f"| {q} | {e['bpp']:.3f} | {t['full_top1']:.1%} | {t['shielded_top1']:.1%} | {strong} | "
+                     f"{e['full_psnr']:.2f} | {e['shielded_psnr']:.2f} | {ps} |")
+    rk = r.get("random_keys")
+    if rk:
+        lines += ["", f"Random keys: {rk['unlocked']} of {rk['keys']} unlock the full view."]
+    a = ROOT / "results" / "attacks.json"
+    if a.exists():
+        ar = json.loads(a.read_text())
+        for q, e in ar["qualities"].items():
+            for v in ("shielded", "strong"):
+                if v in e["views"]:
+                    t = e["views"][v]["top1"]
+                    lines.append(f"After JPEG q75 re-encoding (quality {q}), the target reads the {v} view "
+                                 f"{t['jpeg75'][ar['target']]:.1%} of the time (as decoded: "
+                                 f"{t['as decoded'][ar['target']]:.1%}).")
+    return "\n".join(lines)
+
+
 BLOCKS = {
+    "summary": summary_block,
     "privacy": lambda: md_block("docs/privacy.md"),
     "privacy-msh": lambda: md_block("docs/privacy-msh.md"),
     "attacks": lambda: md_block("docs/attacks.md"),

@@ -1,6 +1,7 @@
 """Publication transforms (evaluation and training), texture weights, machine-view losses, trigger search."""
 
 import numpy as np
+import pytest
 import torch
 
 from .test_shield import TinyVLP
@@ -117,3 +118,18 @@ def test_privacy_report_end_to_end(tiny_env, tmp_path, monkeypatch, key_file):
     assert "PSNR strong" in md and "Random keys: 3 keys" in md
     assert (tmp_path / "docs/p.png").stat().st_size > 1000
     assert json.loads((tmp_path / "results/p.json").read_text())["images"] == 6
+
+
+def test_face_detector_judge_finds_the_example_face():
+    pytest.importorskip("cv2")
+    from PIL import Image
+
+    from psic_cli.evaluation.faces import _detector, detect, iou
+
+    from .conftest import EXAMPLES
+
+    det = _detector()
+    face = detect(det, np.asarray(Image.open(EXAMPLES / "kodim15.png").convert("RGB")))
+    assert len(face) == 1
+    assert detect(det, np.asarray(Image.open(EXAMPLES / "kodim21.png").convert("RGB"))) == []
+    assert iou(face[0], face[0]) == 1.0 and iou((0, 0, 10, 10), (20, 20, 5, 5)) == 0.0

@@ -65,7 +65,7 @@ def available_views(metadata: dict) -> list[str]:
 
 def evaluate(folder: Path, classes_file: Path, model_id: str, key_path: Path, vlp_specs: list[str],
              limit: int | None, random_keys: int, qualities: list[int] | None,
-             views: list[str] | None = None) -> dict:
+             views: list[str] | None = None, key_images: int = 8) -> dict:
     from PIL import Image
 
     from psic_cli import codec
@@ -138,8 +138,8 @@ def evaluate(folder: Path, classes_file: Path, model_id: str, key_path: Path, vl
         last_data = datas
         print(f"q{q}: {json.dumps(entry)}", file=sys.stderr, flush=True)
     if random_keys:
-        res["random_keys"] = _random_keys(lm.model, last_data[:16], y[:16], vlps[target], class_emb[target],
-                                          key, random_keys, qs[-1])
+        res["random_keys"] = _random_keys(lm.model, last_data[:key_images], y[:key_images], vlps[target],
+                                          class_emb[target], key, random_keys, qs[-1])
     return res
 
 
@@ -277,12 +277,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=500)
     ap.add_argument("--qualities", type=int, nargs="*", default=None)
     ap.add_argument("--random-keys", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--key-images", type=int, default=8, help="images decoded with each random key")
     ap.add_argument("--views", nargs="*", default=None, choices=list(VIEW_DECODES),
                     help="default: every view the model's weights have trained")
     ap.add_argument("--name", default="privacy")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     res = evaluate(args.folder, args.classes, args.model, args.key, args.vlps, args.limit, args.random_keys,
-                   args.qualities, args.views)
+                   args.qualities, args.views, args.key_images)
     write_report(res, args.name, "python -m psic_cli.evaluation.privacy " + " ".join(argv or sys.argv[1:]))
     return 0
 

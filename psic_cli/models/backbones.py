@@ -118,7 +118,8 @@ class ConditionalHyperprior(nn.Module):
         self.entropy_bottleneck = EntropyBottleneck(N)
         self.gaussian_conditional = GaussianConditional(None)
         self.cltg = TriggerGenerator(cfg.cond_dim, cfg.trigger_width)
-        self.g_s = ConditionalSynthesis(N, M, cfg.trigger_width, cfg.last_width, cfg.trigger_scale)
+        self.g_s = ConditionalSynthesis(N, M, cfg.trigger_width, cfg.last_width, cfg.trigger_scale,
+                                         cfg.trigger_head)
         # log-gain per quality and channel; higher lambda -> finer quantisation (larger gain)
         lam = torch.tensor(cfg.lambdas, dtype=torch.float32)
         init = 0.5 * torch.log(lam / lam.max())

@@ -24,6 +24,7 @@ class ModelConfig:
     lambdas: tuple[float, ...]  # rate-distortion weight of each quality level (quality = index + 1)
     downsampling: int = 64  # total spatial stride; inputs are padded to a multiple of it
     trigger_scale: bool = False  # the trigger also scales decoder features (FiLM), not only biases them
+    trigger_head: bool = False  # one more conditional block at the decoder's last stage (identity at init)
 
     @property
     def qualities(self) -> int:

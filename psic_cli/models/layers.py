@@ -70,9 +70,14 @@ class ConditionalSynthesis(nn.Module):
 
     The last stage (at half resolution) is ``last_width`` channels wide instead of N: it holds most of
     the decoder's arithmetic, and the runtime decoder runs in float64 for cross-machine determinism.
+
+    With ``trigger_head`` a further conditional block at the last stage gives the condition new features
+    to work with (the others were learnt for reconstruction); its second convolution starts at zero, so
+    it starts as the identity and older weights load unchanged.
     """
 
-    def __init__(self, N: int, M: int, trigger_width: int, last_width: int, trigger_scale: bool = False):
+    def __init__(self, N: int, M: int, trigger_width: int, last_width: int, trigger_scale: bool = False,
+                 trigger_head: bool = False):
         super().__init__()
         tw, ts = trigger_width, trigger_scale
         self.blocks = nn.ModuleList(
@@ -86,6 +91,11 @@ class ConditionalSynthesis(nn.Module):
                 CondResBlock(last_width, last_width, tw, ts),
             ]
         )
+        if trigger_head:  # one more conditional block, the identity at initialisation (see class docstring)
+            head = CondResBlock(last_width, last_width, tw, ts)
+            nn.init.zeros_(head.conv2.weight)
+            nn.init.zeros_(head.conv2.bias)
+            self.blocks.append(head)
         self.out = subpel_conv3x3(last_width, 3, 2)
 
     def forward(self, y_hat: Tensor, tau: Tensor) -> Tensor:

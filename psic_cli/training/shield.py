@@ -48,6 +48,7 @@ from psic_cli.training.train import _log, load_matching
 @dataclass
 class ShieldConfig:
     init: str = "weights/psic-sh.safetensors"  # rate-distortion weights or checkpoint to start from
+    reference: str = ""  # the decoder whose full view is the reference (default: init)
     model_id: str = "psic-sh"
     data: list[str] = field(default_factory=lambda: ["../shared/data/imagenette/train"])  # <wnid>/ folders
     key: str = "weights/shipped.key"
@@ -278,6 +279,9 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
     model = build_model(cfg)
     n = load_matching(model, sc.init) if sc.init else 0  # no init: random weights (tests)
     teacher = copy.deepcopy(model).eval()  # the starting decoder: reference full view, preserved views
+    if sc.reference:  # a fresh model: tensors the reference lacks keep their neutral initial values
+        teacher = build_model(cfg).eval()
+        load_matching(teacher, sc.reference)
     if sc.reset_trigger and not ckpt_path.exists():
         reset_trigger(model, sc.seed)
     for p in teacher.parameters():
