@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=Path, default=Path("runs/ablation"))
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--budget-db", type=float, default=0.6)
+    ap.add_argument("--init", default="weights/rd/psic-sh.safetensors", help="rate-distortion weights to start from")
     args = ap.parse_args(argv)
     from psic_cli._compat import ensure_torchvision_importable
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     ckpts = {}
     for weighting in ("adaptive", "fixed"):
-        sc = ShieldConfig(run_dir=str(args.runs / weighting), steps=args.steps, qualities=str(args.quality),
+        sc = ShieldConfig(init=args.init, run_dir=str(args.runs / weighting), steps=args.steps, qualities=str(args.quality),
                           weighting=weighting, nu=1.0, nu_min=0.002, nu_lr=0.03, psnr_budget_db=args.budget_db,
                           threads=args.threads)
         ckpts[weighting] = train_shield(sc)

@@ -47,7 +47,7 @@ from psic_cli.training.train import _log, load_matching
 
 @dataclass
 class ShieldConfig:
-    init: str = "weights/psic-sh.safetensors"  # rate-distortion weights or checkpoint to start from
+    init: str = "weights/rd/psic-sh.safetensors"  # rate-distortion weights or checkpoint to start from
     reference: str = ""  # the decoder whose full view is the reference (default: init)
     model_id: str = "psic-sh"
     data: list[str] = field(default_factory=lambda: ["../shared/data/imagenette/train"])  # <wnid>/ folders
