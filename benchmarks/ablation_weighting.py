@@ -79,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     ckpts = {}
     for weighting in ("adaptive", "fixed"):
-        sc = ShieldConfig(init=args.init, run_dir=str(args.runs / weighting), steps=args.steps, qualities=str(args.quality),
-                          weighting=weighting, nu=1.0, nu_min=0.002, nu_lr=0.03, psnr_budget_db=args.budget_db,
-                          threads=args.threads)
+        sc = ShieldConfig(init=args.init, run_dir=str(args.runs / weighting), steps=args.steps,
+                          qualities=str(args.quality), weighting=weighting, nu=1.0, nu_min=0.002, nu_lr=0.03,
+                          psnr_budget_db=args.budget_db, threads=args.threads)
         ckpts[weighting] = train_shield(sc)
     files, labels = list_labelled_folder(args.val, args.images)
     mapping = read_class_file(ROOT / "psic_cli/vlp/data/imagenette_classes.tsv")

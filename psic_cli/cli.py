@@ -252,7 +252,7 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
 
 
 def _models(as_json: bool) -> None:
-    from psic_cli.zoo import list_models, weights_dir
+    from psic_cli.zoo import list_models, trained_views, weights_dir
 
     rows = [
         {
@@ -260,9 +260,7 @@ def _models(as_json: bool) -> None:
             "arch": m.metadata.get("arch"),
             "qualities": m.qualities,
             "shield": m.metadata.get("shield", "unknown"),
-            "views": ["shielded", "full"]
-            + (["strong"] if "strong" in m.metadata.get("shield_levels", "subtle").split(",") else [])
-            + (["machine"] if m.metadata.get("machine_view") == "trained" else []),
+            "views": trained_views(m.metadata),
             "steps": m.metadata.get("steps"),
             "key_fingerprint": m.key_fingerprint,
             "file": str(m.path),

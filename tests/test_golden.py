@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from psic_cli.zoo import trained_views
+
 from .conftest import EXAMPLES, REPO
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -30,15 +32,6 @@ def _decode(data: bytes, key: bytes, name: str):
 
     needs_key, view, shield = VIEWS[name]
     return codec.decode(data, key if needs_key else None, view, shield)
-
-
-def _trained_views(meta: dict) -> list[str]:
-    views = ["shielded", "full"]
-    if "strong" in meta.get("shield_levels", "subtle").split(","):
-        views.append("strong")
-    if meta.get("machine_view") == "trained":
-        views.append("machine")
-    return views
 
 
 def _sha(pixels: np.ndarray) -> str:
@@ -70,7 +63,7 @@ def test_generate_golden():
         lm = load_model(model_id)
         expected = {
             "weights_sha256": lm.weights_sha256,
-            "views": {v: _sha(_decode(data, key, v).pixels) for v in _trained_views(lm.info.metadata)},
+            "views": {v: _sha(_decode(data, key, v).pixels) for v in trained_views(lm.info.metadata)},
         }
         (out / f"{name}.json").write_text(json.dumps(expected, indent=2) + "\n")
 
@@ -92,7 +85,7 @@ def test_golden_files_decode(path, monkeypatch):
     key = read_key(SHIPPED_KEY)
     lm = load_model(info["model"])
     for view, sha in expected["views"].items():
-        if view not in _trained_views(lm.info.metadata):
+        if view not in trained_views(lm.info.metadata):
             continue  # written when these weights had this view; installed weights do not
         res = _decode(data, key, view)  # symbol checksum verified inside
         assert res.pixels.shape == (info["height"], info["width"], 3)

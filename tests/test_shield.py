@@ -50,12 +50,8 @@ def test_uaeo_loss_pushes_towards_wrong_classes():
     assert z_true.grad.abs().sum() > 0
 
 
-@pytest.mark.slow
-def test_shield_stage_keeps_bitstream(tmp_path, key_file):
-    from psic_cli.training.__main__ import main
-    from psic_cli.training.shield import ShieldConfig, train_shield
-    from psic_cli.zoo import bitstream_id
-
+def _tiny_setup(tmp_path):
+    """A tiny model config file and a labelled folder of 2 classes x 3 random images."""
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps(TINY))
     data = tmp_path / "data"
@@ -64,6 +60,16 @@ def test_shield_stage_keeps_bitstream(tmp_path, key_file):
         (data / wnid).mkdir(parents=True)
         for i in range(3):
             Image.fromarray(rng.integers(0, 255, (72, 72, 3), dtype=np.uint8)).save(data / wnid / f"{i}.png")
+    return cfg, data
+
+
+@pytest.mark.slow
+def test_shield_stage_keeps_bitstream(tmp_path, key_file):
+    from psic_cli.training.__main__ import main
+    from psic_cli.training.shield import ShieldConfig, train_shield
+    from psic_cli.zoo import bitstream_id
+
+    cfg, data = _tiny_setup(tmp_path)
     rd = tmp_path / "rd"
     main(["rd", "--model-id", str(cfg), "--data", str(data), "--key", str(key_file), "--run-dir", str(rd),
           "--steps", "2", "--batch", "2", "--patch", "64"])
@@ -107,14 +113,7 @@ def test_later_stage_trains_machine_and_strong_views(tmp_path, key_file):
     from psic_cli.training.shield import ShieldConfig, train_shield
     from psic_cli.zoo import bitstream_id
 
-    cfg = tmp_path / "tiny.json"
-    cfg.write_text(json.dumps(TINY))
-    data = tmp_path / "data"
-    rng = np.random.default_rng(0)
-    for wnid in ("n01440764", "n02102040"):
-        (data / wnid).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(rng.integers(0, 255, (72, 72, 3), dtype=np.uint8)).save(data / wnid / f"{i}.png")
+    cfg, data = _tiny_setup(tmp_path)
     common = dict(model_id=str(cfg), data=[str(data)], key=str(key_file), batch=8, patch=64, log_every=1)
     first = train_shield(ShieldConfig(init="", run_dir=str(tmp_path / "s2"), steps=2, ckpt_every=2, **common),
                          vlp=TinyVLP())

@@ -54,13 +54,11 @@ VIEW_DECODES = {"full": (True, "full", None), "shielded": (False, "shielded", No
 
 
 def available_views(metadata: dict) -> list[str]:
-    """The views a model's weights have trained (full and shielded always)."""
-    views = ["full", "shielded"]
-    if "strong" in metadata.get("shield_levels", "subtle").split(","):
-        views.append("strong")
-    if metadata.get("machine_view") == "trained":
-        views.append("machine")
-    return views
+    """The views a model's weights have trained, in report order (full first)."""
+    from psic_cli.zoo import trained_views
+
+    views = trained_views(metadata)
+    return ["full", "shielded"] + [v for v in views if v not in ("full", "shielded")]
 
 
 def evaluate(folder: Path, classes_file: Path, model_id: str, key_path: Path, vlp_specs: list[str],

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from psic_cli.keys import condition_bits, fingerprint, read_key
 from psic_cli.training.data import load_rgb_at_least, random_crop
-from psic_cli.training.train import _log, load_matching
+from psic_cli.training.train import _log, cosine_lr, load_matching
 
 
 @dataclass
@@ -204,11 +204,7 @@ def parse_qualities(spec: str, n: int) -> list[int]:
 
 
 def _lr(step: int, sc: ShieldConfig) -> float:
-    half = sc.steps // 2
-    if step < half:
-        return sc.lr
-    t = (step - half) / max(1, sc.steps - half)
-    return sc.lr_final + 0.5 * (sc.lr - sc.lr_final) * (1 + math.cos(math.pi * t))
+    return cosine_lr(step, sc.steps, sc.lr, sc.lr_final)
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

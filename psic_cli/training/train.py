@@ -78,12 +78,17 @@ def draw_conditions(n: int, key_cond: torch.Tensor, gen: torch.Generator) -> tor
     return torch.where((u >= 0.75)[:, None], rand_keys, cond)
 
 
-def lr_at(step: int, tc: TrainConfig) -> float:
-    half = tc.steps // 2
+def cosine_lr(step: int, steps: int, lr: float, lr_final: float) -> float:
+    """Constant ``lr`` for the first half of ``steps``, then cosine decay to ``lr_final``."""
+    half = steps // 2
     if step < half:
-        return tc.lr
-    t = (step - half) / max(1, tc.steps - half)
-    return tc.lr_final + 0.5 * (tc.lr - tc.lr_final) * (1 + math.cos(math.pi * t))
+        return lr
+    t = (step - half) / max(1, steps - half)
+    return lr_final + 0.5 * (lr - lr_final) * (1 + math.cos(math.pi * t))
+
+
+def lr_at(step: int, tc: TrainConfig) -> float:
+    return cosine_lr(step, tc.steps, tc.lr, tc.lr_final)
 
 
 def _is_main() -> bool:
