@@ -131,6 +131,7 @@ BLOCKS = {
     "privacy": lambda: md_block("docs/privacy.md"),
     "privacy-msh": lambda: md_block("docs/privacy-msh.md"),
     "attacks": lambda: md_block("docs/attacks.md"),
+    "faces": lambda: md_block("docs/faces.md"),
     "ablation": lambda: md_block("docs/ablation-weighting.md"),
     "bench": lambda: text_block("results/bench_batch.txt"),
     "fuzz": lambda: "```\n" + (ROOT / "results/fuzz_reader.txt").read_text().strip() + "\n```",
