@@ -14,7 +14,7 @@ from psic_cli import container
 from psic_cli.errors import ChecksumError, FormatError, InputError, KeyMismatch, ModelError
 from psic_cli.imageio import DEFAULT_MAX_PIXELS, load_image
 from psic_cli.keys import SHIELD_LEVELS, condition_bits, fingerprint, shield_condition
-from psic_cli.zoo import DEFAULT_MODEL, load_model
+from psic_cli.zoo import DEFAULT_MODEL, load_model, trained_views
 
 VIEWS = ("shielded", "full", "machine")
 
@@ -164,9 +164,10 @@ def decode(data: bytes, key: bytes | None = None, view: str | None = None,
                 f"this key (fingerprint {fingerprint(key)}) does not open model {h.model_id} "
                 f"(expects {lm.info.key_fingerprint})"
             )
-        if view == "machine" and lm.info.metadata.get("machine_view") != "trained":
-            raise ModelError(f"model {h.model_id} has no trained machine view")
-    if shield != "subtle" and shield not in lm.info.metadata.get("shield_levels", "subtle").split(","):
+    trained = trained_views(lm.info.metadata)
+    if view == "machine" and "machine" not in trained:
+        raise ModelError(f"model {h.model_id} has no trained machine view")
+    if shield != "subtle" and shield not in trained:
         raise ModelError(f"model {h.model_id} has no trained {shield} shield")
     if h.tile_size != 0 or len(f.tiles) != 1:
         raise FormatError("tiled files are not supported by this psic")

@@ -100,14 +100,18 @@ def fingerprint(key: bytes) -> str:
     return _hkdf(key, b"psic/fingerprint/v1", 8).hex()
 
 
+def _plus_minus_one(raw: bytes) -> list[float]:
+    """Each bit, most significant first, as +1 (set) or -1 (clear)."""
+    return [1.0 if (byte >> (7 - i)) & 1 else -1.0 for byte in raw for i in range(8)]
+
+
 def condition_bits(key: bytes, cond_dim: int, view: str = "full") -> list[float]:
     """The +-1 condition vector of ``view`` for ``key`` (length ``cond_dim``, a multiple of 8)."""
     if cond_dim % 8:
         raise ValueError("cond_dim must be a multiple of 8")
     if view not in VIEWS_WITH_KEY:
         raise ValueError(f"unknown keyed view {view!r}")
-    raw = _hkdf(key, b"psic/condition/v1/" + view.encode("ascii"), cond_dim // 8)
-    return [1.0 if (byte >> (7 - i)) & 1 else -1.0 for byte in raw for i in range(8)]
+    return _plus_minus_one(_hkdf(key, b"psic/condition/v1/" + view.encode("ascii"), cond_dim // 8))
 
 
 def shield_condition(cond_dim: int, level: str = "subtle") -> list[float]:
@@ -116,5 +120,5 @@ def shield_condition(cond_dim: int, level: str = "subtle") -> list[float]:
         return [0.0] * cond_dim
     if level not in SHIELD_LEVELS:
         raise ValueError(f"unknown shield level {level!r}")
-    raw = _hkdf(PUBLIC_SHIELD_SEED, b"psic/condition/v1/shield/" + level.encode("ascii"), cond_dim // 8)
-    return [1.0 if (byte >> (7 - i)) & 1 else -1.0 for byte in raw for i in range(8)]
+    return _plus_minus_one(_hkdf(PUBLIC_SHIELD_SEED, b"psic/condition/v1/shield/" + level.encode("ascii"),
+                                 cond_dim // 8))

@@ -38,15 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     from psic_cli.evaluation.privacy import VIEW_DECODES, available_views
     from psic_cli.imageio import load_image
     from psic_cli.keys import read_key
-    from psic_cli.training.shield import imagenet_classes
     from psic_cli.vlp import load_vlp
+    from psic_cli.vlp.text import imagenet_classes
     from psic_cli.zoo import load_model
 
     key = read_key(args.key)
     views = available_views(load_model(args.model).info.metadata)
     vlp = load_vlp("psic-vlp-mini")
-    names, _ = imagenet_classes()
-    text = vlp.class_embeddings(names)
+    _, names = imagenet_classes()
+    text = vlp.class_embeddings(list(names))
 
     def reads(px: np.ndarray) -> str:
         with torch.no_grad():

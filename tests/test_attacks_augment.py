@@ -65,15 +65,13 @@ def test_machine_losses_and_saliency_boxes():
 
 
 def test_trigger_search_raises_confidence(tiny_env, rgb_image):
-    from psic_cli import codec, container
+    from psic_cli import codec
     from psic_cli.evaluation.attacks import trigger_search
+    from psic_cli.evaluation.privacy import bitstream_latent
     from psic_cli.zoo import load_model
 
     model = load_model("tiny-sh").model
-    data = codec.encode_pixels(rgb_image, "tiny-sh", 1)
-    t = container.unpack(data).tiles[0]
-    y_hat, _ = model.decode_latent([[t.strings[0]], [t.strings[1]]], t.z_shape)
-    y_hat = y_hat.float()
+    y_hat, _ = bitstream_latent(model, codec.encode_pixels(rgb_image, "tiny-sh", 1))
     vlp = TinyVLP()
     text = vlp.class_embeddings(["a", "bb", "ccc", "dddd"])
 
@@ -82,7 +80,7 @@ def test_trigger_search_raises_confidence(tiny_env, rgb_image):
             x = model.synthesize(y_hat, cond[None], torch.tensor([0])).clamp(0, 1)
             return (vlp.logit_scale * vlp.encode_image(x) @ text.t()).softmax(-1).max().item()
 
-    v = trigger_search(model, vlp, text, text, y_hat, 1, None, "cond", steps=15)
+    v = trigger_search(model, vlp, text, y_hat, 1, None, "cond", steps=15)
     assert v.shape == (model.cfg.cond_dim,)
     assert confidence(v) > confidence(torch.zeros(model.cfg.cond_dim))
 

@@ -90,16 +90,23 @@ def pgd_full_view(vlp, emb: torch.Tensor, images: list[np.ndarray], y: np.ndarra
     return out
 
 
-def trigger_search(model, vlp, text_all: torch.Tensor, emb10: torch.Tensor, y_hat: torch.Tensor,
-                   q: int, labels1000: torch.Tensor | None, space: str, steps: int, seed: int = 0) -> torch.Tensor:
+def _synth(model, y_hat: torch.Tensor, q: int, space: str, v: torch.Tensor) -> torch.Tensor:
+    """Decode ``y_hat`` with one condition (``space="cond"``) or one trigger (``"tau"``) for every image."""
+    n = y_hat.shape[0]
+    qt = torch.full((n,), q - 1)
+    if space == "cond":
+        return model.synthesize(y_hat, v[None].expand(n, -1), qt)
+    return model.g_s(y_hat / model.gain(qt), v[None].expand(n, -1))
+
+
+def trigger_search(model, vlp, text_all: torch.Tensor, y_hat: torch.Tensor, q: int,
+                   labels1000: torch.Tensor | None, space: str, steps: int, seed: int = 0) -> torch.Tensor:
     """Optimise one condition (``space="cond"``) or trigger (``space="tau"``) for all images in ``y_hat``.
 
     Label-free when ``labels1000`` is None (maximise the target's top probability over 1000 prompts);
     otherwise maximise the true class's probability.  Returns the found vector.
     """
     torch.manual_seed(seed)
-    n = y_hat.shape[0]
-    qt = torch.full((n,), q - 1)
     cfg = model.cfg
     if space == "cond":
         v = torch.zeros(cfg.cond_dim, requires_grad=True)
@@ -108,10 +115,7 @@ def trigger_search(model, vlp, text_all: torch.Tensor, emb10: torch.Tensor, y_ha
             v = model.cltg(torch.zeros(1, cfg.cond_dim))[0].clone().requires_grad_(True)
     opt = torch.optim.Adam([v], lr=0.05)
     for _ in range(steps):
-        if space == "cond":
-            x = model.synthesize(y_hat, v[None].expand(n, -1), qt)
-        else:
-            x = model.g_s(y_hat / model.gain(qt), v[None].expand(n, -1))
+        x = _synth(model, y_hat, q, space, v)
         logp = (vlp.logit_scale * vlp.encode_image(x.clamp(0, 1)) @ text_all.t()).log_softmax(-1)
         loss = -(logp.max(-1).values.mean() if labels1000 is None else logp.gather(1, labels1000[:, None]).mean())
         opt.zero_grad()
@@ -121,27 +125,20 @@ def trigger_search(model, vlp, text_all: torch.Tensor, emb10: torch.Tensor, y_ha
 
 
 def _decode_with(model, y_hat: torch.Tensor, q: int, space: str, v: torch.Tensor, hw: tuple[int, int]) -> list:
-    n = y_hat.shape[0]
-    qt = torch.full((n,), q - 1)
     with torch.no_grad():
-        if space == "cond":
-            x = model.synthesize(y_hat, v[None].expand(n, -1), qt)
-        else:
-            x = model.g_s(y_hat / model.gain(qt), v[None].expand(n, -1))
-    x = x.clamp(0, 1)[..., : hw[0], : hw[1]]
+        x = _synth(model, y_hat, q, space, v).clamp(0, 1)[..., : hw[0], : hw[1]]
     return list((x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
 
 
 def evaluate(args) -> dict:
     from PIL import Image
 
-    from psic_cli import codec, container
-    from psic_cli.evaluation.privacy import VIEW_DECODES, available_views
+    from psic_cli import codec
+    from psic_cli.evaluation.privacy import VIEW_DECODES, available_views, bitstream_latent
     from psic_cli.keys import read_key
-    from psic_cli.training.shield import imagenet_classes
     from psic_cli.vlp import load_vlp
     from psic_cli.vlp.data_utils import list_labelled_folder
-    from psic_cli.vlp.text import read_class_file
+    from psic_cli.vlp.text import imagenet_classes, read_class_file
     from psic_cli.zoo import load_model
 
     torch.set_grad_enabled(True)
@@ -153,7 +150,8 @@ def evaluate(args) -> dict:
     mapping = read_class_file(args.classes)
     label_set = list(mapping)
     names10 = [mapping[w] for w in label_set]
-    all_names, wnid_index = imagenet_classes()
+    wnids, all_names = imagenet_classes()
+    wnid_index = {w: i for i, w in enumerate(wnids)}
     y_all = np.array([label_set.index(lab) for lab in labels])
     y1000_all = torch.tensor([wnid_index[lab] for lab in labels])
     rng = np.random.default_rng(0)
@@ -176,10 +174,7 @@ def evaluate(args) -> dict:
         latents = []
         for img in originals + search_imgs:
             data = codec.encode_pixels(np.ascontiguousarray(img), args.model, q)
-            f = container.unpack(data)
-            t = f.tiles[0]
-            y_hat, _ = model.decode_latent([[t.strings[0]], [t.strings[1]]], t.z_shape)
-            latents.append(y_hat.float())
+            latents.append(bitstream_latent(model, data)[0])
             if len(latents) <= len(originals):
                 for v in views:
                     needs_key, view, shield = VIEW_DECODES[v]
@@ -200,14 +195,14 @@ def evaluate(args) -> dict:
             print(f"q{q} {v}: {json.dumps(ve)}", file=sys.stderr, flush=True)
         if args.search_steps and search_imgs:
             if text_all is None:
-                text_all = tv.class_embeddings(all_names)
+                text_all = tv.class_embeddings(list(all_names))
             h, w = originals[0].shape[:2]
             lat_ev = torch.cat(latents[: len(originals)])
             lat_se = torch.cat(latents[len(originals) :])
             found = {}
             for name, space, lab in (("label-free condition search", "cond", None),
                                      ("labelled trigger (tau) search", "tau", y1000_all[se])):
-                v = trigger_search(model, tv, text_all, emb[target], lat_se, q, lab, space, args.search_steps)
+                v = trigger_search(model, tv, text_all, lat_se, q, lab, space, args.search_steps)
                 imgs = _decode_with(model, lat_ev, q, space, v, (h, w))
                 found[name] = {"top1": {s: _top1(vl, emb[s], imgs, y) for s, vl in vlps.items()},
                                "search_top1_target": _top1(tv, emb[target],

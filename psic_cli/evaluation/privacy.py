@@ -142,20 +142,23 @@ def evaluate(folder: Path, classes_file: Path, model_id: str, key_path: Path, vl
     return res
 
 
+def bitstream_latent(model, data: bytes) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The entropy-decoded latent ``y_hat`` (float32) of a one-tile .psic file, and the image's (h, w)."""
+    from psic_cli import container
+
+    f = container.unpack(data)
+    t = f.tiles[0]
+    y_hat, _ = model.decode_latent([[t.strings[0]], [t.strings[1]]], t.z_shape)
+    return y_hat.float(), (f.header.height, f.header.width)
+
+
 def _random_keys(model, datas: list[bytes], y: np.ndarray, vlp, class_emb, key: bytes, n: int, q: int) -> dict:
     """Decode the same bitstreams with ``n`` random keys; count those the target reads like the full view."""
     import secrets
 
-    from psic_cli import container
     from psic_cli.keys import condition_bits
 
-    latents, sizes = [], []
-    for d in datas:
-        f = container.unpack(d)
-        t = f.tiles[0]
-        y_hat, _ = model.decode_latent([[t.strings[0]], [t.strings[1]]], t.z_shape)
-        latents.append(y_hat.float())
-        sizes.append((f.header.height, f.header.width))
+    latents, sizes = zip(*(bitstream_latent(model, d) for d in datas), strict=True)
     if len({tuple(latent.shape) for latent in latents}) != 1:
         raise ValueError("random-key test needs images of one size")
     y_hat = torch.cat(latents)
