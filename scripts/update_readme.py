@@ -49,7 +49,9 @@ def kodak_block(name: str = "kodak-rd") -> str:
         b = json.loads(base.read_text())["curves"]["psic-full"]
         c = r["curves"]
         lines += ["", "Cost of the shield at the same bitstream (identical bpp) against the rate-distortion "
-                  f"weights before the shield stage (`results/{name}-rdonly.json`):", "",
+                  f"weights before the shield stage (`results/{name}-rdonly.json`, made by `PSIC_WEIGHTS=weights/rd "
+                  f"python -m psic_cli.evaluation.rd --folder ../shared/data/kodak --model {r['model']} "
+                  f"--name {name}-rdonly`):", "",
                   "| quality | bpp | PSNR before | " + " | ".join(f"{k[5:]} view" for k in c if k.startswith("psic-"))
                   + " |", "|---" * (3 + sum(k.startswith("psic-") for k in c)) + "|"]
         for i, (bp, ps) in enumerate(zip(b["bpp"], b["psnr"], strict=True)):
@@ -110,6 +112,13 @@ def summary_block() -> str:
         ps = f"{e['strong_psnr']:.2f}" if "strong_psnr" in e else "-"
         lines.append(f"| {q} | {e['bpp']:.3f} | {t['full_top1']:.1%} | {t['shielded_top1']:.1%} | {strong} | "
                      f"{e['full_psnr']:.2f} | {e['shielded_psnr']:.2f} | {ps} |")
+    base = ROOT / "results" / "privacy-rdonly.json"
+    if base.exists():  # the same images through the rate-distortion weights, before any shield stage
+        b = json.loads(base.read_text())
+        cells = ", ".join(f"q{q} {e[target]['full_top1']:.1%}" for q, e in b["qualities"].items())
+        lines += ["", f"The rate-distortion weights before any shield stage (`results/privacy-rdonly.json`) give "
+                  f"the target {cells} on the same images: the full view's distance from the original is the "
+                  "codec's, not the shield's."]
     rk = r.get("random_keys")
     if rk:
         lines += ["", f"Random keys: {rk['unlocked']} of {rk['keys']} unlock the full view."]

@@ -32,6 +32,21 @@ def test_training_publish_keeps_shape_and_passes_gradient():
     assert not torch.equal(j, x[0].detach())
 
 
+def test_lowres_transform_removes_fine_detail():
+    from psic_cli.training.augment import EOTConfig, publish
+
+    x = torch.rand(2, 3, 192, 192, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    cfg = EOTConfig(p_jpeg=0, p_resize=0, p_blur=0, p_crop=0, p_lowres=1)
+    y = publish(x, np.random.default_rng(0), cfg)
+    assert y.shape == x.shape
+    # seen at <= 96 px: pixel-level noise is averaged away
+    assert float(y.detach().diff(dim=-1).abs().mean()) < 0.25 * float(x.detach().diff(dim=-1).abs().mean())
+    y.sum().backward()
+    assert x.grad.abs().sum() > 0
+    same = publish(x, np.random.default_rng(0), EOTConfig(p_jpeg=0, p_resize=0, p_blur=0, p_crop=0))
+    assert torch.equal(same, x.clamp(0, 1))
+
+
 def test_texture_weights_favour_texture():
     from psic_cli.training.augment import texture_weights
 

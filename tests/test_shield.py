@@ -50,6 +50,22 @@ def test_uaeo_loss_pushes_towards_wrong_classes():
     assert z_true.grad.abs().sum() > 0
 
 
+def test_margin_loss_stops_once_the_caption_decision_is_wrong():
+    from psic_cli.training.shield import margin_loss
+
+    text = torch.nn.functional.normalize(torch.eye(4), dim=-1)
+    u = text[[0, 1]]
+    labels = torch.tensor([0, -1])  # the second sample's truth is the target's prediction on u (class 1)
+    z_read = text[[0, 1]].clone().requires_grad_(True)
+    read = margin_loss(z_read, u, text, labels, 20.0, kappa=2.0)
+    assert abs(float(read) - 22.0) < 1e-4  # true logit 20, best other 0, plus kappa
+    read.backward()
+    assert z_read.grad.abs().sum() > 0
+    z_fooled = text[[2, 3]].clone().requires_grad_(True)
+    fooled = margin_loss(z_fooled, u, text, labels, 20.0, kappa=2.0)
+    assert float(fooled) == 0.0  # wrong by 20 logits > kappa: nothing left to push
+
+
 def _tiny_setup(tmp_path):
     """A tiny model config file and a labelled folder of 2 classes x 3 random images."""
     cfg = tmp_path / "tiny.json"
@@ -118,7 +134,8 @@ def test_later_stage_trains_machine_and_strong_views(tmp_path, key_file):
     first = train_shield(ShieldConfig(init="", run_dir=str(tmp_path / "s2"), steps=2, ckpt_every=2, **common),
                          vlp=TinyVLP())
     sc = ShieldConfig(init=str(first), run_dir=str(tmp_path / "s3"), steps=3, ckpt_every=3,
-                      views="full,shielded,strong,machine", preserve="shielded", p_full=0.25, **common)
+                      views="full,shielded,strong,machine", preserve="shielded", p_full=0.25,
+                      privacy_loss="uaeo+margin", eot_lowres=0.5, **common)
     ckpt = train_shield(sc, vlp=TinyVLP(), ensemble=[TinyClassifier()])
     before = torch.load(first, weights_only=False)["model"]
     after = torch.load(ckpt, weights_only=False)["model"]
@@ -127,7 +144,7 @@ def test_later_stage_trains_machine_and_strong_views(tmp_path, key_file):
     steps = [r for r in log if "step" in r and "loss" in r]
     assert len(steps) == 3 and all(np.isfinite(r["loss"]) for r in steps)
     seen = set().union(*steps)
-    assert {"d_shielded_preserve", "priv_strong", "machine_instance", "ens_strong"} <= seen
+    assert {"d_shielded_preserve", "priv_strong", "margin_strong", "machine_instance", "ens_strong"} <= seen
     out = tmp_path / "w.safetensors"
     export_weights(ckpt, out, "test")
     with safe_open(str(out), framework="numpy") as f:

@@ -239,13 +239,14 @@ def write_report(res: dict, name: str, command: str) -> None:
     for q, e in res["qualities"].items():
         lines.append(f"| {q} | {e['bpp']:.3f} | " + " | ".join(f"{e[f'{v}_psnr']:.2f}" for v in views) + " | "
                      + " | ".join(f"{e[f'{v}_ms_ssim']:.4f}" for v in views) + " |")
-    lines += ["", "| quality | VLP | original | " + " | ".join(views) + " | ASR shielded |",
-              "|---" * (4 + len(views)) + "|"]
+    asr = "shielded" in views
+    lines += ["", "| quality | VLP | original | " + " | ".join(views) + (" | ASR shielded |" if asr else " |"),
+              "|---" * (3 + len(views) + asr) + "|"]
     for q, e in res["qualities"].items():
         for s in vl:
             lines.append(f"| {q} | {s} | {res['original'][s]:.1%} | "
                          + " | ".join(f"{e[s][f'{v}_top1']:.1%}" for v in views)
-                         + f" | {e[s]['shielded_attack_success_rate']:.1%} |")
+                         + (f" | {e[s]['shielded_attack_success_rate']:.1%} |" if asr else " |"))
     if res.get("original_1000way"):
         lines += ["", "1000-way ImageNet top-1 (classifier judges: their own 1000 outputs; the others: zero-shot "
                   "over all 1000 ImageNet class prompts):", "",

@@ -51,6 +51,8 @@ class EOTConfig:
     blur_max: float = 1.5
     p_crop: float = 0.3
     crop_min: float = 0.6  # side fraction
+    p_lowres: float = 0.0  # seen at 48-96 px and upsampled back (models that read small thumbnails)
+    lowres_px: tuple[int, int] = (48, 96)
 
 
 def publish(x: torch.Tensor, rng: np.random.Generator, cfg: EOTConfig | None = None) -> torch.Tensor:
@@ -69,6 +71,12 @@ def publish(x: torch.Tensor, rng: np.random.Generator, cfg: EOTConfig | None = N
             t = gaussian_blur(t, rng.uniform(0.3, cfg.blur_max))
         if rng.random() < cfg.p_resize:
             s = rng.uniform(cfg.resize_min, 0.9)
+            small = F.interpolate(t, size=(max(8, int(h * s)), max(8, int(w * s))), mode="bilinear",
+                                  align_corners=False, antialias=True)
+            t = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+        if rng.random() < cfg.p_lowres:
+            side = int(rng.integers(cfg.lowres_px[0], cfg.lowres_px[1] + 1))
+            s = side / min(h, w)
             small = F.interpolate(t, size=(max(8, int(h * s)), max(8, int(w * s))), mode="bilinear",
                                   align_corners=False, antialias=True)
             t = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)

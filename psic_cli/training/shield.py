@@ -20,6 +20,9 @@ lambda_q * 255^2 * MSE(a, b)``:
   its mass on the classes the target finds *least* compatible with the original, ``softmax(-s u T^T)`` (our
   softened version of the paper's argmin pseudo-label); the two terms are combined with detached
   inverse-magnitude weights (the paper's stage-2 weighting, made numerically safe);
+- optional **margin term** (``--privacy-loss uaeo+margin``, our addition): ``margin_weight *
+  relu(l_true - max_other + kappa)`` on the caption logits.  UAEO keeps pushing images the target already
+  misreads; the margin stops there and spends the distortion budget on the images it still reads;
 - optional **semantic preservation** on full-view samples: ``1 - cos(vlp(x_full), vlp(x))``;
 - **adaptive multi-objective weighting** between distortion and privacy, as a constrained problem:
   minimise UAEO subject to "the shielded view's PSNR is at most ``psnr_budget_db`` below the reference
@@ -69,6 +72,10 @@ class ShieldConfig:
     psnr_budget_db: float = 0.6  # allowed PSNR gap between the shielded and the reference full view
     anchor_weight: float = 1.0
     semantic_weight: float = 0.0
+    privacy_loss: str = "uaeo"  # uaeo | uaeo+margin (adds a margin loss on the caption decision)
+    margin_weight: float = 0.1
+    margin_kappa: float = 5.0  # logit units: push the true caption this far below the best other one
+    eot_lowres: float = 0.0  # strong shield: share of EOT samples seen at 48-96 px (low-resolution models)
     captions: str = "data"  # UAEO's text set: "data" (the training data's class captions) or "imagenet" (1000)
     reset_trigger: bool = True  # re-initialise CLTG and zero the trigger projections at the start
     trigger_lr_mult: float = 10.0  # learning-rate multiplier of the condition path (CLTG, P, S)
@@ -153,6 +160,22 @@ def uaeo_loss(z: torch.Tensor, u: torch.Tensor, text: torch.Tensor, labels: torc
     acc = float((logits_z.argmax(-1) == truth).float().mean())
     return loss, {"l_c": float(l_c.detach()), "l_u": float(l_u.detach()), "certain": float(certain.float().mean()),
                   "top1": acc}
+
+
+def margin_loss(z: torch.Tensor, u: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, scale: float,
+                kappa: float) -> torch.Tensor:
+    """Carlini-Wagner style margin on the caption decision: ``relu(l_true - max_other + kappa)``.
+
+    Unlike UAEO it stops pushing a sample once the target prefers another caption by ``kappa`` logits, so
+    the shield spends its distortion on the images the target still reads.  ``truth`` as in UAEO.
+    """
+    with torch.no_grad():
+        pred = (scale * u @ text.t()).argmax(-1)
+        truth = torch.where(labels >= 0, labels, pred)
+    logits = scale * z @ text.t()
+    true = logits.gather(1, truth[:, None])[:, 0]
+    other = logits.scatter(1, truth[:, None], float("-inf")).amax(-1)
+    return F.relu(true - other + kappa).mean()
 
 
 def _frozen_latents(model, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -253,12 +276,14 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
 
     from psic_cli.keys import shield_condition
     from psic_cli.models import build_model, load_config
-    from psic_cli.training.augment import publish, texture_weights
+    from psic_cli.training.augment import EOTConfig, publish, texture_weights
     from psic_cli.training.machine import machine_losses
     from psic_cli.training.train import save_checkpoint
 
     if sc.threads:
         torch.set_num_threads(sc.threads)
+    if sc.privacy_loss not in ("uaeo", "uaeo+margin"):
+        raise ValueError(f"privacy_loss must be uaeo or uaeo+margin, got {sc.privacy_loss!r}")
     if sc.weighting not in ("adaptive", "fixed"):
         raise ValueError(f"weighting must be adaptive or fixed, got {sc.weighting!r}")
     views = [v.strip() for v in sc.views.split(",") if v.strip()]
@@ -404,7 +429,7 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
             if v == "strong":
                 w = texture_weights(x[m])
                 d = (lam[m] * (w * (x_hat[m] - x[m]) ** 2).mean(dim=(1, 2, 3))).mean()
-                seen = publish(x_hat[m], aug_rng)
+                seen = publish(x_hat[m], aug_rng, EOTConfig(p_lowres=sc.eot_lowres))
             else:
                 d = d_img[m].mean()
                 seen = x_hat[m]
@@ -412,8 +437,12 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
                 u = vlp.encode_image(x[m])
             z = vlp.encode_image(seen)
             lab = labels[m]
-            priv, stats = uaeo_loss(z, u, u_text, torch.where(lab >= 0, to_caption[lab.clamp_min(0)], -1),
-                                    vlp.logit_scale)
+            cap = torch.where(lab >= 0, to_caption[lab.clamp_min(0)], -1)
+            priv, stats = uaeo_loss(z, u, u_text, cap, vlp.logit_scale)
+            if sc.privacy_loss == "uaeo+margin":
+                mar = margin_loss(z, u, u_text, cap, vlp.logit_scale, sc.margin_kappa)
+                priv = priv + sc.margin_weight * mar
+                stats["margin"] = float(mar.detach())
             loss = loss + nu[v] * d + priv
             if v == "strong" and ensemble:
                 ens = _ensemble_loss(ensemble, seen, labels[m])
