@@ -37,7 +37,9 @@ class DecodeResult:
     view: str
 
 
-def _pad(x, multiple: int):
+def pad_to_multiple(x, multiple: int):
+    """Replicate-pad ``[B, C, H, W]`` at the right and bottom to a multiple of ``multiple`` (the encoder's
+    input; the decoder crops back).  Shield training pads the same way (``--codec-pad``)."""
     import torch.nn.functional as F
 
     h, w = x.shape[-2:]
@@ -84,7 +86,7 @@ def encode_pixels(pixels: np.ndarray, model_id: str = DEFAULT_MODEL, quality: in
         arr = np.ascontiguousarray(pixels)
         arr = arr if arr.flags.writeable else arr.copy()  # torch.from_numpy needs a writable buffer
         x = torch.from_numpy(arr).permute(2, 0, 1)[None].float().div_(255.0)
-        out = model.compress(_pad(x, model.cfg.downsampling), quality - 1)
+        out = model.compress(pad_to_multiple(x, model.cfg.downsampling), quality - 1)
     y_strings, z_strings = out["strings"]
     tile = container.Tile(tuple(out["shape"]), out["checksum"], (y_strings[0], z_strings[0]))
     return container.pack(container.PsicFile(header, (tile,)))

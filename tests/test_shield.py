@@ -135,7 +135,8 @@ def test_later_stage_trains_machine_and_strong_views(tmp_path, key_file):
                          vlp=TinyVLP())
     sc = ShieldConfig(init=str(first), run_dir=str(tmp_path / "s3"), steps=3, ckpt_every=3,
                       views="full,shielded,strong,machine", preserve="shielded", p_full=0.25,
-                      privacy_loss="uaeo+margin", eot_lowres=0.5, **common)
+                      privacy_loss="uaeo+margin", eot_lowres=0.5, codec_pad=True,
+                      **{**common, "patch": 40})  # padded to 64 as the codec would, then cropped back
     ckpt = train_shield(sc, vlp=TinyVLP(), ensemble=[TinyClassifier()])
     before = torch.load(first, weights_only=False)["model"]
     after = torch.load(ckpt, weights_only=False)["model"]
