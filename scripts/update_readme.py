@@ -135,7 +135,24 @@ def summary_block() -> str:
     return "\n".join(lines)
 
 
+def geometry_block() -> str:
+    """The shield's sensitivity to the encoder's padding (benchmarks/shield_geometry.py)."""
+    p = ROOT / "results" / "shield-geometry.json"
+    if not p.exists():
+        return "_not generated yet: run `python benchmarks/shield_geometry.py`_"
+    r = json.loads(p.read_text())
+    views = list(next(iter(next(iter(r["weights"].values())).values())))
+    lines = [f"Target top-1 (10-way) on {r['images']} Imagenette val images at quality {r['quality']}, decoded in "
+             "process (`results/shield-geometry.json`, made by `python benchmarks/shield_geometry.py`):", "",
+             "| weights | encoder input | " + " | ".join(views) + " |", "|---|---|" + "---|" * len(views)]
+    for w, rows in r["weights"].items():
+        for name, accs in rows.items():
+            lines.append(f"| `{w}` | {name} | " + " | ".join(f"{accs[v]:.1%}" for v in views) + " |")
+    return "\n".join(lines)
+
+
 BLOCKS = {
+    "geometry": geometry_block,
     "summary": summary_block,
     "privacy": lambda: md_block("docs/privacy.md"),
     "privacy-msh": lambda: md_block("docs/privacy-msh.md"),
