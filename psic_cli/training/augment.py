@@ -55,6 +55,14 @@ class EOTConfig:
     lowres_px: tuple[int, int] = (48, 96)
 
 
+def _down_up(t: torch.Tensor, s: float) -> torch.Tensor:
+    """Downscale ``[1, 3, H, W]`` by ``s`` (antialiased) and upsample back to ``H x W``."""
+    h, w = t.shape[-2:]
+    small = F.interpolate(t, size=(max(8, int(h * s)), max(8, int(w * s))), mode="bilinear", align_corners=False,
+                          antialias=True)
+    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+
+
 def publish(x: torch.Tensor, rng: np.random.Generator, cfg: EOTConfig | None = None) -> torch.Tensor:
     """A random chain of publication transformations per image of ``[B, 3, H, W]``; same output size."""
     cfg = cfg or EOTConfig()
@@ -70,16 +78,9 @@ def publish(x: torch.Tensor, rng: np.random.Generator, cfg: EOTConfig | None = N
         if rng.random() < cfg.p_blur:
             t = gaussian_blur(t, rng.uniform(0.3, cfg.blur_max))
         if rng.random() < cfg.p_resize:
-            s = rng.uniform(cfg.resize_min, 0.9)
-            small = F.interpolate(t, size=(max(8, int(h * s)), max(8, int(w * s))), mode="bilinear",
-                                  align_corners=False, antialias=True)
-            t = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+            t = _down_up(t, rng.uniform(cfg.resize_min, 0.9))
         if rng.random() < cfg.p_lowres:
-            side = int(rng.integers(cfg.lowres_px[0], cfg.lowres_px[1] + 1))
-            s = side / min(h, w)
-            small = F.interpolate(t, size=(max(8, int(h * s)), max(8, int(w * s))), mode="bilinear",
-                                  align_corners=False, antialias=True)
-            t = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+            t = _down_up(t, int(rng.integers(cfg.lowres_px[0], cfg.lowres_px[1] + 1)) / min(h, w))
         if rng.random() < cfg.p_jpeg:
             t = jpeg_ste(t[0].clamp(0, 1), int(rng.integers(cfg.jpeg_min, cfg.jpeg_max + 1)))[None]
         out.append(t)
