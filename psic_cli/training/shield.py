@@ -135,6 +135,13 @@ class LabelledBank:
         return x, torch.tensor(ys)
 
 
+def _truth(logits_u: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target's prediction on the original images, and the truth: the label, or that prediction where
+    the label is unknown (-1)."""
+    pred = logits_u.argmax(-1)
+    return pred, torch.where(labels >= 0, labels, pred)
+
+
 def uaeo_loss(z: torch.Tensor, u: torch.Tensor, text: torch.Tensor, labels: torch.Tensor,
               scale: float) -> tuple[torch.Tensor, dict]:
     """Uncertainty-aware encryption-oriented loss on shielded embeddings ``z`` (see module docstring).
@@ -148,8 +155,7 @@ def uaeo_loss(z: torch.Tensor, u: torch.Tensor, text: torch.Tensor, labels: torc
     """
     with torch.no_grad():
         logits_u = scale * u @ text.t()
-        pred = logits_u.argmax(-1)
-        truth = torch.where(labels >= 0, labels, pred)
+        pred, truth = _truth(logits_u, labels)
         certain = pred == truth
         soft_target = (-logits_u).softmax(-1)  # mass on the least compatible classes
     logits_z = scale * z @ text.t()
@@ -172,8 +178,7 @@ def margin_loss(z: torch.Tensor, u: torch.Tensor, text: torch.Tensor, labels: to
     the shield spends its distortion on the images the target still reads.  ``truth`` as in UAEO.
     """
     with torch.no_grad():
-        pred = (scale * u @ text.t()).argmax(-1)
-        truth = torch.where(labels >= 0, labels, pred)
+        _, truth = _truth(scale * u @ text.t(), labels)
     logits = scale * z @ text.t()
     true = logits.gather(1, truth[:, None])[:, 0]
     other = logits.scatter(1, truth[:, None], float("-inf")).amax(-1)
@@ -397,14 +402,14 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
             vs[-1] = "shielded"
         sel = {v: torch.tensor([w == v for w in vs]) for v in views}
         cond = view_conditions(vs, key_cond, machine_cond, strong_cond, gen)
-        h, w = x.shape[-2:]
+        height, width = x.shape[-2:]
         # the decoder sees the borders it sees at run time: the codec pads the encoder's input
         y_hat = _frozen_latents(model, pad_to_multiple(x, cfg.downsampling) if sc.codec_pad else x, q)
         with torch.no_grad():
             # reference: the starting decoder's full view; preserved views: its output for the same condition
             t_cond = torch.stack([c if v in preserve else key_cond for v, c in zip(vs, cond, strict=True)])
-            x_ref = teacher.synthesize(y_hat, t_cond, q).clamp(0, 1)[..., :h, :w]
-        x_hat = model.synthesize(y_hat, cond, q).clamp(0, 1)[..., :h, :w]
+            x_ref = teacher.synthesize(y_hat, t_cond, q).clamp(0, 1)[..., :height, :width]
+        x_hat = model.synthesize(y_hat, cond, q).clamp(0, 1)[..., :height, :width]
         lam = lambdas[q] * 255**2
         d_img = lam * F.mse_loss(x_hat, x, reduction="none").flatten(1).mean(1)
         d_ref = lam * F.mse_loss(x_hat, x_ref, reduction="none").flatten(1).mean(1)
