@@ -1,10 +1,11 @@
-"""Does the shield depend on the image borders the decoder sees?
+"""Does the shield depend on the image's size and the padding the decoder sees?
 
-Decodes the same Imagenette val images in process two ways, with one weights file: as 224x224 crops
-straight into the encoder (how the shield stages trained without ``--codec-pad``), and padded to a
-multiple of 64 exactly as ``psic encode`` pads them (``codec.pad_to_multiple``), cropped back after
-decoding.  Prints the target's 10-way top-1 on each view for both, and writes
-``results/shield-geometry.json``.
+Decodes the same Imagenette val images in process, with one weights file, at several geometries:
+224x224 as ``psic encode`` format 2 codes it (padded to a multiple of 16: no padding, exactly as the
+shield stages train), the same padded to 64 as format 1 did (224 becomes 256), and resized to sizes
+training never saw (200x200, padded to 208; 288x288 and 320x240, which the target scales down).  Each
+image is padded with ``codec.pad_to_multiple`` and cropped back after decoding.  Prints the target's
+10-way top-1 on each view, and writes ``results/shield-geometry.json``.
 
     python benchmarks/shield_geometry.py --weights weights/psic-sh.safetensors --images 96 --quality 2
 """
@@ -55,23 +56,32 @@ def main(argv: list[str] | None = None) -> int:
     wnids = list(mapping)
     vlp = load_vlp("psic-vlp-mini")
     emb = vlp.class_embeddings([mapping[w] for w in wnids])
-    x = torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB").resize((224, 224))).copy())
-                     for f in files]).permute(0, 3, 1, 2).float() / 255
+    geometries = [("224x224, format 2 (pad to 16)", (224, 224), 16), ("224x224, format 1 (pad to 64)", (224, 224), 64),
+                  ("200x200, format 2", (200, 200), 16), ("288x288, format 2", (288, 288), 16),
+                  ("320x240, format 2", (320, 240), 16)]
+    images = [Image.open(f).convert("RGB") for f in files]
+
+    def batch(size: tuple[int, int]) -> torch.Tensor:
+        arrs = [np.asarray(im if im.size == size else im.resize(size, Image.BICUBIC)).copy() for im in images]
+        return torch.stack([torch.from_numpy(a) for a in arrs]).permute(0, 3, 1, 2).float() / 255
+
     y = torch.tensor([wnids.index(lab) for lab in labels])
     res: dict = {"images": len(files), "quality": args.quality, "weights": {}}
-    lines = ["| weights | input | " + " | ".join(conds) + " |", "|---|---|" + "---|" * len(conds)]
+    lines = ["| weights | geometry | original | " + " | ".join(conds) + " |", "|---|---|---|" + "---|" * len(conds)]
     for w in args.weights:
         model = build_model(cfg)
         load_matching(model, w)
         model.eval()
         res["weights"][w] = {}
-        for name, inp in (("224x224 as trained", x), ("padded as psic encode does", pad_to_multiple(x, 64))):
+        for name, size, multiple in geometries:
+            x = batch(size)
+            hh, ww = x.shape[-2:]
             q = torch.full((len(x),), args.quality - 1)
             with torch.no_grad():
-                lat = _frozen_latents(model, inp, q)
-                accs = {}
+                lat = _frozen_latents(model, pad_to_multiple(x, multiple), q)
+                accs = {"original": float(((vlp.encode_image(x) @ emb.t()).argmax(1) == y).float().mean())}
                 for v, c in conds.items():
-                    xh = model.synthesize(lat, c.expand(len(x), -1), q).clamp(0, 1)[..., :224, :224]
+                    xh = model.synthesize(lat, c.expand(len(x), -1), q).clamp(0, 1)[..., :hh, :ww]
                     xh = (xh * 255).round() / 255
                     accs[v] = float(((vlp.encode_image(xh) @ emb.t()).argmax(1) == y).float().mean())
             res["weights"][w][name] = accs

@@ -39,7 +39,8 @@ class DecodeResult:
 
 def pad_to_multiple(x, multiple: int):
     """Replicate-pad ``[B, C, H, W]`` at the right and bottom to a multiple of ``multiple`` (the encoder's
-    input; the decoder crops back).  Shield training pads the same way (``--codec-pad``)."""
+    input; the decoder crops back).  Shield training pads the same way (``--codec-pad``).  Format 2
+    pads to ``container.PAD_MULTIPLE[2]`` = 16, format 1 padded to 64."""
     import torch.nn.functional as F
 
     h, w = x.shape[-2:]
@@ -86,7 +87,9 @@ def encode_pixels(pixels: np.ndarray, model_id: str = DEFAULT_MODEL, quality: in
         arr = np.ascontiguousarray(pixels)
         arr = arr if arr.flags.writeable else arr.copy()  # torch.from_numpy needs a writable buffer
         x = torch.from_numpy(arr).permute(2, 0, 1)[None].float().div_(255.0)
-        out = model.compress(pad_to_multiple(x, model.cfg.downsampling), quality - 1)
+        out = model.compress(pad_to_multiple(x, container.PAD_MULTIPLE[header.version]), quality - 1)
+    if tuple(out["y_shape"]) != container.latent_shape(header):
+        raise RuntimeError(f"latent shape {out['y_shape']} does not match the format's geometry")
     y_strings, z_strings = out["strings"]
     tile = container.Tile(tuple(out["shape"]), out["checksum"], (y_strings[0], z_strings[0]))
     return container.pack(container.PsicFile(header, (tile,)))
@@ -174,13 +177,12 @@ def decode(data: bytes, key: bytes | None = None, view: str | None = None,
     if h.tile_size != 0 or len(f.tiles) != 1:
         raise FormatError("tiled files are not supported by this psic")
     tile = f.tiles[0]
-    d = model.cfg.downsampling
-    ph, pw = -(-h.height // d), -(-h.width // d)
-    if tile.z_shape != (ph, pw) or len(tile.strings) != 2:
+    if tile.z_shape != container.expected_z_shape(h) or len(tile.strings) != 2:
         raise FormatError(f"tile shape {tile.z_shape} does not match image size {h.width}x{h.height}")
     cond = _condition(model, key, view, shield)
     with torch.no_grad():
-        out = model.decompress([[tile.strings[0]], [tile.strings[1]]], tile.z_shape, cond, h.quality - 1)
+        out = model.decompress([[tile.strings[0]], [tile.strings[1]]], tile.z_shape, cond, h.quality - 1,
+                               container.latent_shape(h))
     if out["checksum"] != tile.checksum:
         raise ChecksumError("decoded symbols do not match the encoder's (entropy decoder desync)")
     x = out["x_hat"][0, :, : h.height, : h.width]

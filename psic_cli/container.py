@@ -1,4 +1,4 @@
-"""The .psic file format, version 1 (stdlib only; byte-level spec in ``docs/format.md``).
+"""The .psic file format, version 2 (stdlib only; byte-level spec in ``docs/format.md``).
 
 All integers are little-endian.  Layout::
 
@@ -12,6 +12,11 @@ All integers are little-endian.  Layout::
 The reader checks every length against the bytes that remain and a fixed bound before it allocates,
 requires the sections to add up to the file size exactly, and verifies the trailer CRC before any
 field is trusted.
+
+Versions 1 and 2 share this layout and differ only in the latent geometry the decoder derives from
+the image size: format 1 padded the image to a multiple of 64 pixels (``y`` is 4x ``z``), format 2
+pads to a multiple of 16 (``y`` is ``ceil(size / 16)``; the hyper decoder's output is cropped to it).
+:func:`latent_shape` gives ``y``'s shape for either.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from dataclasses import dataclass, field
 from psic_cli.errors import ChecksumError, FormatError, TruncatedFile, UnsupportedVersion
 
 MAGIC = b"PSIC"
-FORMAT_VERSION = 1
-READABLE_VERSIONS = (1,)
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+PAD_MULTIPLE = {1: 64, 2: 16}  # pixels: the encoder pads the image to a multiple of this, per format
 
 _PREFIX = struct.Struct("<4sBBH")  # magic, version, flags, header length
 _U8 = struct.Struct("<B")
@@ -88,6 +94,19 @@ class PsicFile:
         return sum(len(s) for t in self.tiles for s in t.strings)
 
 
+def latent_shape(header: Header) -> tuple[int, int]:
+    """Shape of the latent ``y`` of a one-tile file: the image padded as its format's encoder padded it,
+    over ``y``'s stride of 16 pixels."""
+    m = PAD_MULTIPLE[header.version]
+    return (-(-header.height // m) * m // 16, -(-header.width // m) * m // 16)
+
+
+def expected_z_shape(header: Header) -> tuple[int, int]:
+    """Shape of the hyper-latent ``z`` (``y`` over 4, rounded up) of a one-tile file."""
+    yh, yw = latent_shape(header)
+    return (-(-yh // 4), -(-yw // 4))
+
+
 def _short_str(s: str) -> bytes:
     b = s.encode("ascii")
     return _U8.pack(len(b)) + b
@@ -97,8 +116,8 @@ def pack(f: PsicFile) -> bytes:
     """Serialise a :class:`PsicFile`; ``unpack(pack(f)) == f``."""
     h = f.header
     h.validate()
-    if h.version != FORMAT_VERSION:
-        raise ValueError("this psic writes only format version 1")
+    if h.version not in READABLE_VERSIONS:
+        raise ValueError(f"cannot write format version {h.version}")
     body = b"".join(
         [
             _short_str(h.model_id),
@@ -109,7 +128,7 @@ def pack(f: PsicFile) -> bytes:
             _U16.pack(h.tile_size),
         ]
     )
-    parts = [_PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(body)), body, _U32.pack(len(f.tiles))]
+    parts = [_PREFIX.pack(MAGIC, h.version, 0, len(body)), body, _U32.pack(len(f.tiles))]
     if not 0 < len(f.tiles) <= MAX_TILES:
         raise ValueError("invalid tile count")
     for t in f.tiles:

@@ -23,6 +23,7 @@ mkdir -p runs/eval-logs
       --random-keys 0 --threads 1 --name privacy-msh
   $PY -m psic_cli.evaluation.rd --folder "$KODAK" --model psic-msh --name kodak-rd-msh --no-cli-timings
   $PY scripts/side_by_side.py examples/kodim23.png examples/kodim15.png
+  $PY benchmarks/shield_geometry.py --images 96 --quality 2 --threads 1
 ) > runs/eval-logs/stream2.log 2>&1 &
 wait
 $PY scripts/update_readme.py

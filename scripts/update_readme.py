@@ -144,7 +144,7 @@ def geometry_block() -> str:
     views = list(next(iter(next(iter(r["weights"].values())).values())))
     lines = [f"Target top-1 (10-way) on {r['images']} Imagenette val images at quality {r['quality']}, decoded in "
              "process (`results/shield-geometry.json`, made by `python benchmarks/shield_geometry.py`):", "",
-             "| weights | encoder input | " + " | ".join(views) + " |", "|---|---|" + "---|" * len(views)]
+             "| weights | geometry | " + " | ".join(views) + " |", "|---|---|" + "---|" * len(views)]
     for w, rows in r["weights"].items():
         for name, accs in rows.items():
             lines.append(f"| `{w}` | {name} | " + " | ".join(f"{accs[v]:.1%}" for v in views) + " |")

@@ -19,6 +19,7 @@ def test_round_trip_any_size(tiny_env, rgb_image, model_id, shape):
     data = codec.encode_pixels(img, model_id, quality=2)
     info = codec.read_info(data)
     assert (info["width"], info["height"], info["model"], info["quality"]) == (shape[1], shape[0], model_id, 2)
+    assert info["format_version"] == 2  # pads to 16 pixels, not 64: fewer latents to code
     shielded = codec.decode(data)
     full = codec.decode(data, key=TEST_KEY)
     assert shielded.view == "shielded" and full.view == "full"

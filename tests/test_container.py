@@ -22,11 +22,21 @@ def test_round_trip():
 
 def test_explicit_little_endian_layout():
     data = container.pack(sample())
-    assert data[:4] == b"PSIC" and data[4] == 1 and data[5] == 0
+    assert data[:4] == b"PSIC" and data[4] == container.FORMAT_VERSION == 2 and data[5] == 0
     (hlen,) = struct.unpack_from("<H", data, 6)
     assert data[8] == len("psic-sh") and data[9:16] == b"psic-sh"
     assert struct.unpack("<I", data[-4:])[0] == zlib.crc32(data[:-4])
     assert 8 + hlen < len(data)
+
+
+def test_latent_geometry_per_version():
+    """Format 1 padded images to 64 pixels, format 2 pads to 16; y and z shapes follow from the header."""
+    h2 = container.Header("psic-sh", "scale-hyperprior", b"\x01" * 8, 3, 202, 130, "RGB")
+    h1 = container.Header("psic-sh", "scale-hyperprior", b"\x01" * 8, 3, 202, 130, "RGB", version=1)
+    assert container.latent_shape(h2) == (9, 13) and container.expected_z_shape(h2) == (3, 4)
+    assert container.latent_shape(h1) == (12, 16) and container.expected_z_shape(h1) == (3, 4)
+    f1 = container.PsicFile(h1, sample().tiles)
+    assert container.unpack(container.pack(f1)).header.version == 1
 
 
 def test_every_truncation_is_a_format_error():

@@ -148,7 +148,7 @@ def bitstream_latent(model, data: bytes) -> tuple[torch.Tensor, tuple[int, int]]
 
     f = container.unpack(data)
     t = f.tiles[0]
-    y_hat, _ = model.decode_latent([[t.strings[0]], [t.strings[1]]], t.z_shape)
+    y_hat, _ = model.decode_latent([[t.strings[0]], [t.strings[1]]], t.z_shape, container.latent_shape(f.header))
     return y_hat.float(), (f.header.height, f.header.width)
 
 

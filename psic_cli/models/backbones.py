@@ -131,8 +131,10 @@ class ConditionalHyperprior(nn.Module):
     def gain(self, q: Tensor) -> Tensor:
         return torch.exp(self.log_gain[q])[:, :, None, None]
 
-    def _hyper(self, z_hat: Tensor, h_s: nn.Module) -> tuple[Tensor, Tensor | None]:
-        params = h_s(z_hat)
+    def _hyper(self, z_hat: Tensor, h_s: nn.Module, y_shape: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
+        """Entropy parameters of ``y`` from ``z_hat``; ``h_s`` gives 4x ``z``'s size, cropped to ``y_shape``
+        (``y`` need not be a multiple of 4 latents: ``h_a`` rounds its size up)."""
+        params = h_s(z_hat)[..., : y_shape[0], : y_shape[1]]
         if self.mean_scale:
             scales, means = params.chunk(2, 1)
             return scales, means
@@ -148,7 +150,7 @@ class ConditionalHyperprior(nn.Module):
         """Training pass: noisy likelihoods for the rate, STE-rounded latents for the decoder."""
         y, z = self._analysis(x, q)
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
-        scales_hat, means_hat = self._hyper(z_hat, self.h_s)
+        scales_hat, means_hat = self._hyper(z_hat, self.h_s, y.shape[-2:])
         _, y_likelihoods = self.gaussian_conditional(y, scales_hat, means=means_hat)
         mu = means_hat if means_hat is not None else torch.zeros_like(y)
         y_hat = ste_round(y - mu) + mu
@@ -193,7 +195,7 @@ class ConditionalHyperprior(nn.Module):
         z = self.h_a(y if self.mean_scale else torch.abs(y))
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
-        scales_hat, means_hat = self._hyper(z_hat.double(), self.runtime_modules()["h_s"])
+        scales_hat, means_hat = self._hyper(z_hat.double(), self.runtime_modules()["h_s"], y.shape[-2:])
         indexes = self.gaussian_conditional.build_indexes(scales_hat)
         mu = means_hat if means_hat is not None else torch.zeros_like(scales_hat)
         y_sym = torch.round(y.double() - mu)
@@ -202,14 +204,18 @@ class ConditionalHyperprior(nn.Module):
         return {
             "strings": [y_strings, z_strings],
             "shape": tuple(z.shape[-2:]),
+            "y_shape": tuple(y.shape[-2:]),
             "checksum": symbols_checksum(y_sym, z_sym),
         }
 
     @torch.no_grad()
-    def decode_latent(self, strings: list[list[bytes]], shape: tuple[int, int]) -> tuple[Tensor, int]:
-        """Entropy-decode to ``y_hat`` (float64) and the checksum of the decoded symbols."""
+    def decode_latent(self, strings: list[list[bytes]], shape: tuple[int, int],
+                      y_shape: tuple[int, int] | None = None) -> tuple[Tensor, int]:
+        """Entropy-decode to ``y_hat`` (float64) and the checksum of the decoded symbols.  ``shape`` is
+        ``z``'s; ``y_shape`` defaults to 4x it (format 1, whose encoder padded pixels to a multiple of 64)."""
+        y_shape = y_shape or (4 * shape[0], 4 * shape[1])
         z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
-        scales_hat, means_hat = self._hyper(z_hat.double(), self.runtime_modules()["h_s"])
+        scales_hat, means_hat = self._hyper(z_hat.double(), self.runtime_modules()["h_s"], y_shape)
         indexes = self.gaussian_conditional.build_indexes(scales_hat)
         y_sym = self.gaussian_conditional.decompress(strings[0], indexes, dtype=torch.float64)
         z_sym = torch.round(z_hat - self.entropy_bottleneck._get_medians())
@@ -217,8 +223,9 @@ class ConditionalHyperprior(nn.Module):
         return y_hat, symbols_checksum(y_sym, z_sym)
 
     @torch.no_grad()
-    def decompress(self, strings: list[list[bytes]], shape: tuple[int, int], cond: Tensor, q: int) -> dict:
-        y_hat, checksum = self.decode_latent(strings, shape)
+    def decompress(self, strings: list[list[bytes]], shape: tuple[int, int], cond: Tensor, q: int,
+                   y_shape: tuple[int, int] | None = None) -> dict:
+        y_hat, checksum = self.decode_latent(strings, shape, y_shape)
         x_hat = self.synthesize(y_hat, cond, torch.tensor([q]), runtime=True).clamp_(0, 1)
         return {"x_hat": x_hat, "checksum": checksum}
 

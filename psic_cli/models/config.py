@@ -22,13 +22,18 @@ class ModelConfig:
     trigger_width: int  # width of the CLTG trigger MLP output tau
     last_width: int  # channels of the decoder's last (half-resolution) stage
     lambdas: tuple[float, ...]  # rate-distortion weight of each quality level (quality = index + 1)
-    downsampling: int = 64  # total spatial stride; inputs are padded to a multiple of it
+    downsampling: int = 64  # total spatial stride of z (format 1 padded inputs to a multiple of it)
     trigger_scale: bool = False  # the trigger also scales decoder features (FiLM), not only biases them
     trigger_head: bool = False  # one more conditional block at the decoder's last stage (identity at init)
 
     @property
     def qualities(self) -> int:
         return len(self.lambdas)
+
+    @property
+    def latent_stride(self) -> int:
+        """Spatial stride of ``y`` (``g_a``'s four stride-2 convolutions); format 2 pads inputs to it."""
+        return 16
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -191,7 +191,7 @@ def _frozen_latents(model, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         y, z = model._analysis(x, q)
         med = model.entropy_bottleneck._get_medians()
         z_hat = torch.round(z - med) + med
-        scales, means = model._hyper(z_hat, model.h_s)
+        scales, means = model._hyper(z_hat, model.h_s, y.shape[-2:])
         mu = means if means is not None else torch.zeros_like(y)
         return torch.round(y - mu) + mu
 
