@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from psic_cli.codec import pad_to_multiple
+from psic_cli.container import FORMAT_VERSION, PAD_MULTIPLE
 from psic_cli.keys import condition_bits, fingerprint, read_key
 from psic_cli.training.data import load_rgb_at_least, random_crop
 from psic_cli.training.train import _log, cosine_lr, load_matching
@@ -76,7 +77,7 @@ class ShieldConfig:
     privacy_loss: str = "uaeo"  # uaeo | uaeo+margin (adds a margin loss on the caption decision)
     margin_weight: float = 0.1
     margin_kappa: float = 5.0  # logit units: push the true caption this far below the best other one
-    codec_pad: bool = False  # pad each batch as the codec does (replicate to a multiple of 64), crop back
+    codec_pad: bool = False  # pad each batch as the codec does (replicate, to 16 in format 2), crop back
     eot_lowres: float = 0.0  # strong shield: share of EOT samples seen at 48-96 px (low-resolution models)
     captions: str = "data"  # UAEO's text set: "data" (the training data's class captions) or "imagenet" (1000)
     reset_trigger: bool = True  # re-initialise CLTG and zero the trigger projections at the start
@@ -404,7 +405,7 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
         cond = view_conditions(vs, key_cond, machine_cond, strong_cond, gen)
         height, width = x.shape[-2:]
         # the decoder sees the borders it sees at run time: the codec pads the encoder's input
-        y_hat = _frozen_latents(model, pad_to_multiple(x, cfg.downsampling) if sc.codec_pad else x, q)
+        y_hat = _frozen_latents(model, pad_to_multiple(x, PAD_MULTIPLE[FORMAT_VERSION]) if sc.codec_pad else x, q)
         with torch.no_grad():
             # reference: the starting decoder's full view; preserved views: its output for the same condition
             t_cond = torch.stack([c if v in preserve else key_cond for v, c in zip(vs, cond, strict=True)])
