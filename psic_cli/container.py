@@ -31,6 +31,7 @@ MAGIC = b"PSIC"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 PAD_MULTIPLE = {1: 64, 2: 16}  # pixels: the encoder pads the image to a multiple of this, per format
+Y_STRIDE, Z_STRIDE = 16, 4  # pixels per latent y; latents y per hyper-latent z
 
 _PREFIX = struct.Struct("<4sBBH")  # magic, version, flags, header length
 _U8 = struct.Struct("<B")
@@ -98,13 +99,13 @@ def latent_shape(header: Header) -> tuple[int, int]:
     """Shape of the latent ``y`` of a one-tile file: the image padded as its format's encoder padded it,
     over ``y``'s stride of 16 pixels."""
     m = PAD_MULTIPLE[header.version]
-    return (-(-header.height // m) * m // 16, -(-header.width // m) * m // 16)
+    return (-(-header.height // m) * m // Y_STRIDE, -(-header.width // m) * m // Y_STRIDE)
 
 
 def expected_z_shape(header: Header) -> tuple[int, int]:
     """Shape of the hyper-latent ``z`` (``y`` over 4, rounded up) of a one-tile file."""
     yh, yw = latent_shape(header)
-    return (-(-yh // 4), -(-yw // 4))
+    return (-(-yh // Z_STRIDE), -(-yw // Z_STRIDE))
 
 
 def _short_str(s: str) -> bytes:

@@ -51,7 +51,7 @@ def test_codec_matches_forward_and_checksums(tiny_model):
     x = torch.rand(1, 3, 128, 192)
     cond = torch.zeros(1, 16)
     enc = tiny_model.compress(x, 1)
-    dec = tiny_model.decompress(enc["strings"], enc["shape"], cond, 1)
+    dec = tiny_model.decompress(enc["strings"], enc["shape"], cond, 1, enc["y_shape"])
     assert dec["checksum"] == enc["checksum"]
     with torch.no_grad():
         ref = tiny_model(x, cond, torch.tensor([1]))["x_hat"].clamp(0, 1)
@@ -67,10 +67,10 @@ def test_tiled_processing_equals_whole_image(tiny_model):
     x = torch.rand(1, 3, 256, 320)
     cond = torch.zeros(1, 16)
     whole = tiny_model.compress(x, 1)
-    dec_whole = tiny_model.decompress(whole["strings"], whole["shape"], cond, 1)["x_hat"]
+    dec_whole = tiny_model.decompress(whole["strings"], whole["shape"], cond, 1, whole["y_shape"])["x_hat"]
     tiny_model.tile_latent = 4  # 64-pixel tiles: many seams if tiling were wrong
     tiny_model._runtime = None
     tiles = tiny_model.compress(x, 1)
-    dec_tiles = tiny_model.decompress(tiles["strings"], tiles["shape"], cond, 1)["x_hat"]
+    dec_tiles = tiny_model.decompress(tiles["strings"], tiles["shape"], cond, 1, tiles["y_shape"])["x_hat"]
     assert tiles["checksum"] == whole["checksum"]  # same symbols: the bitstream does not depend on tiling
     assert (dec_tiles - dec_whole).abs().max() < 1e-9

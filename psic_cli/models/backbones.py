@@ -210,10 +210,10 @@ class ConditionalHyperprior(nn.Module):
 
     @torch.no_grad()
     def decode_latent(self, strings: list[list[bytes]], shape: tuple[int, int],
-                      y_shape: tuple[int, int] | None = None) -> tuple[Tensor, int]:
+                      y_shape: tuple[int, int]) -> tuple[Tensor, int]:
         """Entropy-decode to ``y_hat`` (float64) and the checksum of the decoded symbols.  ``shape`` is
-        ``z``'s; ``y_shape`` defaults to 4x it (format 1, whose encoder padded pixels to a multiple of 64)."""
-        y_shape = y_shape or (4 * shape[0], 4 * shape[1])
+        ``z``'s, ``y_shape`` is ``y``'s (``compress`` returns both; a file's header gives them through
+        ``container.latent_shape``)."""
         z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
         scales_hat, means_hat = self._hyper(z_hat.double(), self.runtime_modules()["h_s"], y_shape)
         indexes = self.gaussian_conditional.build_indexes(scales_hat)
@@ -224,7 +224,7 @@ class ConditionalHyperprior(nn.Module):
 
     @torch.no_grad()
     def decompress(self, strings: list[list[bytes]], shape: tuple[int, int], cond: Tensor, q: int,
-                   y_shape: tuple[int, int] | None = None) -> dict:
+                   y_shape: tuple[int, int]) -> dict:
         y_hat, checksum = self.decode_latent(strings, shape, y_shape)
         x_hat = self.synthesize(y_hat, cond, torch.tensor([q]), runtime=True).clamp_(0, 1)
         return {"x_hat": x_hat, "checksum": checksum}

@@ -30,11 +30,6 @@ class ModelConfig:
     def qualities(self) -> int:
         return len(self.lambdas)
 
-    @property
-    def latent_stride(self) -> int:
-        """Spatial stride of ``y`` (``g_a``'s four stride-2 convolutions); format 2 pads inputs to it."""
-        return 16
-
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
