@@ -127,6 +127,14 @@ def summary_block() -> str:
         lines += ["", f"The rate-distortion weights before any shield stage (`results/privacy-rdonly.json`) give "
                   f"the target {cells} on the same images: most of the full view's distance from the original "
                   "is the codec's."]
+    judges = [v for v in r["original"] if v != target]
+    if judges and all("strong_top1" in e.get(j, {}) for e in r["qualities"].values() for j in judges):
+        lines.append("")
+        for j in judges:  # models the shield never trained against
+            cells = ", ".join(f"q{q} {e[j]['strong_top1']:.1%}" for q, e in r["qualities"].items())
+            full = ", ".join(f"{e[j]['full_top1']:.1%}" for e in r["qualities"].values())
+            lines.append(f"`{j}` (never trained against; originals {r['original'][j]:.1%}) reads the strong view: "
+                         f"{cells} (full view: {full}).")
     rk = r.get("random_keys")
     if rk:
         lines += ["", f"Random keys: {rk['unlocked']} of {rk['keys']} unlock the full view."]

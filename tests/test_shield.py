@@ -137,7 +137,7 @@ def test_later_stage_trains_machine_and_strong_views(tmp_path, key_file):
                       views="full,shielded,strong,machine", preserve="shielded", p_full=0.25,
                       privacy_loss="uaeo+margin", eot_lowres=0.5, codec_pad=True,
                       **{**common, "patch": 40})  # padded to 64 as the codec would, then cropped back
-    ckpt = train_shield(sc, vlp=TinyVLP(), ensemble=[TinyClassifier()])
+    ckpt = train_shield(sc, vlp=TinyVLP(), ensemble=[TinyClassifier(), TinyVLP()])  # a classifier and a VLP
     before = torch.load(first, weights_only=False)["model"]
     after = torch.load(ckpt, weights_only=False)["model"]
     assert bitstream_id(before) == bitstream_id(after)
@@ -151,3 +151,37 @@ def test_later_stage_trains_machine_and_strong_views(tmp_path, key_file):
     with safe_open(str(out), framework="numpy") as f:
         meta = f.metadata()
     assert meta["machine_view"] == "trained" and meta["shield_levels"] == "subtle,strong"
+
+
+def test_ensemble_member_scores_a_vlp_on_the_data_captions():
+    """A VLP in the ensemble is attacked on the captions of the data's classes only."""
+    from psic_cli.training.shield import EnsembleMember, _ensemble_loss
+
+    names = [f"class{i}" for i in range(20)]
+    member = EnsembleMember(TinyVLP(), names, classes=[3, 7, 11])
+    x = torch.rand(4, 3, 32, 32, requires_grad=True)
+    labels = torch.tensor([3, 7, 11, 5])  # class 5 is not among the data's captions
+    p_true, valid = member.p_true(x, labels)
+    assert valid.tolist() == [True, True, True, False]
+    assert ((p_true > 0) & (p_true < 1)).all()
+    logits = TinyVLP.logit_scale * member.model.encode_image(x) @ member.caption_emb.t()
+    assert torch.allclose(p_true[:3], logits.softmax(-1)[torch.arange(3), torch.tensor([0, 1, 2])])
+    loss = _ensemble_loss([member, EnsembleMember(TinyClassifier(), names, [3])], x, labels)
+    loss.backward()
+    assert torch.isfinite(loss) and x.grad.abs().sum() > 0
+
+
+def test_unseen_judges_are_refused_whatever_their_spec(tmp_path):
+    """judge-scratch is recognised by the name in its weights, even when loaded from another path."""
+    import shutil
+    from pathlib import Path
+
+    from psic_cli.training.shield import _check_seen
+    from psic_cli.vlp.judges import ScratchJudge
+
+    weights = Path(__file__).resolve().parents[1] / "weights" / "judge-scratch.safetensors"
+    copy = tmp_path / "renamed.safetensors"
+    shutil.copy(weights, copy)
+    with pytest.raises(ValueError, match="unseen judge"):
+        _check_seen([ScratchJudge.load(copy)])
+    _check_seen([TinyClassifier(), TinyVLP()])  # models without a judge's name pass

@@ -138,6 +138,23 @@ def test_judge_scratch_bundled_weights(minilm) -> None:
     _check_vlp(load_vlp("judge-scratch"))
 
 
+def test_surrogate_scratch_is_another_model(minilm) -> None:
+    """The shield's from-scratch surrogate is its own architecture and weights, named as such."""
+    from safetensors import safe_open
+
+    from psic_cli.vlp.factory import load_vlp
+    from psic_cli.vlp.judges import UNSEEN_JUDGES
+
+    path = REPO / "weights" / "surrogate-scratch.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        arch = json.loads(f.metadata()["architecture"])
+    assert arch["model"] == "surrogate-scratch" and arch["tower"] == "PlainCNN"
+    surrogate, judge = load_vlp("surrogate-scratch"), load_vlp("judge-scratch")
+    assert surrogate.name not in UNSEEN_JUDGES and judge.name in UNSEEN_JUDGES
+    assert type(surrogate.tower) is not type(judge.tower)
+    _check_vlp(surrogate)
+
+
 def test_effnet_lite2_label_judge() -> None:
     from psic_cli.vlp.factory import load_vlp
 

@@ -269,13 +269,55 @@ def reset_trigger(model, seed: int) -> None:
                 p.zero_()
 
 
+class EnsembleMember:
+    """A model the strong shield must fool, with the class scores the loss reads.
+
+    ImageNet classifiers (``effnet-lite*``) score the 1000 ImageNet classes.  Vision-language models
+    (e.g. ``surrogate-scratch``) score the captions of ``classes`` (the training data's classes), so a
+    model trained on ten captions is attacked on the ten-way decision it was trained for.
+    """
+
+    def __init__(self, model, class_names: list[str], classes: list[int]) -> None:
+        self.model = model
+        self.name = getattr(model, "name", type(model).__name__)
+        self.caption_emb = None if hasattr(model, "logits") else model.class_embeddings(
+            [class_names[i] for i in classes])
+        self.index = torch.full((len(class_names),), -1, dtype=torch.long)
+        self.index[torch.tensor(classes, dtype=torch.long)] = torch.arange(len(classes))
+
+    def p_true(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probability of the true class per image, and which images have a scorable label."""
+        if self.caption_emb is None:
+            return self.model.logits(x).softmax(-1).gather(1, labels.clamp_min(0)[:, None])[:, 0], labels >= 0
+        target = torch.where(labels >= 0, self.index[labels.clamp_min(0)], -1)
+        logits = self.model.logit_scale * self.model.encode_image(x) @ self.caption_emb.t()
+        return logits.softmax(-1).gather(1, target.clamp_min(0)[:, None])[:, 0], target >= 0
+
+
 def _ensemble_loss(models: list, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Untargeted loss for ImageNet classifiers: ``-log(1 - p_true)`` (zero once the true class is gone)."""
+    """Untargeted loss per model: ``-log(1 - p_true)`` (zero once the true class is gone), averaged.
+
+    ``models`` holds :class:`EnsembleMember` or bare ImageNet classifiers (with ``logits``).
+    """
     loss = x.sum() * 0
     for m in models:
-        p_true = m.logits(x).softmax(-1).gather(1, labels.clamp_min(0)[:, None])[:, 0]
-        loss = loss + (-torch.log1p(-p_true.clamp(max=1 - 1e-4)) * (labels >= 0)).mean()
+        if isinstance(m, EnsembleMember):
+            p_true, valid = m.p_true(x, labels)
+        else:
+            p_true = m.logits(x).softmax(-1).gather(1, labels.clamp_min(0)[:, None])[:, 0]
+            valid = labels >= 0
+        loss = loss + (-torch.log1p(-p_true.clamp(max=1 - 1e-4)) * valid).mean()
     return loss / max(1, len(models))
+
+
+def _check_seen(models: list) -> None:
+    """Refuse to train against an unseen judge, whatever spec or path it was loaded from."""
+    from psic_cli.vlp.judges import UNSEEN_JUDGES
+
+    for m in models:
+        name = getattr(getattr(m, "model", m), "name", "")
+        if name in UNSEEN_JUDGES:
+            raise ValueError(f"{name} is an unseen judge: never train against it")
 
 
 def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Path:
@@ -354,9 +396,10 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
             from psic_cli.vlp import load_vlp
 
             for spec in sc.ensemble.split(","):
-                if spec.strip() in ("effnet-lite2", "judge-scratch"):
+                if spec.strip().split(":")[0] in ("effnet-lite2", "judge-scratch"):
                     raise ValueError(f"{spec} is an unseen judge: never train against it")
                 ensemble.append(load_vlp(spec.strip()))
+    _check_seen(ensemble)
     for m in [vlp, *ensemble]:
         for p in m.parameters() if isinstance(m, torch.nn.Module) else ():
             p.requires_grad_(False)
@@ -370,6 +413,8 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
     lambdas = torch.tensor(cfg.lambdas)
     bank = LabelledBank(sc.data, sc.patch, sc.seed, sc.limit_images)
     present = sorted({y for y in bank.labels if y >= 0})  # the classes of the data (10-way accuracy)
+    ensemble = [e if isinstance(e, EnsembleMember) else EnsembleMember(e, names, present or list(range(len(names))))
+                for e in ensemble]
     if sc.captions == "data" and present:  # the paper's in-batch captions: those of the training data
         u_text = text[present]
         to_caption = torch.full((len(names),), -1, dtype=torch.long)

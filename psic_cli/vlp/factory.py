@@ -4,6 +4,7 @@ Specs:
 
 * ``psic-vlp-mini`` or ``psic-vlp-mini:PATH`` - the bundled target (weights default to ``weights/``)
 * ``judge-scratch`` or ``judge-scratch:PATH`` - the from-scratch judge
+* ``surrogate-scratch`` or ``surrogate-scratch:PATH`` - a from-scratch model the strong shield may train against
 * ``effnet-lite2`` (also ``effnet-lite0``/``effnet-lite1``) - ImageNet classifier restricted to a label set
 * ``openclip:ARCH:PATH`` - an open_clip model from a local checkpoint
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from .base import VLP
 
-SPECS = ("psic-vlp-mini", "judge-scratch", "effnet-lite2", "openclip:ARCH:PATH")
+SPECS = ("psic-vlp-mini", "judge-scratch", "surrogate-scratch", "effnet-lite2", "openclip:ARCH:PATH")
 
 
 def load_vlp(spec: str) -> VLP:
@@ -29,6 +30,10 @@ def load_vlp(spec: str) -> VLP:
         from .judges import ScratchJudge
 
         return ScratchJudge.load(rest) if rest else ScratchJudge.load()
+    if kind == "surrogate-scratch":
+        from .judges import DEFAULT_SURROGATE_WEIGHTS, ScratchJudge
+
+        return ScratchJudge.load(rest or DEFAULT_SURROGATE_WEIGHTS)
     if kind in ("effnet-lite0", "effnet-lite1", "effnet-lite2") and not rest:
         from .judges import EffNetLabelJudge
 

@@ -2,6 +2,9 @@
 
 * :class:`ScratchJudge` (``judge-scratch``): a small CNN image tower trained from random init at 64 px
   against the same frozen MiniLM text tower; it shares no trained image weights with ``psic-vlp-mini``.
+* ``surrogate-scratch``: the same kind of model (another architecture, :class:`PlainCNN`, another seed)
+  that the strong shield *may* train against, so that it learns what fools from-scratch low-resolution
+  models without ever seeing ``judge-scratch``'s weights.
 * :class:`EffNetLabelJudge` (``effnet-lite2``): the ImageNet-trained EfficientNet-Lite2 classifier, used
   as a VLP whose "text embedding" of a prompt is the one-hot vector of the ImageNet class named in it,
   so zero-shot over a label set is the classifier restricted to those classes.
@@ -21,7 +24,11 @@ from .base import VLP, normalise, read_weights, resize_center_crop
 from .mini import LITE_MEAN, LITE_SIZES, LITE_STD, load_efficientnet_lite
 from .text import DATA_DIR, TEXT_DIM, imagenet_classes, read_class_file, shared_minilm
 
-DEFAULT_JUDGE_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "judge-scratch.safetensors"
+WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
+DEFAULT_JUDGE_WEIGHTS = WEIGHTS_DIR / "judge-scratch.safetensors"
+DEFAULT_SURROGATE_WEIGHTS = WEIGHTS_DIR / "surrogate-scratch.safetensors"
+#: models that measure transfer and must never be trained against
+UNSEEN_JUDGES = ("judge-scratch", "effnet-lite2")
 SCRATCH_MEAN = (0.485, 0.456, 0.406)
 SCRATCH_STD = (0.229, 0.224, 0.225)
 
@@ -68,14 +75,46 @@ class SmallResNet(nn.Module):
         return self.head(self.features(x))
 
 
+class PlainCNN(nn.Module):
+    """A VGG-style tower (no shortcuts) for 56-72 px inputs, ending in a linear map to ``out_dim``."""
+
+    def __init__(self, widths: Sequence[int] = (32, 64, 128, 256), out_dim: int = TEXT_DIM) -> None:
+        super().__init__()
+        w = list(widths)
+        self.widths = w
+        self.features = nn.Sequential(
+            _cbr(3, w[0], 2),
+            _cbr(w[0], w[1]),
+            _cbr(w[1], w[1]),
+            nn.MaxPool2d(2),
+            _cbr(w[1], w[2]),
+            _cbr(w[2], w[2]),
+            nn.MaxPool2d(2),
+            _cbr(w[2], w[3]),
+            _cbr(w[3], w[3]),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(w[3], out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Unnormalised embedding ``[B, out_dim]`` of normalised images."""
+        return self.head(self.features(x))
+
+
+TOWERS = {"SmallResNet": SmallResNet, "PlainCNN": PlainCNN}
+
+
 class ScratchJudge(VLP):
     """``judge-scratch``: :class:`SmallResNet` image tower (trained from scratch) + frozen MiniLM text."""
 
     name = "judge-scratch"
     embed_dim = TEXT_DIM
 
-    def __init__(self, tower: SmallResNet | None = None, image_size: int = 64, logit_scale: float = 30.0) -> None:
+    def __init__(self, tower: nn.Module | None = None, image_size: int = 64, logit_scale: float = 30.0,
+                 name: str = "judge-scratch") -> None:
         super().__init__()
+        self.name = name
         self.tower = tower if tower is not None else SmallResNet()
         self.image_size = image_size
         self.logit_scale = float(logit_scale)
@@ -92,11 +131,16 @@ class ScratchJudge(VLP):
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_JUDGE_WEIGHTS) -> ScratchJudge:
-        """Build the judge from ``weights/judge-scratch.safetensors``."""
-        arch, state = read_weights(path, "judge-scratch", "python -m psic_cli.vlp.train_judge")
-        tower = SmallResNet(arch["widths"], arch.get("out_dim", TEXT_DIM))
+        """Build a from-scratch model (``judge-scratch`` by default) from its safetensors file.
+
+        The model's name comes from the file's metadata, so a judge loaded from any path is still
+        recognised as that judge.
+        """
+        arch, state = read_weights(path, "from-scratch model", "python -m psic_cli.vlp.train_judge")
+        tower = TOWERS[arch.get("tower", "SmallResNet")](arch["widths"], arch.get("out_dim", TEXT_DIM))
         tower.load_state_dict(state)
-        return cls(tower, image_size=arch["image_size"], logit_scale=arch["logit_scale"]).freeze()
+        return cls(tower, image_size=arch["image_size"], logit_scale=arch["logit_scale"],
+                   name=arch.get("model", "judge-scratch")).freeze()
 
 
 def _norm_name(s: str) -> str:

@@ -2,6 +2,11 @@
 
     python -m psic_cli.vlp.train_judge --epochs 18 --threads 1
 
+The strong shield's from-scratch surrogate is the same recipe with another tower and seed:
+
+    python -m psic_cli.vlp.train_judge --name surrogate-scratch --tower PlainCNN --seed 1 \
+        --out weights/surrogate-scratch.safetensors --epochs 12 --threads 2
+
 Images (imagenette train, centre square) are decoded once and kept in memory as 72x72 uint8.  Each
 step draws random-resized crops (scale 0.3-1, aspect 3/4-4/3) at 56 px plus horizontal flips with
 one batched ``grid_sample``.  The loss is cross-entropy of ``scale * img . text`` over the 10 class
@@ -25,7 +30,7 @@ import torch.nn.functional as F
 
 from .base import ZERO_SHOT_TEMPLATES
 from .data_utils import list_labelled_folder, load_square_uint8
-from .judges import SCRATCH_MEAN, SCRATCH_STD, SmallResNet
+from .judges import SCRATCH_MEAN, SCRATCH_STD, TOWERS
 from .text import IMAGENETTE_CLASSES_FILE, read_class_file, shared_minilm
 from .train_mini import TRAIN_TEMPLATES
 
@@ -74,7 +79,7 @@ def prep(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(tower: SmallResNet, x: torch.Tensor, y: torch.Tensor, class_emb: torch.Tensor, size: int) -> float:
+def evaluate(tower: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, class_emb: torch.Tensor, size: int) -> float:
     """10-way top-1 of ``tower`` on uint8 images ``x`` resized to ``size``."""
     tower.eval()
     correct = 0
@@ -86,11 +91,13 @@ def evaluate(tower: SmallResNet, x: torch.Tensor, y: torch.Tensor, class_emb: to
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Train and save ``weights/judge-scratch.safetensors``."""
+    """Train and save ``weights/judge-scratch.safetensors`` (or ``--name``/``--out``)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--cache-dir", type=Path, default=Path("runs/vlp"))
     ap.add_argument("--out", type=Path, default=Path("weights/judge-scratch.safetensors"))
+    ap.add_argument("--name", default="judge-scratch", help="model name stored in the metadata")
+    ap.add_argument("--tower", choices=sorted(TOWERS), default="SmallResNet")
     ap.add_argument("--epochs", type=int, default=18)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.4)
@@ -117,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     eval_emb = F.normalize(eval_emb.mean(1), dim=-1)
 
     widths = [int(w) for w in args.widths.split(",")]
-    tower = SmallResNet(widths).to(memory_format=torch.channels_last)
+    tower = TOWERS[args.tower](widths).to(memory_format=torch.channels_last)
     log_scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))
     decay = [p for n, p in tower.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in tower.named_parameters() if p.ndim <= 1] + [log_scale]
@@ -161,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
 
     tower = tower.to(memory_format=torch.contiguous_format)
     meta = {
-        "architecture": json.dumps({"model": "judge-scratch", "tower": "SmallResNet", "widths": widths, "out_dim": 384,
+        "architecture": json.dumps({"model": args.name, "tower": args.tower, "widths": widths, "out_dim": 384,
                                     "image_size": args.test_size, "logit_scale": log_scale.exp().item(),
                                     "text_tower": "all-MiniLM-L6-v2 (frozen)", "init": "random (from scratch)"}),
         "training_data": "imagenette train (9469 images, 10 classes), centre square at "
