@@ -294,18 +294,11 @@ class EnsembleMember:
         return logits.softmax(-1).gather(1, target.clamp_min(0)[:, None])[:, 0], target >= 0
 
 
-def _ensemble_loss(models: list, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Untargeted loss per model: ``-log(1 - p_true)`` (zero once the true class is gone), averaged.
-
-    ``models`` holds :class:`EnsembleMember` or bare ImageNet classifiers (with ``logits``).
-    """
+def _ensemble_loss(models: list[EnsembleMember], x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Untargeted loss per model: ``-log(1 - p_true)`` (zero once the true class is gone), averaged."""
     loss = x.sum() * 0
     for m in models:
-        if isinstance(m, EnsembleMember):
-            p_true, valid = m.p_true(x, labels)
-        else:
-            p_true = m.logits(x).softmax(-1).gather(1, labels.clamp_min(0)[:, None])[:, 0]
-            valid = labels >= 0
+        p_true, valid = m.p_true(x, labels)
         loss = loss + (-torch.log1p(-p_true.clamp(max=1 - 1e-4)) * valid).mean()
     return loss / max(1, len(models))
 
@@ -395,10 +388,7 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
         if "strong" in views and sc.ensemble:
             from psic_cli.vlp import load_vlp
 
-            for spec in sc.ensemble.split(","):
-                if spec.strip().split(":")[0] in ("effnet-lite2", "judge-scratch"):
-                    raise ValueError(f"{spec} is an unseen judge: never train against it")
-                ensemble.append(load_vlp(spec.strip()))
+            ensemble = [load_vlp(spec.strip()) for spec in sc.ensemble.split(",")]
     _check_seen(ensemble)
     for m in [vlp, *ensemble]:
         for p in m.parameters() if isinstance(m, torch.nn.Module) else ():

@@ -49,14 +49,26 @@ class _Residual(nn.Module):
         return F.relu(x + self.b(self.a(x)))
 
 
-class SmallResNet(nn.Module):
+class _Tower(nn.Module):
+    """An image tower: ``features`` (ending in a pooled vector of ``widths[-1]``) then a linear ``head``."""
+
+    def __init__(self, widths: Sequence[int], features: nn.Sequential, out_dim: int) -> None:
+        super().__init__()
+        self.widths = list(widths)
+        self.features = features
+        self.head = nn.Linear(self.widths[-1], out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Unnormalised embedding ``[B, out_dim]`` of normalised images."""
+        return self.head(self.features(x))
+
+
+class SmallResNet(_Tower):
     """A ~2 M-parameter ResNet-style tower for 56-72 px inputs, ending in a linear map to ``out_dim``."""
 
     def __init__(self, widths: Sequence[int] = (32, 64, 128, 256), out_dim: int = TEXT_DIM) -> None:
-        super().__init__()
         w = list(widths)
-        self.widths = w
-        self.features = nn.Sequential(
+        super().__init__(w, nn.Sequential(
             _cbr(3, w[0], 2),
             _cbr(w[0], w[1]),
             nn.MaxPool2d(2),
@@ -67,22 +79,15 @@ class SmallResNet(nn.Module):
             _Residual(w[3]),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
-        )
-        self.head = nn.Linear(w[3], out_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Unnormalised embedding ``[B, out_dim]`` of normalised images."""
-        return self.head(self.features(x))
+        ), out_dim)
 
 
-class PlainCNN(nn.Module):
+class PlainCNN(_Tower):
     """A VGG-style tower (no shortcuts) for 56-72 px inputs, ending in a linear map to ``out_dim``."""
 
     def __init__(self, widths: Sequence[int] = (32, 64, 128, 256), out_dim: int = TEXT_DIM) -> None:
-        super().__init__()
         w = list(widths)
-        self.widths = w
-        self.features = nn.Sequential(
+        super().__init__(w, nn.Sequential(
             _cbr(3, w[0], 2),
             _cbr(w[0], w[1]),
             _cbr(w[1], w[1]),
@@ -94,12 +99,7 @@ class PlainCNN(nn.Module):
             _cbr(w[3], w[3]),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
-        )
-        self.head = nn.Linear(w[3], out_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Unnormalised embedding ``[B, out_dim]`` of normalised images."""
-        return self.head(self.features(x))
+        ), out_dim)
 
 
 TOWERS = {"SmallResNet": SmallResNet, "PlainCNN": PlainCNN}
