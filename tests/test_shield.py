@@ -171,6 +171,27 @@ def test_ensemble_member_scores_a_vlp_on_the_data_captions():
     assert torch.isfinite(loss) and x.grad.abs().sum() > 0
 
 
+def test_ensemble_hinge_keeps_pushing_until_the_true_class_trails_by_kappa():
+    """kappa > 0: zero only once the true logit is kappa below the best other; positive (with a gradient) before."""
+    from psic_cli.training.shield import EnsembleMember, _ensemble_loss
+
+    class Fixed(torch.nn.Module):
+        name = "fixed"
+
+        def logits(self, x):
+            return x.flatten(1)
+
+    member = EnsembleMember(Fixed(), [f"c{i}" for i in range(3)], [0, 1, 2])
+    labels = torch.tensor([0])
+    gone = torch.tensor([[[[0.0, 1.0, 0.5]]]], requires_grad=True)  # true class already wrong by 1
+    assert float(_ensemble_loss([member], gone, labels, kappa=3.0)) == pytest.approx(2.0)
+    _ensemble_loss([member], gone, labels, kappa=3.0).backward()
+    assert gone.grad[0, 0, 0, 0] > 0 and gone.grad[0, 0, 0, 1] < 0 and gone.grad[0, 0, 0, 2] == 0
+    far = torch.tensor([[[[0.0, 4.0, 0.5]]]])
+    assert float(_ensemble_loss([member], far, labels, kappa=3.0)) == 0.0
+    assert float(_ensemble_loss([member], gone, labels)) < 0.25  # p_true loss: already small once wrong
+
+
 def test_unseen_judges_are_refused_whatever_their_spec(tmp_path):
     """judge-scratch is recognised by the name in its weights, even when loaded from another path."""
     import shutil

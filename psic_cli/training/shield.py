@@ -90,6 +90,7 @@ class ShieldConfig:
     strong_nu: float = 1.0
     ensemble: str = "effnet-lite1"  # extra models the strong shield must fool (never the unseen judges)
     ensemble_weight: float = 1.0
+    ensemble_kappa: float = 0.0  # > 0: hinge on the logit margin (confident misclassification) instead of p_true
     machine_weight: float = 1.0
     machine_dist_weight: float = 0.25
     threads: int = 0
@@ -285,21 +286,40 @@ class EnsembleMember:
         self.index = torch.full((len(class_names),), -1, dtype=torch.long)
         self.index[torch.tensor(classes, dtype=torch.long)] = torch.arange(len(classes))
 
-    def p_true(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Probability of the true class per image, and which images have a scorable label."""
+    def logits(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Class scores, the true class's column in them, and which images have a scorable label."""
         if self.caption_emb is None:
-            return self.model.logits(x).softmax(-1).gather(1, labels.clamp_min(0)[:, None])[:, 0], labels >= 0
+            return self.model.logits(x), labels.clamp_min(0), labels >= 0
         target = torch.where(labels >= 0, self.index[labels.clamp_min(0)], -1)
         logits = self.model.logit_scale * self.model.encode_image(x) @ self.caption_emb.t()
-        return logits.softmax(-1).gather(1, target.clamp_min(0)[:, None])[:, 0], target >= 0
+        return logits, target.clamp_min(0), target >= 0
+
+    def p_true(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probability of the true class per image, and which images have a scorable label."""
+        logits, target, valid = self.logits(x, labels)
+        return logits.softmax(-1).gather(1, target[:, None])[:, 0], valid
 
 
-def _ensemble_loss(models: list[EnsembleMember], x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Untargeted loss per model: ``-log(1 - p_true)`` (zero once the true class is gone), averaged."""
+def _ensemble_loss(models: list[EnsembleMember], x: torch.Tensor, labels: torch.Tensor,
+                   kappa: float = 0.0) -> torch.Tensor:
+    """Untargeted loss per model, averaged over the models.
+
+    ``kappa == 0``: ``-log(1 - p_true)``, which vanishes once the true class is gone.  ``kappa > 0``: the
+    high-confidence hinge ``max(0, z_true - max_other + kappa)`` on the logits (Carlini-Wagner), which keeps
+    pushing until the true class trails the best other class by ``kappa``; confident adversarial examples
+    transfer better to models the shield never saw.
+    """
     loss = x.sum() * 0
     for m in models:
-        p_true, valid = m.p_true(x, labels)
-        loss = loss + (-torch.log1p(-p_true.clamp(max=1 - 1e-4)) * valid).mean()
+        logits, target, valid = m.logits(x, labels)
+        if kappa > 0:
+            z_true = logits.gather(1, target[:, None])[:, 0]
+            z_other = logits.scatter(1, target[:, None], float("-inf")).amax(1)
+            per = F.relu(z_true - z_other + kappa)
+        else:
+            p_true = logits.softmax(-1).gather(1, target[:, None])[:, 0]
+            per = -torch.log1p(-p_true.clamp(max=1 - 1e-4))
+        loss = loss + (per * valid).mean()
     return loss / max(1, len(models))
 
 
@@ -490,7 +510,7 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
                 stats["margin"] = float(mar.detach())
             loss = loss + nu[v] * d + priv
             if v == "strong" and ensemble:
-                ens = _ensemble_loss(ensemble, seen, labels[m])
+                ens = _ensemble_loss(ensemble, seen, labels[m], sc.ensemble_kappa)
                 loss = loss + sc.ensemble_weight * ens
                 rec["ens_strong"] = float(ens.detach())
             rec[f"d_{v}"] = float(d.detach())
