@@ -146,3 +146,20 @@ def test_face_detector_judge_finds_the_example_face():
     assert len(face) == 1
     assert detect(det, np.asarray(Image.open(EXAMPLES / "kodim21.png").convert("RGB"))) == []
     assert iou(face[0], face[0]) == 1.0 and iou((0, 0, 10, 10), (20, 20, 5, 5)) == 0.0
+
+
+def test_attack_subset_is_seeded_and_splits_evaluation_from_search(tmp_path):
+    """The attack report and the transfer benchmark read the same images: a fixed draw, no overlap."""
+    from PIL import Image
+
+    from psic_cli.evaluation.attacks import attack_subset
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(6):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / c / f"{i}.png")
+    files, labels, ev, se = attack_subset(tmp_path, 5, 3)
+    assert len(files) == len(labels) == 8 and len(ev) == 5 and len(se) == 3
+    assert not set(ev.tolist()) & set(se.tolist())
+    again = attack_subset(tmp_path, 5, 3)
+    assert again[2].tolist() == ev.tolist() and again[0] == files

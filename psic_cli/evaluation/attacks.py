@@ -130,6 +130,15 @@ def _decode_with(model, y_hat: torch.Tensor, q: int, space: str, v: torch.Tensor
     return list((x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
 
 
+def attack_subset(folder: Path, limit: int, search_images: int) -> tuple[list[Path], list[str], np.ndarray, np.ndarray]:
+    """The labelled files, and which of them are evaluated (``limit``) and which fit trigger searches."""
+    from psic_cli.vlp.data_utils import list_labelled_folder
+
+    files, labels = list_labelled_folder(folder, limit + search_images)
+    order = np.random.default_rng(0).permutation(len(files))
+    return files, labels, order[:limit], order[limit:]
+
+
 def evaluate(args) -> dict:
     from PIL import Image
 
@@ -137,7 +146,6 @@ def evaluate(args) -> dict:
     from psic_cli.evaluation.privacy import VIEW_DECODES, available_views, bitstream_latent
     from psic_cli.keys import read_key
     from psic_cli.vlp import load_vlp
-    from psic_cli.vlp.data_utils import list_labelled_folder
     from psic_cli.vlp.text import imagenet_classes, read_class_file
     from psic_cli.zoo import load_model
 
@@ -146,7 +154,7 @@ def evaluate(args) -> dict:
     lm = load_model(args.model)
     model = lm.model
     views = [v for v in available_views(lm.info.metadata) if v in ("full", "shielded", "strong")]
-    files, labels = list_labelled_folder(args.folder, args.limit + args.search_images)
+    files, labels, ev, se = attack_subset(args.folder, args.limit, args.search_images)
     mapping = read_class_file(args.classes)
     label_set = list(mapping)
     names10 = [mapping[w] for w in label_set]
@@ -154,9 +162,6 @@ def evaluate(args) -> dict:
     wnid_index = {w: i for i, w in enumerate(wnids)}
     y_all = np.array([label_set.index(lab) for lab in labels])
     y1000_all = torch.tensor([wnid_index[lab] for lab in labels])
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(files))
-    ev, se = order[: args.limit], order[args.limit :]
     originals = [np.asarray(Image.open(files[i]).convert("RGB")) for i in ev]
     search_imgs = [np.asarray(Image.open(files[i]).convert("RGB")) for i in se]
     y, y_search = y_all[ev], y_all[se]
