@@ -41,10 +41,11 @@ def atomic_output(path: Path, force: bool = False, mode: int | None = None) -> I
     """
     path = Path(path)
     check_writable(path, force)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent or Path("."))
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
+    tmp_path: Path | None = None
+    try:  # the temporary file is created inside the try, so a Ctrl-C right after it is made removes it too
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent or Path("."))
+        tmp_path = Path(tmp)
+        os.close(fd)
         if mode is None:  # a replaced file keeps its permissions (a private 0600 view stays private)
             mode = path.stat().st_mode & 0o777 if force and path.exists() else 0o666 & ~_umask()
         os.chmod(tmp_path, mode)
@@ -64,8 +65,9 @@ def atomic_output(path: Path, force: bool = False, mode: int | None = None) -> I
                 os.replace(tmp_path, path)
             tmp_path.unlink(missing_ok=True)
     except BaseException:
-        with contextlib.suppress(OSError):
-            tmp_path.unlink()
+        if tmp_path is not None:
+            with contextlib.suppress(OSError):
+                tmp_path.unlink()
         raise
 
 

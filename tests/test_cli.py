@@ -253,9 +253,10 @@ def test_ctrl_c_leaves_no_partial_files_and_rerun_continues(tiny_env, tmp_path, 
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode in (0, 130), err
-    assert not [p for p in out.rglob("*") if p.name.endswith(".part")]
+    parts = [p.name for p in out.rglob("*") if p.name.endswith(".part")]
+    assert not parts, (parts, err)
     done_before = len(list(out.rglob("*.psic")))
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert len(list(out.rglob("*.psic"))) == 40
+    assert len(list(out.rglob("*.psic"))) == 40, sorted(p.name for p in out.rglob("*"))
     assert done_before <= 40
