@@ -3,7 +3,8 @@
 Decodes the images ``python -m psic_cli.evaluation.attacks --limit 150`` evaluates (the same seeded draw
 from Imagenette val) in process, with each weights file, at one quality: the full view (shipped key) and
 the ``strong`` shielded view, rounded to 8 bits as the file path writes them.  Reports each model's
-10-way zero-shot top-1 on both views and the strong view's PSNR against the full view and the original.
+10-way zero-shot top-1 on both views and the strong view's PSNR against the full view and the original, and
+its PSNR cost (how much lower its PSNR against the original is than the full view's: the issue's bound).
 Use it to compare shield stages before running the full evaluation; writes ``results/strong-transfer.json``.
 
     python benchmarks/strong_transfer.py --weights weights/psic-sh.safetensors runs/x/psic-sh.safetensors
@@ -65,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     emb = {s: v.class_embeddings([mapping[w] for w in wnids]) for s, v in vlps.items()}
     res: dict = {"images": len(originals), "quality": args.quality, "weights": {},
                  "original": {s: _top1(v, emb[s], originals, y) for s, v in vlps.items()}}
-    lines = ["| weights (steps) | view | " + " | ".join(vlps) + " | PSNR vs full | PSNR vs original |",
-             "|---|---|" + "---|" * (len(vlps) + 2)]
+    lines = ["| weights (steps) | view | " + " | ".join(vlps)
+             + " | PSNR vs full | PSNR vs original | PSNR cost (dB) |",
+             "|---|---|" + "---|" * (len(vlps) + 3)]
     for w in args.weights:
         with safe_open(str(w), framework="pt") as f:
             steps = f.metadata().get("steps", "?")
@@ -90,9 +92,13 @@ def main(argv: list[str] | None = None) -> int:
                             [psnr(a, b) for a, b in zip(views["full"], imgs, strict=True)])),
                         "psnr_vs_original": float(np.mean([psnr(a, b) for a, b in zip(originals, imgs, strict=True)]))}
             e = entry[v]
+            # the cost the issue bounds: how much lower the view's PSNR is than the full view's (both vs original)
+            e["psnr_cost_db"] = None if v == "full" else (entry["full"]["psnr_vs_original"]
+                                                           - e["psnr_vs_original"])
             vs_full = "-" if e["psnr_vs_full"] is None else f"{e['psnr_vs_full']:.2f}"
+            cost = "-" if e["psnr_cost_db"] is None else f"{e['psnr_cost_db']:.2f}"
             lines.append(f"| {w} ({steps}) | {v} | " + " | ".join(f"{a:.1%}" for a in e["top1"].values())
-                         + f" | {vs_full} | {e['psnr_vs_original']:.2f} |")
+                         + f" | {vs_full} | {e['psnr_vs_original']:.2f} | {cost} |")
         res["weights"][str(w)] = entry
     args.out.parent.mkdir(exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2))
