@@ -47,7 +47,7 @@ class TrainConfig:
     log_every: int = 50
     ckpt_every: int = 250
     limit_images: int | None = None
-    init_from: str | None = None  # checkpoint or safetensors to start from (matching tensors only)
+    init_from: str | None = None  # start from these weights: "a.safetensors[=prefix+prefix],b.pt" (see warm_start)
     max_minutes: float | None = None  # stop (with a checkpoint) after this wall time
 
 
@@ -89,6 +89,14 @@ def cosine_lr(step: int, steps: int, lr: float, lr_final: float) -> float:
 
 def lr_at(step: int, tc: TrainConfig) -> float:
     return cosine_lr(step, tc.steps, tc.lr, tc.lr_final)
+
+
+def _all_finite(loss: torch.Tensor, distributed: bool) -> bool:
+    """True when the loss is finite on every rank (one all-reduce under DDP), so all ranks skip together."""
+    ok = torch.isfinite(loss.detach()).float().reshape(1)
+    if distributed:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item() > 0)
 
 
 def _is_main() -> bool:
@@ -134,6 +142,77 @@ def load_matching(model: nn.Module, path: str) -> int:
     return len(keep)
 
 
+def _read_source(path: str) -> tuple[dict, dict]:
+    """Tensors and metadata (empty for checkpoints) of a safetensors weights file or a training checkpoint."""
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(path, framework="pt") as f:
+            meta = dict(f.metadata() or {})
+        return load_file(path), meta
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return state["model"], {"steps": str(state["step"]), "config": state["model_config"]}
+
+
+def _map_gains(own: torch.Tensor, src: torch.Tensor, own_lambdas, src_lambdas) -> torch.Tensor:
+    """Per-quality log-gains for ``own_lambdas`` from a model trained at ``src_lambdas``: rows of equal
+    lambda are copied, others start from the nearest trained row shifted by 0.5 log(lambda ratio)."""
+    out = own.clone()
+    for i, lam in enumerate(own_lambdas):
+        j = min(range(len(src_lambdas)), key=lambda k: abs(math.log(lam / src_lambdas[k])))
+        out[i] = src[j] + 0.5 * math.log(lam / src_lambdas[j])
+    return out
+
+
+def _widen(init: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """A wider layer that computes what ``src`` computed: the trained tensor fills the leading slice; the
+    new output channels keep their random initialisation (so they learn), and a convolution's new *input*
+    channels start at zero (so the new features do not change the output until training uses them)."""
+    out = init.clone()
+    if out.dim() == 4:
+        out[:, src.shape[1]:] = 0
+    out[tuple(slice(0, n) for n in src.shape)] = src
+    return out
+
+
+def warm_start(model: nn.Module, spec: str) -> dict:
+    """Initialise ``model`` from one or more weight files and return what was done.
+
+    ``spec`` is a comma-separated list of ``path`` or ``path=prefix+prefix`` (only tensors under those
+    prefixes); later sources override earlier ones.  Tensors of matching name and shape are copied;
+    per-quality gains are mapped by lambda when the quality levels differ.  When the single source is
+    a weights file of this very config, training *continues* from its step count (``steps`` metadata):
+    that is how a new machine resumes from committed weights.
+    """
+    own = model.state_dict()
+    cfg = model.cfg
+    report = {"tensors": 0, "continue_step": 0}
+    sources = [s for s in spec.split(",") if s]
+    for source in sources:
+        path, _, prefixes = source.partition("=")
+        src, meta = _read_source(path)
+        pre = tuple(prefixes.split("+")) if prefixes else ("",)
+        for k, v in src.items():
+            if k not in own or not k.startswith(pre) or k.startswith(
+                    ("entropy_bottleneck._", "gaussian_conditional._", "gaussian_conditional.scale_table")):
+                continue
+            if own[k].shape == v.shape:
+                own[k] = v
+                report["tensors"] += 1
+            elif own[k].dim() == v.dim() and all(a >= b for a, b in zip(own[k].shape, v.shape, strict=True)):
+                own[k] = _widen(own[k], v)
+                report["widened"] = report.get("widened", 0) + 1
+            elif k == "log_gain" and "config" in meta:
+                src_cfg = ModelConfig.from_dict(json.loads(meta["config"]))
+                own[k] = _map_gains(own[k], v, cfg.lambdas, src_cfg.lambdas)
+                report["tensors"] += 1
+        if len(sources) == 1 and not prefixes and meta.get("config") == cfg.to_json():
+            report["continue_step"] = int(meta.get("steps", "0"))
+    model.load_state_dict(own)
+    return report
+
+
 def train(tc: TrainConfig) -> Path:
     """Train (or resume) and return the path of the latest checkpoint."""
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -176,8 +255,9 @@ def train(tc: TrainConfig) -> Path:
         step = state["step"]
         _log(run_dir, {"event": "resume", "step": step})
     elif tc.init_from:
-        n = load_matching(model, tc.init_from)
-        _log(run_dir, {"event": "init_from", "path": tc.init_from, "tensors": n})
+        rep = warm_start(model, tc.init_from)
+        step = rep["continue_step"]
+        _log(run_dir, {"event": "init_from", "spec": tc.init_from, **rep})
 
     model.to(device).train()
     stepper: nn.Module = RDStep(model, cfg).to(device)
@@ -200,7 +280,7 @@ def train(tc: TrainConfig) -> Path:
         opt.zero_grad(set_to_none=True)
         aux_opt.zero_grad(set_to_none=True)
         total = out["loss"] + out["aux"]
-        if not torch.isfinite(total):  # skip a diverging step instead of poisoning the weights
+        if not _all_finite(total, distributed):  # every rank skips together, or DDP would stall
             _log(run_dir, {"event": "non-finite loss, step skipped", "step": step})
             continue
         total.backward()
