@@ -1,51 +1,65 @@
-"""Decoding is bit-identical across CPU kernels: oneDNN limited to SSE4.1, oneDNN off, one thread.
+"""Portability: every golden file decodes to the same symbols under other CPU kernels, pixels within +-1.
 
 CompressAI picks each symbol's CDF from float32 scales, and another kernel can flip that choice
-(CompressAI issue #309); psic runs the decoder side in float64.  Each case runs in a fresh process.
+(CompressAI issue #309); psic runs ``h_s`` in float64, so the symbols (checked against the file's
+checksum inside every decode) must not change.  ``g_s`` runs in float32 with the fast kernels, so pixels
+may differ by one level.  Each kernel set runs in a fresh process, since the ISA variables are read once.
 """
 
-import hashlib
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from .test_golden import GOLDEN_FILES
+from .conftest import REPO
 
-DECODE = (
-    "import sys, hashlib, torch\n"
-    "if sys.argv[2] == 'nomkldnn': torch.backends.mkldnn.enabled = False\n"
-    "if sys.argv[2] == 'onethread': torch.set_num_threads(1)\n"
-    "from psic_cli import codec\n"
-    "from psic_cli.keys import read_key\n"
-    "key = read_key('weights/shipped.key')\n"
-    "data = open(sys.argv[1], 'rb').read()\n"
-    "for v in ('shielded', 'full'):\n"
-    "    px = codec.decode(data, None if v == 'shielded' else key, v).pixels\n"
-    "    print(v, hashlib.sha256(px.tobytes()).hexdigest())\n"
-)
+GOLDEN = Path(__file__).parent / "golden"
 
+# decodes every golden file's expected views; writes each view's pixels as .npy into argv[1]
+DECODE = """
+import json, sys, pathlib, numpy as np, torch
+if sys.argv[2] == 'nomkldnn': torch.backends.mkldnn.enabled = False
+if sys.argv[2] == 'onethread': torch.set_num_threads(1)
+from psic_cli import codec
+from psic_cli.keys import read_key
+key = read_key('weights/shipped.key')
+out = pathlib.Path(sys.argv[1])
+for path in sorted(pathlib.Path('tests/golden').glob('v*/*.psic')):
+    data = path.read_bytes()
+    for view in json.loads(path.with_suffix('.json').read_text())['views']:
+        kw = {'key': key, 'view': view} if view in ('full', 'machine') else {'view': 'shielded'}
+        if view == 'strong':
+            kw['shield'] = 'strong'
+        px = codec.decode(data, **kw).pixels  # raises ChecksumError if a symbol differs
+        np.save(out / f'{path.parent.name}-{path.stem}-{view}.npy', px)
+"""
+
+# the native kernels are what test_golden runs; these are the others a user's CPU may give
 VARIANTS = {
-    "default": ({}, "-"),
-    "sse41": ({"ONEDNN_MAX_CPU_ISA": "SSE41", "DNNL_MAX_CPU_ISA": "SSE41"}, "-"),
-    "nomkldnn": ({}, "nomkldnn"),
-    "onethread": ({"OMP_NUM_THREADS": "1"}, "onethread"),
-    "aten-default": ({"ATEN_CPU_CAPABILITY": "default"}, "-"),
+    "sse41+aten-default": ({"ONEDNN_MAX_CPU_ISA": "SSE41", "DNNL_MAX_CPU_ISA": "SSE41",
+                            "ATEN_CPU_CAPABILITY": "default"}, "-"),
+    "onednn-off": ({}, "nomkldnn"),
 }
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not GOLDEN_FILES, reason="no golden files")
-def test_decoded_pixels_identical_across_kernels():
-    from .conftest import REPO
-
-    path = str(GOLDEN_FILES[-1])
-    outputs = {}
-    for name, (env, mode) in VARIANTS.items():
-        r = subprocess.run([sys.executable, "-c", DECODE, path, mode], capture_output=True, text=True,
-                           env={**os.environ, **env}, cwd=REPO, timeout=300)
-        assert r.returncode == 0, r.stderr
-        outputs[name] = r.stdout
-    assert len(set(outputs.values())) == 1, outputs
-    assert hashlib.sha256(outputs["default"].encode()).hexdigest()
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_golden_files_portable_across_kernels(variant, tmp_path):
+    env, mode = VARIANTS[variant]
+    r = subprocess.run([sys.executable, "-c", DECODE, str(tmp_path), mode], capture_output=True, text=True,
+                       env={**os.environ, **env}, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    checked = 0
+    for path in sorted(GOLDEN.glob("v*/*.psic")):
+        for view in json.loads(path.with_suffix(".json").read_text())["views"]:
+            got = np.load(tmp_path / f"{path.parent.name}-{path.stem}-{view}.npy").astype(np.int16)
+            want = np.asarray(Image.open(path.with_name(f"{path.stem}.{view}.png"))).astype(np.int16)
+            assert got.shape == want.shape
+            assert int(np.abs(got - want).max()) <= 1, f"{variant}: {path.name} {view}"
+            checked += 1
+    assert checked >= len(list(GOLDEN.glob("v*/*.psic"))) * 2

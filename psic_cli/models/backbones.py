@@ -127,6 +127,7 @@ class ConditionalHyperprior(nn.Module):
         init = 0.5 * torch.log(lam / lam.max())
         self.log_gain = nn.Parameter(init[:, None].repeat(1, M).contiguous())
         self._runtime: dict[str, nn.Module] | None = None
+        self.transform_dtype: torch.dtype | None = None  # training only: autocast g_a / g_s (see _autocast)
         self.tile_latent = 64  # g_a / g_s run in overlapping tiles of 64x64 latents (1024x1024 pixels)
 
     # ------------------------------------------------------------------ helpers
@@ -142,8 +143,15 @@ class ConditionalHyperprior(nn.Module):
             return scales, means
         return params, None
 
+    def _autocast(self, x: Tensor):
+        """Training-time autocast of the big transforms (``transform_dtype``, e.g. bfloat16), else a no-op."""
+        dt = self.transform_dtype
+        return torch.autocast(x.device.type, dtype=dt or torch.bfloat16, enabled=dt is not None)
+
     def _analysis(self, x: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
-        y = self.g_a(x) * self.gain(q)
+        with self._autocast(x):
+            y = self.g_a(x)
+        y = y.float() * self.gain(q)
         z = self.h_a(y if self.mean_scale else torch.abs(y))
         return y, z
 
@@ -171,7 +179,8 @@ class ConditionalHyperprior(nn.Module):
                 return rt["g_s"](t.contiguous(memory_format=torch.channels_last), tau).contiguous()
 
             return tiled(run, y, scale=16, tile=self.tile_latent, margin=8)
-        return self.g_s(y_hat / self.gain(q), self.cltg(cond))
+        with self._autocast(y_hat):
+            return self.g_s(y_hat / self.gain(q), self.cltg(cond))
 
     def aux_loss(self) -> Tensor:
         return self.entropy_bottleneck.loss()

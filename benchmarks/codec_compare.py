@@ -1,0 +1,310 @@
+"""psic's full view against the codecs people use, all measured in one run (not a test).
+
+    python benchmarks/codec_compare.py measure --weights lab_weights/rd/psic-msh2.safetensors
+    python benchmarks/codec_compare.py measure --large --weights ...   # adds the 6000x4000 encode/decode
+    python benchmarks/codec_compare.py render                          # JSON -> docs/codec-compare.md
+
+``measure`` writes ``results/codec-compare.json`` only:
+
+- rate-distortion on the folder: psic's full view through its real file bytes at every quality, and
+  Pillow's JPEG, WebP (method 6) and AVIF (libavif, default speed) over a range of qualities, measured on
+  the same images in the same run; BD-rates (PSNR, over the overlapping range) against each, and against
+  CompressAI's published Kodak curves (reference data, below);
+- speed: in-process decode (and encode) of one 768x512 image against CompressAI's ``bmshj2018_hyperprior``
+  (quality 3, random weights, the same input) built in the same run, interleaved, as a ratio;
+- with ``--large``: a 6000x4000 encode and decode in fresh processes, wall time, user/system CPU time and
+  peak memory.
+
+``render`` turns that JSON into ``docs/codec-compare.md``; it never measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# CompressAI's published results on Kodak (results/image/kodak/compressai-*_mse_cpu.json in its repository)
+COMPRESSAI_PUBLISHED = {
+    "bmshj2018-hyperprior": {
+        "bpp": [0.1313, 0.2089, 0.3199, 0.4784, 0.6687, 0.9388, 1.2592, 1.6602],
+        "psnr": [27.58, 29.20, 30.97, 32.84, 34.53, 36.74, 38.58, 40.56],
+    },
+    "mbt2018-mean": {
+        "bpp": [0.1239, 0.1980, 0.3072, 0.4606, 0.6617, 0.9144, 1.2342, 1.6191],
+        "psnr": [27.70, 29.36, 31.13, 32.95, 34.97, 36.91, 38.84, 40.63],
+    },
+}
+JPEG_QUALITIES = [10, 20, 30, 40, 50, 60, 70, 80, 85, 90, 95]
+WEBP_QUALITIES = [5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95]
+AVIF_QUALITIES = [10, 20, 30, 40, 50, 60, 70, 80, 90]
+RESULTS = Path("results/codec-compare.json")
+DOC = Path("docs/codec-compare.md")
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 10 * np.log10(255.0**2 / max(mse, 1e-12))
+
+
+def _bd_rate(anchor: dict, test: dict) -> float | None:
+    """BD-rate (%) of ``test`` against ``anchor`` in PSNR; None where the curves do not overlap."""
+    from scipy.interpolate import PchipInterpolator
+
+    ra, da = np.log(np.asarray(anchor["bpp"])), np.asarray(anchor["psnr"])
+    rb, db = np.log(np.asarray(test["bpp"])), np.asarray(test["psnr"])
+    lo, hi = max(da.min(), db.min()), min(da.max(), db.max())
+    if hi - lo < 0.1:
+        return None
+    ia, ib = np.argsort(da), np.argsort(db)
+    fa, fb = PchipInterpolator(da[ia], ra[ia]), PchipInterpolator(db[ib], rb[ib])
+    return float((np.exp((fb.integrate(lo, hi) - fa.integrate(lo, hi)) / (hi - lo)) - 1) * 100)
+
+
+def _pillow(img: np.ndarray, fmt: str, q: int) -> tuple[float, float]:
+    buf = io.BytesIO()
+    kw: dict = {"quality": q}
+    if fmt == "WEBP":
+        kw["method"] = 6
+    Image.fromarray(img).save(buf, fmt, **kw)
+    dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    return len(buf.getvalue()) * 8 / (img.shape[0] * img.shape[1]), _psnr(img, dec)
+
+
+def _mean(points: list[list[tuple[float, float]]]) -> dict:
+    arr = np.asarray(points).mean(0)
+    return {"bpp": arr[:, 0].round(5).tolist(), "psnr": arr[:, 1].round(4).tolist()}
+
+
+def _install(weights: Path, tmp: Path) -> str:
+    """Point the zoo at a folder holding only ``weights``; return its model id."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="numpy") as f:
+        meta = f.metadata() or {}
+    shutil.copy(weights, tmp / weights.name)
+    os.environ["PSIC_WEIGHTS"] = str(tmp)
+    return meta["model_id"]
+
+
+def measure_rd(folder: Path, model_id: str, key: bytes, limit: int | None) -> dict:
+    from psic_cli import codec
+    from psic_cli.zoo import load_model
+
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:limit]
+    nq = load_model(model_id).model.cfg.qualities
+    rows: dict[str, list] = {"psic-full": [], "jpeg": [], "webp": [], "avif": []}
+    for p in paths:
+        img = np.asarray(Image.open(p).convert("RGB"))
+        data = p.read_bytes()
+        pts = []
+        for q in range(1, nq + 1):
+            enc = codec.encode(data, p.name, model_id, q).data
+            dec = codec.decode(enc, key)
+            pts.append((len(enc) * 8 / (img.shape[0] * img.shape[1]), _psnr(img, dec.pixels)))
+        rows["psic-full"].append(pts)
+        rows["jpeg"].append([_pillow(img, "JPEG", q) for q in JPEG_QUALITIES])
+        rows["webp"].append([_pillow(img, "WEBP", q) for q in WEBP_QUALITIES])
+        rows["avif"].append([_pillow(img, "AVIF", q) for q in AVIF_QUALITIES])
+        print(f"{p.name}: " + ", ".join(f"q{i + 1} {b:.3f} bpp {d:.2f} dB" for i, (b, d) in enumerate(pts)),
+              file=sys.stderr, flush=True)
+    curves = {k: _mean(v) for k, v in rows.items()}
+    ours = curves["psic-full"]
+    refs = {**{k: curves[k] for k in ("jpeg", "webp", "avif")},
+            **{f"compressai-{k} (published)": v for k, v in COMPRESSAI_PUBLISHED.items()}}
+    return {
+        "images": len(paths),
+        "curves": curves,
+        "bd_rate_psnr_percent": {k: _bd_rate(v, ours) for k, v in refs.items()},
+        "top_quality_psnr": ours["psnr"][-1],
+        "top_quality_bpp": ours["bpp"][-1],
+    }
+
+
+def measure_speed(model_id: str, key: bytes, image: Path, repeats: int) -> dict:
+    """Interleaved in-process timings of psic and CompressAI's hyperprior on the same 768x512 input."""
+    import torch
+
+    from psic_cli import codec
+    from psic_cli._compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    from compressai.zoo import bmshj2018_hyperprior
+
+    torch.manual_seed(0)
+    ref = bmshj2018_hyperprior(quality=3, pretrained=False).eval()
+    ref.update(force=True)
+    img = np.asarray(Image.open(image).convert("RGB"))
+    x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 255
+    data = image.read_bytes()
+    times: dict[str, list[float]] = {"psic_encode": [], "psic_decode": [], "compressai_compress": [],
+                                     "compressai_decompress": []}
+    psic_bytes = codec.encode(data, image.name, model_id, 3).data
+    codec.decode(psic_bytes, key)  # warm-up: model load, runtime copies
+    with torch.no_grad():
+        c = ref.compress(x)
+        ref.decompress(c["strings"], c["shape"])
+        for _ in range(repeats):
+            t = time.perf_counter()
+            codec.encode(data, image.name, model_id, 3)
+            times["psic_encode"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            codec.decode(psic_bytes, key)
+            times["psic_decode"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            c = ref.compress(x)
+            times["compressai_compress"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            ref.decompress(c["strings"], c["shape"])
+            times["compressai_decompress"].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "image": image.name,
+        "size": [int(img.shape[1]), int(img.shape[0])],
+        "repeats": repeats,
+        "median_s": med,
+        "decode_ratio_psic_over_compressai": med["psic_decode"] / med["compressai_decompress"],
+        "encode_ratio_psic_over_compressai": med["psic_encode"] / med["compressai_compress"],
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _timed_child(cmd: list[str]) -> dict:
+    """Run ``cmd`` in a fresh process; wall, user and system seconds and peak memory (of that child)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-500:]}")
+    return {"wall_s": wall, "user_s": after.ru_utime - before.ru_utime, "sys_s": after.ru_stime - before.ru_stime,
+            "peak_rss_gib": after.ru_maxrss / 2**20}
+
+
+def measure_large(model_id: str, key_file: Path, image: Path, tmp: Path) -> dict:
+    """A 6000x4000 photo (the example upscaled) encoded and decoded by ``psic`` in fresh processes."""
+    big = tmp / "big.png"
+    Image.open(image).convert("RGB").resize((6000, 4000), Image.BICUBIC).save(big, compress_level=1)
+    psic = [sys.executable, "-m", "psic_cli"]
+    enc = _timed_child(psic + ["encode", str(big), "-o", str(tmp / "big.psic"), "-m", model_id, "-q", "3", "--force"])
+    dec = _timed_child(psic + ["decode", str(tmp / "big.psic"), "--key", str(key_file), "-o", str(tmp / "out.png"),
+                               "--force"])
+    return {"size": [6000, 4000], "encode": enc, "decode": dec}
+
+
+def measure(args: argparse.Namespace) -> None:
+    from psic_cli.keys import read_key
+
+    key = read_key(args.key)
+    res: dict = {"command": "python benchmarks/codec_compare.py " + " ".join(sys.argv[1:])}
+    try:
+        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+        res["git_revision"] = git.stdout.strip()
+    except OSError:
+        res["git_revision"] = None
+    with tempfile.TemporaryDirectory() as tmp:
+        model_id = _install(args.weights, Path(tmp)) if args.weights else args.model
+        from psic_cli.zoo import load_model
+
+        lm = load_model(model_id)
+        res["model"] = {"id": model_id, "weights_sha256": lm.weights_sha256,
+                        **{k: lm.info.metadata.get(k) for k in ("steps", "training_data", "stage")}}
+        res["host"] = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
+        files = sorted(p for p in args.folder.iterdir() if p.suffix.lower() == ".png")
+        res["speed"] = measure_speed(model_id, key, files[0], args.repeats)
+        print(json.dumps(res["speed"]), file=sys.stderr)
+        if not args.skip_rd:
+            res["rd"] = measure_rd(args.folder, model_id, key, args.limit)
+            res["rd"]["folder"] = str(args.folder)
+        if args.large:
+            res["large"] = measure_large(model_id, args.key, files[0], Path(tmp))
+        res["load_average_at_end"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "—" if v is None or not np.isfinite(v) else format(v, spec)
+
+
+def render(results: Path) -> str:
+    res = json.loads(results.read_text())
+    m = res["model"]
+    out = ["# psic against other codecs", "",
+           f"Generated from `{results}` (measured by `{res['command']}` at revision "
+           f"`{(res.get('git_revision') or '?')[:10]}`); do not edit by hand.", "",
+           f"Model `{m['id']}` ({m.get('stage')} weights, {m.get('steps')} training steps).", ""]
+    if "rd" in res:
+        rd = res["rd"]
+        out += [f"## Rate-distortion on {rd['folder']} ({rd['images']} images, RGB PSNR)", "",
+                f"Top quality: {_fmt(rd['top_quality_psnr'], '.2f')} dB at {_fmt(rd['top_quality_bpp'], '.3f')} bpp.",
+                "", "| against | BD-rate of psic's full view (PSNR) |", "|---|---|"]
+        out += [f"| {k} | {_fmt(v, '+.1f')}% |" for k, v in rd["bd_rate_psnr_percent"].items()]
+        out += ["", "Negative means psic needs fewer bytes for the same PSNR; — means the curves do not overlap.", "",
+                "| quality | bpp | PSNR (dB) |", "|---|---|---|"]
+        c = rd["curves"]["psic-full"]
+        out += [f"| {i + 1} | {b:.3f} | {p:.2f} |" for i, (b, p) in enumerate(zip(c["bpp"], c["psnr"], strict=True))]
+        out.append("")
+    s = res["speed"]
+    out += [f"## Speed ({s['size'][0]}x{s['size'][1]}, in process, median of {s['repeats']}, {s['threads']} threads)",
+            "", "| what | seconds |", "|---|---|"]
+    out += [f"| {k} | {v:.3f} |" for k, v in s["median_s"].items()]
+    out += ["", f"Decode: psic takes {s['decode_ratio_psic_over_compressai']:.2f}x the time of CompressAI's "
+            f"`bmshj2018_hyperprior` (quality 3) decompress in the same run; encode "
+            f"{s['encode_ratio_psic_over_compressai']:.2f}x.", ""]
+    if "large" in res:
+        lg = res["large"]
+        out += [f"## {lg['size'][0]}x{lg['size'][1]} in a fresh process", "",
+                "| step | wall s | user s | system s | peak memory GiB |", "|---|---|---|---|---|"]
+        out += [f"| {k} | {v['wall_s']:.1f} | {v['user_s']:.1f} | {v['sys_s']:.1f} | {v['peak_rss_gib']:.2f} |"
+                for k, v in ((k, lg[k]) for k in ("encode", "decode"))]
+        out.append("")
+    out.append(f"Load average at the end of the run: {', '.join(f'{v:.1f}' for v in res['load_average_at_end'])}.")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    me = sub.add_parser("measure", help="measure and write the JSON")
+    me.add_argument("--folder", type=Path, default=Path("../shared/data/kodak"), help="evaluation images (Kodak)")
+    me.add_argument("--weights", type=Path, help="a psic weights file to measure (default: the installed --model)")
+    me.add_argument("--model", default="psic-sh", help="installed model id, when --weights is not given")
+    me.add_argument("--key", type=Path, default=Path("weights/shipped.key"), help="key that opens the full view")
+    me.add_argument("--limit", type=int, help="only the first N images (quick checks)")
+    me.add_argument("--repeats", type=int, default=5, help="timing repeats (median is reported)")
+    me.add_argument("--skip-rd", action="store_true", help="speed only")
+    me.add_argument("--large", action="store_true", help="also time a 6000x4000 encode and decode (slow)")
+    me.add_argument("--out", type=Path, default=RESULTS, help="JSON to write")
+    re_ = sub.add_parser("render", help="JSON -> markdown (no measuring)")
+    re_.add_argument("--results", type=Path, default=RESULTS, help="JSON written by measure")
+    re_.add_argument("--out", type=Path, default=DOC, help="markdown to write")
+    re_.add_argument("--check", action="store_true", help="exit 1 if the markdown differs from the JSON's rendering")
+    args = ap.parse_args(argv)
+    if args.cmd == "measure":
+        measure(args)
+        return 0
+    text = render(args.results)
+    if args.check:
+        return 0 if args.out.exists() and args.out.read_text() == text else 1
+    args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
