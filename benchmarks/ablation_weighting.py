@@ -29,7 +29,7 @@ def score(ckpt: Path, files: list[Path], labels: list[str], quality: int, vlp, e
     from PIL import Image
 
     from psic_cli.models import ModelConfig, build_model
-    from psic_cli.training.shield import _frozen_latents
+    from psic_lab.training.shield import _frozen_latents
 
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     model = build_model(ModelConfig.from_dict(json.loads(state["model_config"])))
@@ -85,10 +85,10 @@ def main(argv: list[str] | None = None) -> int:
 
     ensure_torchvision_importable()
     from psic_cli.keys import condition_bits, read_key
-    from psic_cli.training.shield import ShieldConfig, train_shield
-    from psic_cli.vlp import load_vlp
-    from psic_cli.vlp.data_utils import list_labelled_folder
-    from psic_cli.vlp.text import read_class_file
+    from psic_lab.training.shield import ShieldConfig, train_shield
+    from psic_lab.vlp import load_vlp
+    from psic_lab.vlp.data_utils import list_labelled_folder
+    from psic_lab.vlp.text import read_class_file
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                           psnr_budget_db=args.budget_db, threads=args.threads)
         ckpts[name] = train_shield(sc)
     files, labels = list_labelled_folder(args.val, args.images)
-    mapping = read_class_file(ROOT / "psic_cli/vlp/data/imagenette_classes.tsv")
+    mapping = read_class_file(ROOT / "psic_lab/vlp/data/imagenette_classes.tsv")
     vlp = load_vlp("psic-vlp-mini")
     emb = vlp.class_embeddings([mapping[w] for w in sorted(set(labels))])
     key_cond = torch.tensor(condition_bits(read_key(ROOT / "weights/shipped.key"), 64, "full"))

@@ -78,8 +78,8 @@ def seams(size: str, model: str) -> None:
     import torch
 
     from psic_cli import codec
-    from psic_cli.evaluation.metrics import psnr
     from psic_cli.zoo import load_model
+    from psic_lab.evaluation.metrics import psnr
 
     w, h = (int(v) for v in size.split("x"))
     img = np.asarray(Image.open("../shared/data/kodak/kodim23.png").convert("RGB").resize((w, h)))

@@ -38,11 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     from psic_cli.codec import pad_to_multiple
     from psic_cli.keys import condition_bits, read_key, shield_condition
     from psic_cli.models import build_model, load_config
-    from psic_cli.training.shield import _frozen_latents
-    from psic_cli.training.train import load_matching
-    from psic_cli.vlp import load_vlp
-    from psic_cli.vlp.data_utils import list_labelled_folder
-    from psic_cli.vlp.text import read_class_file
+    from psic_lab.training.shield import _frozen_latents
+    from psic_lab.training.train import load_matching
+    from psic_lab.vlp import load_vlp
+    from psic_lab.vlp.data_utils import list_labelled_folder
+    from psic_lab.vlp.text import read_class_file
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
              "shielded": torch.zeros(cfg.cond_dim),
              "strong": torch.tensor(shield_condition(cfg.cond_dim, "strong"))}
     files, labels = list_labelled_folder(args.val, args.images)
-    mapping = read_class_file(ROOT / "psic_cli/vlp/data/imagenette_classes.tsv")
+    mapping = read_class_file(ROOT / "psic_lab/vlp/data/imagenette_classes.tsv")
     wnids = list(mapping)
     vlp = load_vlp("psic-vlp-mini")
     emb = vlp.class_embeddings([mapping[w] for w in wnids])

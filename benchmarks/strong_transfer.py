@@ -1,6 +1,6 @@
 """How far does the strong shield transfer to the models it never trained against?  Compare weights files.
 
-Decodes the images ``python -m psic_cli.evaluation.attacks --limit 150`` evaluates (the same seeded draw
+Decodes the images ``python -m psic_lab.evaluation.attacks --limit 150`` evaluates (the same seeded draw
 from Imagenette val) in process, with each weights file, at one quality: the full view (shipped key) and
 the ``strong`` shielded view, rounded to 8 bits as the file path writes them.  Reports each model's
 10-way zero-shot top-1 on both views and the strong view's PSNR against the full view and the original, and
@@ -42,14 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     ensure_torchvision_importable()
     from psic_cli.codec import pad_to_multiple
     from psic_cli.container import FORMAT_VERSION, PAD_MULTIPLE
-    from psic_cli.evaluation.attacks import _top1, attack_subset
-    from psic_cli.evaluation.metrics import psnr
     from psic_cli.keys import condition_bits, read_key, shield_condition
     from psic_cli.models import build_model, load_config
-    from psic_cli.training.shield import _frozen_latents
-    from psic_cli.training.train import load_matching
-    from psic_cli.vlp import load_vlp
-    from psic_cli.vlp.text import read_class_file
+    from psic_lab.evaluation.attacks import _top1, attack_subset
+    from psic_lab.evaluation.metrics import psnr
+    from psic_lab.training.shield import _frozen_latents
+    from psic_lab.training.train import load_matching
+    from psic_lab.vlp import load_vlp
+    from psic_lab.vlp.text import read_class_file
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     conds = {"full": torch.tensor(condition_bits(key, cfg.cond_dim, "full")),
              "strong": torch.tensor(shield_condition(cfg.cond_dim, "strong"))}
     files, labels, ev, _ = attack_subset(args.val, args.images, 32)
-    mapping = read_class_file(ROOT / "psic_cli/vlp/data/imagenette_classes.tsv")
+    mapping = read_class_file(ROOT / "psic_lab/vlp/data/imagenette_classes.tsv")
     wnids = list(mapping)
     originals = [np.asarray(Image.open(files[i]).convert("RGB")) for i in ev]
     y = np.array([wnids.index(labels[i]) for i in ev])

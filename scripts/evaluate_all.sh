@@ -13,18 +13,18 @@ VAL=${VAL:-../shared/data/imagenette/val}
 KODAK=${KODAK:-../shared/data/kodak}
 mkdir -p runs/eval-logs
 (
-  $PY -m psic_cli.evaluation.privacy --folder "$VAL" --limit 300 --random-keys 1000 --threads 1
-  $PY -m psic_cli.evaluation.rd --folder "$KODAK" --no-cli-timings
-  $PY -m psic_cli.evaluation.faces --folder "$KODAK" --qualities 1 2
+  $PY -m psic_lab.evaluation.privacy --folder "$VAL" --limit 300 --random-keys 1000 --threads 1
+  $PY -m psic_lab.evaluation.rd --folder "$KODAK" --no-cli-timings
+  $PY -m psic_lab.evaluation.faces --folder "$KODAK" --qualities 1 2
   # the baseline: the rate-distortion weights before any shield stage, full view only
-  PSIC_WEIGHTS=weights/rd $PY -m psic_cli.evaluation.privacy --folder "$VAL" --limit 300 --views full \
+  PSIC_WEIGHTS=weights/rd $PY -m psic_lab.evaluation.privacy --folder "$VAL" --limit 300 --views full \
       --random-keys 0 --threads 1 --name privacy-rdonly
 ) > runs/eval-logs/stream1.log 2>&1 &
 (
-  $PY -m psic_cli.evaluation.attacks --folder "$VAL" --limit 150 --qualities 2 --threads 1
-  $PY -m psic_cli.evaluation.privacy --folder "$VAL" --limit 300 --model psic-msh --qualities 2 \
+  $PY -m psic_lab.evaluation.attacks --folder "$VAL" --limit 150 --qualities 2 --threads 1
+  $PY -m psic_lab.evaluation.privacy --folder "$VAL" --limit 300 --model psic-msh --qualities 2 \
       --random-keys 0 --threads 1 --name privacy-msh
-  $PY -m psic_cli.evaluation.rd --folder "$KODAK" --model psic-msh --name kodak-rd-msh --no-cli-timings
+  $PY -m psic_lab.evaluation.rd --folder "$KODAK" --model psic-msh --name kodak-rd-msh --no-cli-timings
   $PY scripts/side_by_side.py examples/kodim23.png examples/kodim15.png
   $PY benchmarks/shield_geometry.py --images 96 --quality 2 --threads 1
 ) > runs/eval-logs/stream2.log 2>&1 &

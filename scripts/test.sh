@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-.venv/bin/ruff check psic_cli tests scripts benchmarks
+.venv/bin/ruff check psic_cli psic_lab tests scripts benchmarks
 .venv/bin/python -m pytest -q "$@"

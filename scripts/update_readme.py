@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def kodak_block(name: str = "kodak-rd") -> str:
     p = ROOT / "results" / f"{name}.json"
     if not p.exists():
-        return (f"_not generated yet: run `python -m psic_cli.evaluation.rd --folder ../shared/data/kodak "
+        return (f"_not generated yet: run `python -m psic_lab.evaluation.rd --folder ../shared/data/kodak "
                 f"--name {name}`_")
     r = json.loads(p.read_text())
     lines = ["| curve | bpp | PSNR (dB) | MS-SSIM |", "|---|---|---|---|"]
@@ -50,7 +50,7 @@ def kodak_block(name: str = "kodak-rd") -> str:
         c = r["curves"]
         lines += ["", "Cost of the shield at the same bitstream (identical bpp) against the rate-distortion "
                   f"weights before the shield stage (`results/{name}-rdonly.json`, made by `PSIC_WEIGHTS=weights/rd "
-                  f"python -m psic_cli.evaluation.rd --folder ../shared/data/kodak --model {r['model']} "
+                  f"python -m psic_lab.evaluation.rd --folder ../shared/data/kodak --model {r['model']} "
                   f"--name {name}-rdonly`):", "",
                   "| quality | bpp | PSNR before | " + " | ".join(f"{k[5:]} view" for k in c if k.startswith("psic-"))
                   + " |", "|---" * (3 + sum(k.startswith("psic-") for k in c)) + "|"]
@@ -63,7 +63,7 @@ def kodak_block(name: str = "kodak-rd") -> str:
 def vlp_block() -> str:
     p = ROOT / "results" / "vlp" / "summary.md"
     if not p.exists():
-        return ("_not generated yet: run `python -m psic_cli.vlp.eval --summarize results/vlp/*.json "
+        return ("_not generated yet: run `python -m psic_lab.vlp.eval --summarize results/vlp/*.json "
                 "--md results/vlp/summary.md`_")
     return p.read_text().strip() + "\n\n(from `results/vlp/summary.md`)"
 

@@ -1,10 +1,55 @@
-"""The runtime path never imports training code or training-only dependencies."""
+"""The runtime (``psic_cli``) never imports the lab (``psic_lab``) or training-only dependencies."""
 
+from __future__ import annotations
+
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
-FORBIDDEN = ["psic_cli.training", "psic_cli.vlp", "psic_cli.evaluation", "open_clip", "transformers",
-             "torchvision", "torch_geometric", "pandas"]
+import psic_cli
+
+RUNTIME = Path(psic_cli.__file__).resolve().parent
+FORBIDDEN = ["psic_lab", "open_clip", "transformers", "torchvision", "torch_geometric", "pandas"]
+# the one place that hands lab commands (psic train / eval / vlp-eval) to psic_lab, by module name
+LAB_DOOR = RUNTIME / "cli.py"
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    """Every module an ``import`` or ``from ... import`` statement names (top-level or inside functions)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def test_runtime_modules_never_import_the_lab():
+    modules = sorted(RUNTIME.rglob("*.py"))
+    assert len(modules) > 10, modules
+    bad = [f"{p.relative_to(RUNTIME.parent)}:{line}: {name}" for p in modules
+           for line, name in imported_modules(p) if name == "psic_lab" or name.startswith("psic_lab.")]
+    assert not bad, "the runtime imports the lab:\n" + "\n".join(bad)
+
+
+def test_lab_module_names_only_at_the_cli_door():
+    """A module name string (for importlib) is a back door too: only cli.py's lab commands may hold one."""
+    bad = []
+    for p in sorted(RUNTIME.rglob("*.py")):
+        if p == LAB_DOOR:
+            continue
+        for node in ast.walk(ast.parse(p.read_text(), str(p))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("psic_lab."):
+                bad.append(f"{p.relative_to(RUNTIME.parent)}:{node.lineno}: {node.value!r}")
+    assert not bad, bad
+
+
+def test_the_scan_sees_a_lab_import(tmp_path):
+    p = tmp_path / "m.py"
+    p.write_text("def f():\n    from psic_lab.training import export\n    import psic_lab.vlp as v\n")
+    assert [n for _, n in imported_modules(p)] == ["psic_lab.training", "psic_lab.vlp"]
 
 
 def test_codec_import_stays_light(tiny_weights):
@@ -13,8 +58,31 @@ def test_codec_import_stays_light(tiny_weights):
         "from psic_cli import codec\n"
         "data = codec.encode_pixels(np.zeros((64, 64, 3), np.uint8), 'tiny-sh')\n"
         "codec.decode(data)\n"
-        f"bad = [m for m in {FORBIDDEN!r} if m in sys.modules]\n"
+        f"bad = [m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r}]\n"
         "assert not bad, bad\n"
     )
     env = {"PSIC_WEIGHTS": str(tiny_weights), "PATH": "/usr/bin:/bin"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_help_imports_neither_torch_nor_the_lab():
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom psic_cli.cli import app\n"
+            "r = CliRunner().invoke(app, ['--help'])\nassert r.exit_code == 0, r.output\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'psic_lab')]\nassert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_lab_command_without_the_lab(monkeypatch, capsys):
+    """Without psic_lab installed, 'psic train' prints one line naming the lab command and exits 2."""
+    import pytest
+    import typer
+
+    from psic_cli import cli
+
+    for name in ["psic_lab", "psic_lab.training", "psic_lab.training.__main__"]:
+        monkeypatch.setitem(sys.modules, name, None)  # import -> ModuleNotFoundError, as when not installed
+    with pytest.raises(typer.Exit) as e:
+        cli._run_lab("psic_lab.training.__main__", ["rd", "-h"])
+    assert e.value.exit_code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "python -m psic_lab.training" in err[0], err

@@ -35,7 +35,7 @@ class TinyVLP(torch.nn.Module):
 
 
 def test_uaeo_loss_pushes_towards_wrong_classes():
-    from psic_cli.training.shield import uaeo_loss
+    from psic_lab.training.shield import uaeo_loss
 
     text = torch.nn.functional.normalize(torch.eye(4), dim=-1)
     u = text[[0, 1]]
@@ -51,7 +51,7 @@ def test_uaeo_loss_pushes_towards_wrong_classes():
 
 
 def test_margin_loss_stops_once_the_caption_decision_is_wrong():
-    from psic_cli.training.shield import margin_loss
+    from psic_lab.training.shield import margin_loss
 
     text = torch.nn.functional.normalize(torch.eye(4), dim=-1)
     u = text[[0, 1]]
@@ -81,9 +81,9 @@ def _tiny_setup(tmp_path):
 
 @pytest.mark.slow
 def test_shield_stage_keeps_bitstream(tmp_path, key_file):
-    from psic_cli.training.__main__ import main
-    from psic_cli.training.shield import ShieldConfig, train_shield
     from psic_cli.zoo import bitstream_id
+    from psic_lab.training.__main__ import main
+    from psic_lab.training.shield import ShieldConfig, train_shield
 
     cfg, data = _tiny_setup(tmp_path)
     rd = tmp_path / "rd"
@@ -125,9 +125,9 @@ def test_later_stage_trains_machine_and_strong_views(tmp_path, key_file):
     keeps the bitstream, and the exported weights say which views are trained."""
     from safetensors import safe_open
 
-    from psic_cli.training.export import export_weights
-    from psic_cli.training.shield import ShieldConfig, train_shield
     from psic_cli.zoo import bitstream_id
+    from psic_lab.training.export import export_weights
+    from psic_lab.training.shield import ShieldConfig, train_shield
 
     cfg, data = _tiny_setup(tmp_path)
     common = dict(model_id=str(cfg), data=[str(data)], key=str(key_file), batch=8, patch=64, log_every=1)
@@ -155,7 +155,7 @@ def test_later_stage_trains_machine_and_strong_views(tmp_path, key_file):
 
 def test_ensemble_member_scores_a_vlp_on_the_data_captions():
     """A VLP in the ensemble is attacked on the captions of the data's classes only."""
-    from psic_cli.training.shield import EnsembleMember, _ensemble_loss
+    from psic_lab.training.shield import EnsembleMember, _ensemble_loss
 
     names = [f"class{i}" for i in range(20)]
     member = EnsembleMember(TinyVLP(), names, classes=[3, 7, 11])
@@ -173,7 +173,7 @@ def test_ensemble_member_scores_a_vlp_on_the_data_captions():
 
 def test_ensemble_hinge_keeps_pushing_until_the_true_class_trails_by_kappa():
     """kappa > 0: zero only once the true logit is kappa below the best other; positive (with a gradient) before."""
-    from psic_cli.training.shield import EnsembleMember, _ensemble_loss
+    from psic_lab.training.shield import EnsembleMember, _ensemble_loss
 
     class Fixed(torch.nn.Module):
         name = "fixed"
@@ -197,8 +197,8 @@ def test_unseen_judges_are_refused_whatever_their_spec(tmp_path):
     import shutil
     from pathlib import Path
 
-    from psic_cli.training.shield import _check_seen
-    from psic_cli.vlp.judges import ScratchJudge
+    from psic_lab.training.shield import _check_seen
+    from psic_lab.vlp.judges import ScratchJudge
 
     weights = Path(__file__).resolve().parents[1] / "weights" / "judge-scratch.safetensors"
     copy = tmp_path / "renamed.safetensors"

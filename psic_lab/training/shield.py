@@ -46,8 +46,8 @@ import torch.nn.functional as F
 from psic_cli.codec import pad_to_multiple
 from psic_cli.container import FORMAT_VERSION, PAD_MULTIPLE
 from psic_cli.keys import condition_bits, fingerprint, read_key
-from psic_cli.training.data import load_rgb_at_least, random_crop
-from psic_cli.training.train import _log, cosine_lr, load_matching
+from psic_lab.training.data import load_rgb_at_least, random_crop
+from psic_lab.training.train import _log, cosine_lr, load_matching
 
 
 @dataclass
@@ -102,8 +102,8 @@ class ShieldConfig:
 
 
 def imagenet_classes() -> tuple[list[str], dict[str, int]]:
-    """The 1000 ImageNet class names and a wnid -> index map (the list shipped with psic_cli.vlp)."""
-    from psic_cli.vlp.text import imagenet_classes as _classes
+    """The 1000 ImageNet class names and a wnid -> index map (the list shipped with psic_lab.vlp)."""
+    from psic_lab.vlp.text import imagenet_classes as _classes
 
     wnids, names = _classes()
     return list(names), {w: i for i, w in enumerate(wnids)}
@@ -325,7 +325,7 @@ def _ensemble_loss(models: list[EnsembleMember], x: torch.Tensor, labels: torch.
 
 def _check_seen(models: list) -> None:
     """Refuse to train against an unseen judge, whatever spec or path it was loaded from."""
-    from psic_cli.vlp.judges import UNSEEN_JUDGES
+    from psic_lab.vlp.judges import UNSEEN_JUDGES
 
     for m in models:
         name = getattr(getattr(m, "model", m), "name", "")
@@ -339,9 +339,9 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
 
     from psic_cli.keys import shield_condition
     from psic_cli.models import build_model, load_config
-    from psic_cli.training.augment import EOTConfig, publish, texture_weights
-    from psic_cli.training.machine import machine_losses
-    from psic_cli.training.train import save_checkpoint
+    from psic_lab.training.augment import EOTConfig, publish, texture_weights
+    from psic_lab.training.machine import machine_losses
+    from psic_lab.training.train import save_checkpoint
 
     if sc.threads:
         torch.set_num_threads(sc.threads)
@@ -400,13 +400,13 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
     model.eval()  # frozen parts (GDN, entropy models) in inference mode; g_s has no batch-dependent layers
 
     if vlp is None:
-        from psic_cli.vlp import load_vlp
+        from psic_lab.vlp import load_vlp
 
         vlp = load_vlp(sc.vlp)
     if ensemble is None:
         ensemble = []
         if "strong" in views and sc.ensemble:
-            from psic_cli.vlp import load_vlp
+            from psic_lab.vlp import load_vlp
 
             ensemble = [load_vlp(spec.strip()) for spec in sc.ensemble.split(",")]
     _check_seen(ensemble)
@@ -570,6 +570,6 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
 
 
 def _as_train_config(sc: ShieldConfig):
-    from psic_cli.training.train import TrainConfig
+    from psic_lab.training.train import TrainConfig
 
     return TrainConfig(model_id=sc.model_id, data=list(sc.data), key=sc.key, run_dir=sc.run_dir)

@@ -1,7 +1,7 @@
 """Rate-distortion evaluation on an image folder (Kodak): psic through its real file path vs Pillow
 JPEG and WebP, with BD-rates and timings.  Writes ``results/<name>.json``, ``docs/<name>.md`` and a plot.
 
-    python -m psic_cli.evaluation.rd --folder ../shared/data/kodak --name kodak-rd
+    python -m psic_lab.evaluation.rd --folder ../shared/data/kodak --name kodak-rd
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from psic_cli.evaluation.metrics import bd_rate, ms_ssim, psnr
+from psic_lab.evaluation.metrics import bd_rate, ms_ssim, psnr
 
 # CompressAI's published bmshj2018-hyperprior results on Kodak (quality 1-3): bpp, PSNR
 COMPRESSAI_BMSHJ2018 = {"bpp": [0.131, 0.209, 0.320], "psnr": [27.58, 29.20, 30.97]}
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         first = sorted(args.folder.iterdir())[0]
         with tempfile.TemporaryDirectory() as tmp:
             res["cli_wall"] = cli_timings(first, args.model, Path(tmp))
-    write_report(res, args.name, "python -m psic_cli.evaluation.rd " + " ".join(argv or sys.argv[1:]))
+    write_report(res, args.name, "python -m psic_lab.evaluation.rd " + " ".join(argv or sys.argv[1:]))
     print(json.dumps(res["bd_rate_percent"], indent=2))
     return 0
 

@@ -1,7 +1,7 @@
 """Attacks on the shield, measured as found (not tuned): what survives publication, and what an attacker
 who holds the weights can recover.
 
-    python -m psic_cli.evaluation.attacks --folder ../shared/data/imagenette/val --limit 200 --name attacks
+    python -m psic_lab.evaluation.attacks --folder ../shared/data/imagenette/val --limit 200 --name attacks
 
 For each quality and each shielded view (``shielded`` = subtle, and ``strong`` when trained), with the full
 view and a per-image white-box attack on the full view as reference points:
@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from psic_cli.evaluation.metrics import ms_ssim, psnr
-from psic_cli.evaluation.report import save
+from psic_lab.evaluation.metrics import ms_ssim, psnr
+from psic_lab.evaluation.report import save
 
 TRANSFORMS = ("as decoded", "jpeg90", "jpeg75", "jpeg50", "resize0.5", "blur1")
 
@@ -132,7 +132,7 @@ def _decode_with(model, y_hat: torch.Tensor, q: int, space: str, v: torch.Tensor
 
 def attack_subset(folder: Path, limit: int, search_images: int) -> tuple[list[Path], list[str], np.ndarray, np.ndarray]:
     """The labelled files, and which of them are evaluated (``limit``) and which fit trigger searches."""
-    from psic_cli.vlp.data_utils import list_labelled_folder
+    from psic_lab.vlp.data_utils import list_labelled_folder
 
     files, labels = list_labelled_folder(folder, limit + search_images)
     order = np.random.default_rng(0).permutation(len(files))
@@ -143,11 +143,11 @@ def evaluate(args) -> dict:
     from PIL import Image
 
     from psic_cli import codec
-    from psic_cli.evaluation.privacy import VIEW_DECODES, available_views, bitstream_latent
     from psic_cli.keys import read_key
-    from psic_cli.vlp import load_vlp
-    from psic_cli.vlp.text import imagenet_classes, read_class_file
     from psic_cli.zoo import load_model
+    from psic_lab.evaluation.privacy import VIEW_DECODES, available_views, bitstream_latent
+    from psic_lab.vlp import load_vlp
+    from psic_lab.vlp.text import imagenet_classes, read_class_file
 
     torch.set_grad_enabled(True)
     key = read_key(args.key)
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_torchvision_importable()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--folder", type=Path, required=True)
-    ap.add_argument("--classes", type=Path, default=Path("psic_cli/vlp/data/imagenette_classes.tsv"))
+    ap.add_argument("--classes", type=Path, default=Path("psic_lab/vlp/data/imagenette_classes.tsv"))
     ap.add_argument("--model", default="psic-sh")
     ap.add_argument("--key", type=Path, default=Path("weights/shipped.key"))
     ap.add_argument("--vlps", nargs="+", default=["psic-vlp-mini", "effnet-lite2", "judge-scratch"],
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     res = evaluate(args)
-    write_report(res, args.name, "python -m psic_cli.evaluation.attacks " + " ".join(argv or sys.argv[1:]))
+    write_report(res, args.name, "python -m psic_lab.evaluation.attacks " + " ".join(argv or sys.argv[1:]))
     return 0
 
 

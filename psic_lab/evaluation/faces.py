@@ -1,6 +1,6 @@
 """Face detection as an unseen analytics judge: OpenCV's Haar cascade on the original and on each view.
 
-    python -m psic_cli.evaluation.faces --folder ../shared/data/kodak --qualities 1 2
+    python -m psic_lab.evaluation.faces --folder ../shared/data/kodak --qualities 1 2
 
 The faces the detector finds on the original images are the reference (this data has no face labels);
 for every view, a reference face counts as found when a detection overlaps it with IoU >= 0.3.  Reports
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from psic_cli.evaluation.report import save
+from psic_lab.evaluation.report import save
 
 
 def _detector():
@@ -46,9 +46,9 @@ def evaluate(folder: Path, model_id: str, key_path: Path, qualities: list[int]) 
     from PIL import Image
 
     from psic_cli import codec
-    from psic_cli.evaluation.privacy import VIEW_DECODES, available_views
     from psic_cli.keys import read_key
     from psic_cli.zoo import load_model
+    from psic_lab.evaluation.privacy import VIEW_DECODES, available_views
 
     det = _detector()
     key = read_key(key_path)
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="faces")
     args = ap.parse_args(argv)
     res = evaluate(args.folder, args.model, args.key, args.qualities)
-    write_report(res, args.name, "python -m psic_cli.evaluation.faces " + " ".join(argv or sys.argv[1:]))
+    write_report(res, args.name, "python -m psic_lab.evaluation.faces " + " ".join(argv or sys.argv[1:]))
     return 0
 
 

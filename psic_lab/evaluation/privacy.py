@@ -1,6 +1,6 @@
 """Privacy evaluation: what vision-language models read in the shielded and full views.
 
-    python -m psic_cli.evaluation.privacy --folder ../shared/data/imagenette/val --limit 500 \\
+    python -m psic_lab.evaluation.privacy --folder ../shared/data/imagenette/val --limit 500 \\
         --vlps psic-vlp-mini judge-scratch effnet-lite2 --random-keys 1000 --name privacy
 
 For each quality: real bpp; PSNR and MS-SSIM of both views against the original; zero-shot top-1 of every
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from psic_cli.evaluation.metrics import ms_ssim, psnr
-from psic_cli.evaluation.report import save
+from psic_lab.evaluation.metrics import ms_ssim, psnr
+from psic_lab.evaluation.report import save
 
 
 def _batches(images: list[np.ndarray], batch: int = 32):
@@ -69,11 +69,11 @@ def evaluate(folder: Path, classes_file: Path, model_id: str, key_path: Path, vl
 
     from psic_cli import codec
     from psic_cli.keys import read_key
-    from psic_cli.vlp import load_vlp
-    from psic_cli.vlp.data_utils import list_labelled_folder
-    from psic_cli.vlp.judges import EffNetLabelJudge
-    from psic_cli.vlp.text import imagenet_classes, read_class_file
     from psic_cli.zoo import load_model
+    from psic_lab.vlp import load_vlp
+    from psic_lab.vlp.data_utils import list_labelled_folder
+    from psic_lab.vlp.judges import EffNetLabelJudge
+    from psic_lab.vlp.text import imagenet_classes, read_class_file
 
     key = read_key(key_path)
     lm = load_model(model_id)
@@ -270,7 +270,7 @@ def write_report(res: dict, name: str, command: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--folder", type=Path, required=True)
-    ap.add_argument("--classes", type=Path, default=Path("psic_cli/vlp/data/imagenette_classes.tsv"))
+    ap.add_argument("--classes", type=Path, default=Path("psic_lab/vlp/data/imagenette_classes.tsv"))
     ap.add_argument("--model", default="psic-sh")
     ap.add_argument("--key", type=Path, default=Path("weights/shipped.key"))
     ap.add_argument("--vlps", nargs="+", default=["psic-vlp-mini", "judge-scratch", "effnet-lite2"],
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     res = evaluate(args.folder, args.classes, args.model, args.key, args.vlps, args.limit, args.random_keys,
                    args.qualities, args.views, args.key_images)
-    write_report(res, args.name, "python -m psic_cli.evaluation.privacy " + " ".join(argv or sys.argv[1:]))
+    write_report(res, args.name, "python -m psic_lab.evaluation.privacy " + " ".join(argv or sys.argv[1:]))
     return 0
 
 

@@ -4,7 +4,7 @@ Stage ``rd`` (this module) trains the whole model with loss ``bpp + lambda_q * 2
 per-sample quality ``q``, with per-sample conditions (the model's key, no key, random wrong keys) that
 all reconstruct the image.  The privacy stages build on the checkpoints it writes.
 
-Run ``python -m psic_cli.training --help``.  Under ``torchrun`` it trains data-parallel (gloo on CPU,
+Run ``python -m psic_lab.training --help``.  Under ``torchrun`` it trains data-parallel (gloo on CPU,
 NCCL on GPU): each rank draws its own crops; gradients are averaged by DistributedDataParallel.
 """
 
@@ -25,7 +25,7 @@ from torch import nn
 from psic_cli.keys import condition_bits, fingerprint, read_key
 from psic_cli.models import build_model, load_config
 from psic_cli.models.config import ModelConfig
-from psic_cli.training.data import PatchBank
+from psic_lab.training.data import PatchBank
 
 
 @dataclass
