@@ -29,7 +29,6 @@ def score(ckpt: Path, files: list[Path], labels: list[str], quality: int, vlp, e
     from PIL import Image
 
     from psic_cli.models import ModelConfig, build_model
-    from psic_lab.training.shield import _frozen_latents
 
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     model = build_model(ModelConfig.from_dict(json.loads(state["model_config"])))
@@ -44,7 +43,7 @@ def score(ckpt: Path, files: list[Path], labels: list[str], quality: int, vlp, e
             x = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files[i : i + 25]]))
             x = x.permute(0, 3, 1, 2).float() / 255
             q = torch.full((len(x),), quality - 1)
-            y_hat = _frozen_latents(model, torch.nn.functional.pad(x, (16, 16, 16, 16), mode="reflect"), q)
+            y_hat = model.quantized_latents(torch.nn.functional.pad(x, (16, 16, 16, 16), mode="reflect"), q)
             for view, cond in (("full", key_cond), ("shielded", torch.zeros_like(key_cond))):
                 xh = model.synthesize(y_hat, cond[None].expand(len(x), -1), q).clamp(0, 1)[..., 16:-16, 16:-16]
                 xh = (xh * 255).round() / 255

@@ -38,7 +38,6 @@ def main(argv: list[str] | None = None) -> int:
     from psic_cli.codec import pad_to_multiple
     from psic_cli.keys import condition_bits, read_key, shield_condition
     from psic_cli.models import build_model, load_config
-    from psic_lab.training.shield import _frozen_latents
     from psic_lab.training.train import load_matching
     from psic_lab.vlp import load_vlp
     from psic_lab.vlp.data_utils import list_labelled_folder
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             hh, ww = x.shape[-2:]
             q = torch.full((len(x),), args.quality - 1)
             with torch.no_grad():
-                lat = _frozen_latents(model, pad_to_multiple(x, multiple), q)
+                lat = model.quantized_latents(pad_to_multiple(x, multiple), q)
                 accs = {"original": float(((vlp.encode_image(x) @ emb.t()).argmax(1) == y).float().mean())}
                 for v, c in conds.items():
                     xh = model.synthesize(lat, c.expand(len(x), -1), q).clamp(0, 1)[..., :hh, :ww]

@@ -137,11 +137,11 @@ def test_face_detector_judge_finds_the_example_face():
     pytest.importorskip("cv2")
     from PIL import Image
 
-    from psic_lab.evaluation.faces import _detector, detect, iou
+    from psic_lab.evaluation.faces import detect, face_detector, iou
 
     from .conftest import EXAMPLES
 
-    det = _detector()
+    det = face_detector()
     face = detect(det, np.asarray(Image.open(EXAMPLES / "kodim15.png").convert("RGB")))
     assert len(face) == 1
     assert detect(det, np.asarray(Image.open(EXAMPLES / "kodim21.png").convert("RGB"))) == []

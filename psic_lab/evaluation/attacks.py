@@ -62,7 +62,7 @@ def _to_tensor(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
 
 
-def _top1(vlp, emb: torch.Tensor, images: list[np.ndarray], y: np.ndarray, batch: int = 50) -> float:
+def top1(vlp, emb: torch.Tensor, images: list[np.ndarray], y: np.ndarray, batch: int = 50) -> float:
     preds = []
     with torch.no_grad():
         for i in range(0, len(images), batch):
@@ -171,7 +171,7 @@ def evaluate(args) -> dict:
     tv = vlps[target]
     res: dict = {"folder": str(args.folder), "images": len(originals), "model": args.model, "views": views,
                  "vlps": args.vlps, "target": target, "transforms": list(TRANSFORMS),
-                 "original": {s: _top1(v, emb[s], originals, y) for s, v in vlps.items()}, "qualities": {}}
+                 "original": {s: top1(v, emb[s], originals, y) for s, v in vlps.items()}, "qualities": {}}
     text_all = None
     for q in args.qualities:
         t0 = time.time()
@@ -195,7 +195,7 @@ def evaluate(args) -> dict:
                         "top1": {}}
             for how in TRANSFORMS:
                 pub = [publish(im, how) for im in imgs]
-                ve["top1"][how] = {s: _top1(vl, emb[s], pub, y) for s, vl in vlps.items()}
+                ve["top1"][how] = {s: top1(vl, emb[s], pub, y) for s, vl in vlps.items()}
             entry["views"][v] = ve
             print(f"q{q} {v}: {json.dumps(ve)}", file=sys.stderr, flush=True)
         if args.search_steps and search_imgs:
@@ -209,8 +209,8 @@ def evaluate(args) -> dict:
                                      ("labelled trigger (tau) search", "tau", y1000_all[se])):
                 v = trigger_search(model, tv, text_all, lat_se, q, lab, space, args.search_steps)
                 imgs = _decode_with(model, lat_ev, q, space, v, (h, w))
-                found[name] = {"top1": {s: _top1(vl, emb[s], imgs, y) for s, vl in vlps.items()},
-                               "search_top1_target": _top1(tv, emb[target],
+                found[name] = {"top1": {s: top1(vl, emb[s], imgs, y) for s, vl in vlps.items()},
+                               "search_top1_target": top1(tv, emb[target],
                                                            _decode_with(model, lat_se, q, space, v, (h, w)), y_search),
                                "psnr_vs_full": float(np.mean([psnr(a, b) for a, b in zip(decoded["full"], imgs,
                                                                                         strict=True)])),

@@ -19,7 +19,7 @@ import numpy as np
 from psic_lab.evaluation.report import save
 
 
-def _detector():
+def face_detector():
     import cv2
 
     return cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"))
@@ -50,7 +50,7 @@ def evaluate(folder: Path, model_id: str, key_path: Path, qualities: list[int]) 
     from psic_cli.zoo import load_model
     from psic_lab.evaluation.privacy import VIEW_DECODES, available_views
 
-    det = _detector()
+    det = face_detector()
     key = read_key(key_path)
     views = available_views(load_model(model_id).info.metadata)
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))

@@ -47,7 +47,7 @@ from psic_cli.codec import pad_to_multiple
 from psic_cli.container import FORMAT_VERSION, PAD_MULTIPLE
 from psic_cli.keys import condition_bits, fingerprint, read_key
 from psic_lab.training.data import load_rgb_at_least, random_crop
-from psic_lab.training.train import _log, cosine_lr, load_matching
+from psic_lab.training.train import cosine_lr, load_matching, log_event
 
 
 @dataclass
@@ -187,17 +187,6 @@ def margin_loss(z: torch.Tensor, u: torch.Tensor, text: torch.Tensor, labels: to
     return F.relu(true - other + kappa).mean()
 
 
-def _frozen_latents(model, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Quantised latents as the real codec produces them (the encoder side is frozen)."""
-    with torch.no_grad():
-        y, z = model._analysis(x, q)
-        med = model.entropy_bottleneck._get_medians()
-        z_hat = torch.round(z - med) + med
-        scales, means = model._hyper(z_hat, model.h_s, y.shape[-2:])
-        mu = means if means is not None else torch.zeros_like(y)
-        return torch.round(y - mu) + mu
-
-
 def draw_views(n: int, views: list[str], p_full: float, gen: torch.Generator) -> list[str]:
     """Per-sample views: ``full`` with probability ``p_full``, the others uniformly."""
     rest = [v for v in views if v != "full"]
@@ -300,7 +289,7 @@ class EnsembleMember:
         return logits.softmax(-1).gather(1, target[:, None])[:, 0], valid
 
 
-def _ensemble_loss(models: list[EnsembleMember], x: torch.Tensor, labels: torch.Tensor,
+def ensemble_loss(models: list[EnsembleMember], x: torch.Tensor, labels: torch.Tensor,
                    kappa: float = 0.0) -> torch.Tensor:
     """Untargeted loss per model, averaged over the models.
 
@@ -323,7 +312,7 @@ def _ensemble_loss(models: list[EnsembleMember], x: torch.Tensor, labels: torch.
     return loss / max(1, len(models))
 
 
-def _check_seen(models: list) -> None:
+def check_seen(models: list) -> None:
     """Refuse to train against an unseen judge, whatever spec or path it was loaded from."""
     from psic_lab.vlp.judges import UNSEEN_JUDGES
 
@@ -392,9 +381,9 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
         step = state["step"]
         nu = {"shielded": ex["nu"], "strong": ex.get("nu_strong", sc.strong_nu)}
         gap_ema = {"shielded": ex.get("gap_ema"), "strong": ex.get("gap_ema_strong")}
-        _log(run_dir, {"event": "resume", "step": step})
+        log_event(run_dir, {"event": "resume", "step": step})
     else:
-        _log(run_dir, {"event": "init_from", "path": sc.init, "tensors": n})
+        log_event(run_dir, {"event": "init_from", "path": sc.init, "tensors": n})
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith(("g_s.", "cltg.")))
     model.eval()  # frozen parts (GDN, entropy models) in inference mode; g_s has no batch-dependent layers
@@ -409,7 +398,7 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
             from psic_lab.vlp import load_vlp
 
             ensemble = [load_vlp(spec.strip()) for spec in sc.ensemble.split(",")]
-    _check_seen(ensemble)
+    check_seen(ensemble)
     for m in [vlp, *ensemble]:
         for p in m.parameters() if isinstance(m, torch.nn.Module) else ():
             p.requires_grad_(False)
@@ -433,7 +422,7 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
         u_text, to_caption = text, torch.arange(len(names))
     else:
         raise ValueError(f"captions must be data or imagenet, got {sc.captions!r}")
-    _log(run_dir, {"event": "data", "images": len(bank.images), "classes": len(present), "views": views,
+    log_event(run_dir, {"event": "data", "images": len(bank.images), "classes": len(present), "views": views,
                    "preserve": sorted(preserve)})
     gen = torch.Generator().manual_seed(sc.seed + step)
     bank.rng = np.random.default_rng(sc.seed + 1 + step)
@@ -460,7 +449,7 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
         cond = view_conditions(vs, key_cond, machine_cond, strong_cond, gen)
         height, width = x.shape[-2:]
         # the decoder sees the borders it sees at run time: the codec pads the encoder's input
-        y_hat = _frozen_latents(model, pad_to_multiple(x, PAD_MULTIPLE[FORMAT_VERSION]) if sc.codec_pad else x, q)
+        y_hat = model.quantized_latents(pad_to_multiple(x, PAD_MULTIPLE[FORMAT_VERSION]) if sc.codec_pad else x, q)
         with torch.no_grad():
             # reference: the starting decoder's full view; preserved views: its output for the same condition
             t_cond = torch.stack([c if v in preserve else key_cond for v, c in zip(vs, cond, strict=True)])
@@ -510,7 +499,7 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
                 stats["margin"] = float(mar.detach())
             loss = loss + nu[v] * d + priv
             if v == "strong" and ensemble:
-                ens = _ensemble_loss(ensemble, seen, labels[m], sc.ensemble_kappa)
+                ens = ensemble_loss(ensemble, seen, labels[m], sc.ensemble_kappa)
                 loss = loss + sc.ensemble_weight * ens
                 rec["ens_strong"] = float(ens.detach())
             rec[f"d_{v}"] = float(d.detach())
@@ -526,7 +515,7 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
             rec.update({f"machine_{k}": float(val.detach()) for k, val in ml.items()})
             rec["d_machine"] = float(dm.detach())
         if not torch.isfinite(loss):
-            _log(run_dir, {"event": "non-finite loss, step skipped", "step": step})
+            log_event(run_dir, {"event": "non-finite loss, step skipped", "step": step})
             continue
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -551,7 +540,7 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
                                           sc.nu_max))
         out_of_time = sc.max_minutes is not None and time.time() - t0 > 60 * sc.max_minutes
         if step % sc.log_every == 0 or step == sc.steps:
-            _log(run_dir, {"step": step, "loss": round(float(loss.detach()), 4),
+            log_event(run_dir, {"step": step, "loss": round(float(loss.detach()), 4),
                            **{k: round(v, 4) for k, v in rec.items()},
                            **{f"nu_{k}": round(v, 4) for k, v in nu.items() if k in views},
                            **{f"gap_ema_{k}": round(v, 3) for k, v in gap_ema.items() if v is not None},
@@ -564,7 +553,7 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
                              "gap_ema_strong": gap_ema["strong"], "views": ",".join(views),
                              "shield_config": json.dumps(sc.__dict__)})
         if out_of_time:
-            _log(run_dir, {"event": "time limit", "step": step})
+            log_event(run_dir, {"event": "time limit", "step": step})
             break
     return ckpt_path
 

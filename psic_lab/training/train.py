@@ -103,7 +103,7 @@ def _is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def _log(run_dir: Path, rec: dict) -> None:
+def log_event(run_dir: Path, rec: dict) -> None:
     if _is_main():
         line = json.dumps(rec)
         print(line, flush=True)
@@ -253,11 +253,11 @@ def train(tc: TrainConfig) -> Path:
         opt.load_state_dict(state["opt"])
         aux_opt.load_state_dict(state["aux_opt"])
         step = state["step"]
-        _log(run_dir, {"event": "resume", "step": step})
+        log_event(run_dir, {"event": "resume", "step": step})
     elif tc.init_from:
         rep = warm_start(model, tc.init_from)
         step = rep["continue_step"]
-        _log(run_dir, {"event": "init_from", "spec": tc.init_from, **rep})
+        log_event(run_dir, {"event": "init_from", "spec": tc.init_from, **rep})
 
     model.to(device).train()
     stepper: nn.Module = RDStep(model, cfg).to(device)
@@ -266,7 +266,7 @@ def train(tc: TrainConfig) -> Path:
 
     t_load = time.time()
     bank = PatchBank([Path(d) for d in tc.data], tc.patch, seed=tc.seed + 1000 * rank, limit=tc.limit_images)
-    _log(run_dir, {"event": "data", "images": len(bank), "seconds": round(time.time() - t_load, 1)})
+    log_event(run_dir, {"event": "data", "images": len(bank), "seconds": round(time.time() - t_load, 1)})
     gen = torch.Generator().manual_seed(tc.seed + 7919 * rank + step)
     t0, last = time.time(), time.time()
     acc = {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "aux": 0.0, "n": 0}
@@ -281,7 +281,7 @@ def train(tc: TrainConfig) -> Path:
         aux_opt.zero_grad(set_to_none=True)
         total = out["loss"] + out["aux"]
         if not _all_finite(total, distributed):  # every rank skips together, or DDP would stall
-            _log(run_dir, {"event": "non-finite loss, step skipped", "step": step})
+            log_event(run_dir, {"event": "non-finite loss, step skipped", "step": step})
             continue
         total.backward()
         torch.nn.utils.clip_grad_norm_(main_params, tc.clip)
@@ -296,14 +296,14 @@ def train(tc: TrainConfig) -> Path:
             rec = {k: round(v / n, 5) for k, v in acc.items()}
             rec["psnr"] = round(10 * math.log10(1 / max(rec["mse"], 1e-10)), 3)
             rec.update(step=step, lr=round(lr_at(step, tc), 7), s_per_step=round((time.time() - last) / n, 3))
-            _log(run_dir, rec)
+            log_event(run_dir, rec)
             acc = {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "aux": 0.0, "n": 0}
             last = time.time()
         out_of_time = tc.max_minutes is not None and (time.time() - t0) / 60 > tc.max_minutes
         if (step % tc.ckpt_every == 0 or step == tc.steps or out_of_time) and _is_main():
             save_checkpoint(ckpt_path, model, opt, aux_opt, step, tc, {"key_fingerprint": fingerprint(key)})
         if out_of_time:
-            _log(run_dir, {"event": "time limit", "step": step})
+            log_event(run_dir, {"event": "time limit", "step": step})
             break
     if distributed:
         dist.barrier()
