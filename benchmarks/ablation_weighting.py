@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     from psic_cli._compat import ensure_torchvision_importable
 
     ensure_torchvision_importable()
-    from psic_cli.keys import condition_bits, read_key
+    from psic_cli.keys import read_key
+    from psic_cli.views import View, condition
     from psic_lab.training.shield import ShieldConfig, train_shield
     from psic_lab.vlp import load_vlp
     from psic_lab.vlp.data_utils import list_labelled_folder
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     mapping = read_class_file(ROOT / "psic_lab/vlp/data/imagenette_classes.tsv")
     vlp = load_vlp("psic-vlp-mini")
     emb = vlp.class_embeddings([mapping[w] for w in sorted(set(labels))])
-    key_cond = torch.tensor(condition_bits(read_key(ROOT / "weights/shipped.key"), 64, "full"))
+    key_cond = torch.tensor(condition(View.FULL, read_key(ROOT / "weights/shipped.key"), 64))
     res = {w: score(c, files, labels, args.quality, vlp, emb, key_cond) for w, c in ckpts.items()}
     fixed = sorted((r["gap_db"], r["shielded_top1"]) for n, r in res.items() if n != "adaptive")
     at_gap = equal_distortion_top1(fixed, res["adaptive"]["gap_db"])

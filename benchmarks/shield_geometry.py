@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from psic_cli.codec import pad_to_multiple
-    from psic_cli.keys import condition_bits, read_key, shield_condition
+    from psic_cli.keys import read_key
     from psic_cli.models import build_model, load_config
+    from psic_cli.views import View, condition
     from psic_lab.training.train import load_matching
     from psic_lab.vlp import load_vlp
     from psic_lab.vlp.data_utils import list_labelled_folder
@@ -47,9 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     cfg = load_config("psic-sh")
     key = read_key(ROOT / "weights/shipped.key")
-    conds = {"full": torch.tensor(condition_bits(key, cfg.cond_dim, "full")),
-             "shielded": torch.zeros(cfg.cond_dim),
-             "strong": torch.tensor(shield_condition(cfg.cond_dim, "strong"))}
+    conds = {v: torch.tensor(condition(v, key, cfg.cond_dim)) for v in (View.FULL, View.SHIELDED, View.STRONG)}
     files, labels = list_labelled_folder(args.val, args.images)
     mapping = read_class_file(ROOT / "psic_lab/vlp/data/imagenette_classes.tsv")
     wnids = list(mapping)

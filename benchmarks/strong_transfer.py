@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     ensure_torchvision_importable()
     from psic_cli.codec import pad_to_multiple
     from psic_cli.container import FORMAT_VERSION, PAD_MULTIPLE
-    from psic_cli.keys import condition_bits, read_key, shield_condition
+    from psic_cli.keys import read_key
     from psic_cli.models import build_model, load_config
+    from psic_cli.views import View, condition
     from psic_lab.evaluation.attacks import attack_subset, top1
     from psic_lab.evaluation.metrics import psnr
     from psic_lab.training.train import load_matching
@@ -54,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     cfg = load_config("psic-sh")
     key = read_key(ROOT / "weights/shipped.key")
-    conds = {"full": torch.tensor(condition_bits(key, cfg.cond_dim, "full")),
-             "strong": torch.tensor(shield_condition(cfg.cond_dim, "strong"))}
+    conds = {v: torch.tensor(condition(v, key, cfg.cond_dim)) for v in (View.FULL, View.STRONG)}
     files, labels, ev, _ = attack_subset(args.val, args.images, 32)
     mapping = read_class_file(ROOT / "psic_lab/vlp/data/imagenette_classes.tsv")
     wnids = list(mapping)

@@ -147,10 +147,11 @@ def decode(
     output: Annotated[str | None, typer.Option("--output", "-o", help="Output image, or - for stdout. "
                                                 "Default: the input name with .png.")] = None,
     key: Annotated[str | None, typer.Option("--key", "-k", help="Key file: opens the full view.")] = None,
-    view: Annotated[str | None, typer.Option(help="shielded (default without a key), full (default with a key) "
+    view: Annotated[str | None, typer.Option(help="shielded (default without a key), strong (no key; survives "
+                                              "re-encoding better, costs more quality), full (default with a key) "
                                               "or machine (with a key).")] = None,
-    shield: Annotated[str | None, typer.Option(help="Shield level of the shielded view: subtle (default) or "
-                                                "strong (survives re-encoding better, costs more quality).")] = None,
+    shield: Annotated[str | None, typer.Option(help="Shield level of the keyless view: subtle (= --view shielded, "
+                                                "the default) or strong (= --view strong).")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="png, jpg or webp. Default: from the output's "
                                              "extension, else png.")] = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse files that claim more pixels than this.")] = 50_000_000,
@@ -167,7 +168,7 @@ def decode(
     Examples:
       psic decode photo.psic
       psic decode --key secret.key photo.psic -o full.png
-      psic decode --shield strong photo.psic -o strong.png
+      psic decode --view strong photo.psic -o strong.png
       psic decode coded/ -o views/ -j 2
     """
     msgs = Messages(quiet, verbose)
@@ -252,7 +253,8 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
 
 
 def _models(as_json: bool) -> None:
-    from psic_cli.zoo import list_models, trained_views, weights_dir
+    from psic_cli.views import trained_views
+    from psic_cli.zoo import list_models, weights_dir
 
     rows = [
         {

@@ -107,3 +107,16 @@ def test_no_back_doors_into_models_or_modules():
                 bad += [f"{p.relative_to(root)}:{node.lineno}: import {a.name}" for a in node.names
                         if a.name.startswith("_") and not a.name.startswith("__")]
     assert not bad, "private names used from outside:\n" + "\n".join(bad)
+
+
+def test_view_names_live_in_one_place():
+    """The view names are :class:`psic_cli.views.View`'s values: no other module spells one as a bare string."""
+    root = RUNTIME.parent
+    bad = []
+    for p in sorted([*RUNTIME.rglob("*.py"), *(root / "psic_lab").rglob("*.py")]):
+        if p in (RUNTIME / "views.py", RUNTIME / "keys.py"):  # keys: the shield levels' pinned derivation
+            continue
+        for node in ast.walk(ast.parse(p.read_text(), str(p))):
+            if isinstance(node, ast.Constant) and node.value in ("shielded", "strong"):
+                bad.append(f"{p.relative_to(root)}:{node.lineno}: {node.value!r}")
+    assert not bad, "use psic_cli.views.View:\n" + "\n".join(bad)

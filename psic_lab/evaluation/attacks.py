@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from psic_cli.views import View
 from psic_lab.evaluation.metrics import ms_ssim, psnr
 from psic_lab.evaluation.report import save
 
@@ -145,7 +146,7 @@ def evaluate(args) -> dict:
     from psic_cli import codec
     from psic_cli.keys import read_key
     from psic_cli.zoo import load_model
-    from psic_lab.evaluation.privacy import VIEW_DECODES, available_views, bitstream_latent
+    from psic_lab.evaluation.privacy import available_views, bitstream_latent, decode_view
     from psic_lab.vlp import load_vlp
     from psic_lab.vlp.text import imagenet_classes, read_class_file
 
@@ -153,7 +154,7 @@ def evaluate(args) -> dict:
     key = read_key(args.key)
     lm = load_model(args.model)
     model = lm.model
-    views = [v for v in available_views(lm.info.metadata) if v in ("full", "shielded", "strong")]
+    views = [v for v in available_views(lm.info.metadata) if v is not View.MACHINE]
     files, labels, ev, se = attack_subset(args.folder, args.limit, args.search_images)
     mapping = read_class_file(args.classes)
     label_set = list(mapping)
@@ -182,14 +183,13 @@ def evaluate(args) -> dict:
             latents.append(bitstream_latent(model, data)[0])
             if len(latents) <= len(originals):
                 for v in views:
-                    needs_key, view, shield = VIEW_DECODES[v]
-                    decoded[v].append(codec.decode(data, key if needs_key else None, view, shield).pixels)
-        decoded["pgd (reference)"] = pgd_full_view(tv, emb[target], decoded["full"], y)
+                    decoded[v].append(decode_view(data, key, v))
+        decoded["pgd (reference)"] = pgd_full_view(tv, emb[target], decoded[View.FULL], y)
         entry: dict = {"views": {}}
         for v, imgs in decoded.items():
-            pairs_full = list(zip(decoded["full"], imgs, strict=True))
-            ve: dict = {"psnr_vs_full": None if v == "full" else float(np.mean([psnr(a, b) for a, b in pairs_full])),
-                        "ms_ssim_vs_full": None if v == "full" else float(np.mean([ms_ssim(a, b)
+            pairs_full = list(zip(decoded[View.FULL], imgs, strict=True))
+            ve: dict = {"psnr_vs_full": None if v == View.FULL else float(np.mean([psnr(a, b) for a, b in pairs_full])),
+                        "ms_ssim_vs_full": None if v == View.FULL else float(np.mean([ms_ssim(a, b)
                                                                                   for a, b in pairs_full])),
                         "psnr_vs_original": float(np.mean([psnr(a, b) for a, b in zip(originals, imgs, strict=True)])),
                         "top1": {}}
@@ -212,7 +212,7 @@ def evaluate(args) -> dict:
                 found[name] = {"top1": {s: top1(vl, emb[s], imgs, y) for s, vl in vlps.items()},
                                "search_top1_target": top1(tv, emb[target],
                                                            _decode_with(model, lat_se, q, space, v, (h, w)), y_search),
-                               "psnr_vs_full": float(np.mean([psnr(a, b) for a, b in zip(decoded["full"], imgs,
+                               "psnr_vs_full": float(np.mean([psnr(a, b) for a, b in zip(decoded[View.FULL], imgs,
                                                                                         strict=True)])),
                                "psnr_vs_original": float(np.mean([psnr(a, b) for a, b in zip(originals, imgs,
                                                                                             strict=True)]))}
@@ -236,11 +236,11 @@ def plot(res: dict, path: Path) -> None:
     axes = np.atleast_1d(axes)
     panels = [(axes[0], target, "jpeg75", f"{target} after JPEG q75")] + [
         (ax, s, "as decoded", f"{s} (unseen) as decoded") for ax, s in zip(axes[1:], unseen, strict=True)]
-    markers = {"full": "s", "shielded": "o", "strong": "^", "pgd (reference)": "x"}
+    markers = {View.FULL: "s", View.SHIELDED: "o", View.STRONG: "^", "pgd (reference)": "x"}
     entries = list(res["qualities"].values())
     for ax, s, how, title in panels:
         for v in entries[0]["views"]:
-            cost = [e["views"]["full"]["psnr_vs_original"] - e["views"][v]["psnr_vs_original"] for e in entries]
+            cost = [e["views"][View.FULL]["psnr_vs_original"] - e["views"][v]["psnr_vs_original"] for e in entries]
             acc = [100 * e["views"][v]["top1"][how][s] for e in entries]
             ax.plot(cost, acc, markers.get(v, "o"), label=v, ms=8)
         ax.axhline(10, ls=":", c="gray", lw=1)

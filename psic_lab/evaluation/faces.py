@@ -48,7 +48,7 @@ def evaluate(folder: Path, model_id: str, key_path: Path, qualities: list[int]) 
     from psic_cli import codec
     from psic_cli.keys import read_key
     from psic_cli.zoo import load_model
-    from psic_lab.evaluation.privacy import VIEW_DECODES, available_views
+    from psic_lab.evaluation.privacy import available_views, decode_view
 
     det = face_detector()
     key = read_key(key_path)
@@ -65,8 +65,7 @@ def evaluate(folder: Path, model_id: str, key_path: Path, qualities: list[int]) 
         for n in with_faces:
             data = codec.encode_pixels(np.ascontiguousarray(originals[n]), model_id, q)
             for v in views:
-                needs_key, view, shield = VIEW_DECODES[v]
-                boxes = detect(det, codec.decode(data, key if needs_key else None, view, shield).pixels)
+                boxes = detect(det, decode_view(data, key, v))
                 counts[v]["found"] += sum(any(iou(r, b) >= 0.3 for b in boxes) for r in ref[n])
                 counts[v]["detections"] += len(boxes)
         for v, c in counts.items():

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from psic_cli.views import View
 from psic_lab.evaluation.metrics import bd_rate, ms_ssim, psnr
 
 # CompressAI's published bmshj2018-hyperprior results on Kodak (quality 1-3): bpp, PSNR
@@ -53,7 +54,7 @@ def evaluate(folder: Path, model_id: str, key_file: Path | None, limit: int | No
     load_s = time.time() - t
     key = read_key(key_file) if key_file else None
     nq = lm.model.cfg.qualities
-    views = ["shielded"] + (["full"] if key else [])
+    views = [View.SHIELDED] + ([View.FULL] if key else [])
     per: dict[str, list] = {v: [] for v in views}
     jpeg, webp, enc_t, dec_t = [], [], [], []
     for p in paths:
@@ -67,7 +68,7 @@ def evaluate(folder: Path, model_id: str, key_file: Path | None, limit: int | No
             bpp = len(res.data) * 8 / (img.shape[0] * img.shape[1])
             for v in views:
                 t = time.time()
-                dec = codec.decode(res.data, key if v != "shielded" else None, v)
+                dec = codec.decode(res.data, key if v.needs_key else None, v)
                 dec_t.append(time.time() - t)
                 rows[v].append((bpp, psnr(img, dec.pixels), ms_ssim(img, dec.pixels)))
         for v in views:

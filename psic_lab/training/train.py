@@ -22,9 +22,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from psic_cli.keys import condition_bits, fingerprint, read_key
+from psic_cli.keys import fingerprint, read_key
 from psic_cli.models import build_model, load_config
 from psic_cli.models.config import ModelConfig
+from psic_cli.views import View, condition
 from psic_lab.training.data import PatchBank
 
 
@@ -71,10 +72,12 @@ class RDStep(nn.Module):
 
 
 def draw_conditions(n: int, key_cond: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Per-sample conditions: the key (1/2), no key (1/4), a random wrong key (1/4)."""
+    """Per-sample conditions: the key's full view (1/2), the shielded view (no key, 1/4), a random wrong key
+    (1/4); ``key_cond`` is ``condition(View.FULL, key, cond_dim)``."""
     u = torch.rand(n, generator=gen)
     rand_keys = torch.randint(0, 2, (n, key_cond.numel()), generator=gen).float() * 2 - 1
-    cond = torch.where((u < 0.5)[:, None], key_cond[None], torch.zeros_like(rand_keys))
+    shielded = torch.tensor(condition(View.SHIELDED, None, key_cond.numel()), dtype=rand_keys.dtype)
+    cond = torch.where((u < 0.5)[:, None], key_cond[None], shielded[None].expand_as(rand_keys))
     return torch.where((u >= 0.75)[:, None], rand_keys, cond)
 
 
@@ -238,7 +241,7 @@ def train(tc: TrainConfig) -> Path:
     cfg = load_config(tc.model_id)
     model = build_model(cfg)
     key = read_key(tc.key)
-    key_cond = torch.tensor(condition_bits(key, cfg.cond_dim, "full"))
+    key_cond = torch.tensor(condition(View.FULL, key, cfg.cond_dim))
 
     aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
