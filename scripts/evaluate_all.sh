@@ -20,6 +20,7 @@ mkdir -p runs/eval-logs
   PSIC_WEIGHTS=weights/rd $PY -m psic_lab.evaluation.privacy --folder "$VAL" --limit 300 --views full \
       --random-keys 0 --threads 1 --name privacy-rdonly
 ) > runs/eval-logs/stream1.log 2>&1 &
+pid1=$!
 (
   $PY -m psic_lab.evaluation.attacks --folder "$VAL" --limit 150 --qualities 2 --threads 1
   $PY -m psic_lab.evaluation.privacy --folder "$VAL" --limit 300 --model psic-msh --qualities 2 \
@@ -28,6 +29,13 @@ mkdir -p runs/eval-logs
   $PY scripts/side_by_side.py examples/kodim23.png examples/kodim15.png
   $PY benchmarks/shield_geometry.py --images 96 --quality 2 --threads 1
 ) > runs/eval-logs/stream2.log 2>&1 &
-wait
+pid2=$!
+# a failed job fails the script (set -e stops each stream at its first failure), and nothing is pasted
+failed=0
+wait "$pid1" || { echo "stream 1 failed (exit $?): see runs/eval-logs/stream1.log" >&2; failed=1; }
+wait "$pid2" || { echo "stream 2 failed (exit $?): see runs/eval-logs/stream2.log" >&2; failed=1; }
+if [ "$failed" -ne 0 ]; then
+  exit 1
+fi
 $PY scripts/update_readme.py
 echo "reports regenerated; logs in runs/eval-logs/"

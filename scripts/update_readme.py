@@ -1,17 +1,32 @@
 """Paste generated tables into README.md between ``<!-- BEGIN name -->`` / ``<!-- END name -->`` markers.
 
-    python scripts/update_readme.py
+    python scripts/update_readme.py           # rewrite the blocks from results/*.json and the generated docs
+    python scripts/update_readme.py --check   # exit 1 when a block differs from what they render (CI)
 
-Each block is filled from a generated file (docs/*.md), so the README never carries a hand-typed figure.
+Each block is filled from a generated file (results/*.json, docs/*.md), so the README never carries a
+hand-typed figure.  A value that is not a number (NaN, a missing point) renders as "—"; a block that would
+still publish ``nan`` is an error (exit 2).
 """
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import json
+import math
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+MISSING = "—"
+
+
+def num(v: float | None, spec: str, suffix: str = "") -> str:
+    """``format(v, spec) + suffix``, or "—" when ``v`` is None or not finite (never publish nan)."""
+    if v is None or not math.isfinite(v):
+        return MISSING
+    return format(v, spec) + suffix
 
 
 def kodak_block(name: str = "kodak-rd") -> str:
@@ -32,9 +47,12 @@ def kodak_block(name: str = "kodak-rd") -> str:
     for k, v in r["bd_rate_percent"].items():
         if k.endswith("_psnr"):
             lines.append(f"| {k[3:-5]} | {v:+.1f}% |")
-    for e in r.get("vs_compressai_at_equal_bpp", []):
+    at_rates = r.get("vs_compressai_at_equal_bpp", [])
+    for e in at_rates:
         lines.append(f"| at {e['bpp']} bpp vs CompressAI bmshj2018 (published {e['compressai_psnr']} dB) | "
-                     f"{e['delta_db']:+.2f} dB |")
+                     f"{num(e['delta_db'], '+.2f', ' dB')} |")
+    if any(num(e["delta_db"], ".2f") == MISSING for e in at_rates):
+        lines.append(f"\n{MISSING}: outside the rates psic's curve covers (no interpolation there).")
     s = r["seconds"]
     lines.append("")
     lines.append(f"Mean encode {s['encode_mean']:.2f} s, decode {s['decode_mean']:.2f} s per Kodak image "
@@ -184,14 +202,53 @@ BLOCKS = {
 }
 
 
-def main() -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+NAN = re.compile(r"\bnan\b", re.I)
+
+
+class NanInBlock(ValueError):
+    """A block would publish ``nan``."""
+
+
+def render(text: str) -> tuple[str, list[str]]:
+    """``text`` with every block re-rendered, and the names of the blocks that changed."""
+    changed = []
     for name, fn in BLOCKS.items():
-        pat = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
-        text = pat.sub(lambda m, fn=fn: m.group(1) + fn() + "\n" + m.group(2), text)
-    readme.write_text(text)
+        pat = re.compile(rf"(<!-- BEGIN {name} -->\n)(.*?)(<!-- END {name} -->)", re.S)
+
+        def fill(m: re.Match, name: str = name, fn=fn) -> str:
+            body = fn() + "\n"
+            if NAN.search(body):
+                raise NanInBlock(f"block {name!r} would publish nan; fix the file it is rendered from")
+            if body != m.group(2):
+                changed.append(name)
+            return m.group(1) + body + m.group(3)
+
+        text = pat.sub(fill, text)
+    return text, changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 when a block is out of date")
+    args = ap.parse_args(argv)
+    readme = ROOT / "README.md"
+    old = readme.read_text()
+    try:
+        new, changed = render(old)
+    except NanInBlock as e:
+        print(f"update_readme: {e}", file=sys.stderr)
+        return 2
+    if not args.check:
+        readme.write_text(new)
+        return 0
+    if changed:
+        print(f"README.md: generated blocks out of date: {', '.join(changed)} "
+              "(run python scripts/update_readme.py)", file=sys.stderr)
+        sys.stderr.writelines(difflib.unified_diff(old.splitlines(True), new.splitlines(True), "README.md",
+                                                   "rendered", n=0))
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
