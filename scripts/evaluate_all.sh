@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate every report the README quotes from the shipped weights (about 40 minutes on 2 CPU cores),
-# then paste the tables into README.md.  Two streams of one-thread jobs: two-thread jobs side by side
+# then paste the tables into README.md and docs/results.md.  Two streams of one-thread jobs: two-thread jobs side by side
 # oversubscribe the cores and run several times slower.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,10 @@
-"""Paste generated tables into README.md between ``<!-- BEGIN name -->`` / ``<!-- END name -->`` markers.
+"""Paste generated tables into README.md and docs/ between ``<!-- BEGIN name -->`` / ``<!-- END name -->``.
 
     python scripts/update_readme.py           # rewrite the blocks from results/*.json and the generated docs
     python scripts/update_readme.py --check   # exit 1 when a block differs from what they render (CI)
+
+The blocks live in :data:`TARGETS` (the README keeps the headline summary; the other tables are in
+docs/results.md and docs/benchmarks.md); every block of :data:`BLOCKS` must appear in one of them.
 
 Each block is filled from a generated file (results/*.json, docs/*.md), so the README never carries a
 hand-typed figure.  A value that is not a number (NaN, a missing point) renders as "—"; a block that would
@@ -20,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MISSING = "—"
+TARGETS = ("README.md", "docs/results.md", "docs/benchmarks.md")
 
 
 def num(v: float | None, spec: str, suffix: str = "") -> str:
@@ -209,9 +213,9 @@ class NanInBlock(ValueError):
     """A block would publish ``nan``."""
 
 
-def render(text: str) -> tuple[str, list[str]]:
-    """``text`` with every block re-rendered, and the names of the blocks that changed."""
-    changed = []
+def render(text: str) -> tuple[str, list[str], list[str]]:
+    """``text`` with every block re-rendered, the names of the blocks that changed and of those it holds."""
+    changed, found = [], []
     for name, fn in BLOCKS.items():
         pat = re.compile(rf"(<!-- BEGIN {name} -->\n)(.*?)(<!-- END {name} -->)", re.S)
 
@@ -219,35 +223,45 @@ def render(text: str) -> tuple[str, list[str]]:
             body = fn() + "\n"
             if NAN.search(body):
                 raise NanInBlock(f"block {name!r} would publish nan; fix the file it is rendered from")
+            found.append(name)
             if body != m.group(2):
                 changed.append(name)
             return m.group(1) + body + m.group(3)
 
         text = pat.sub(fill, text)
-    return text, changed
+    return text, changed, found
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="write nothing; exit 1 when a block is out of date")
     args = ap.parse_args(argv)
-    readme = ROOT / "README.md"
-    old = readme.read_text()
+    rendered, seen = {}, []
     try:
-        new, changed = render(old)
+        for target in TARGETS:
+            old = (ROOT / target).read_text()
+            new, changed, found = render(old)
+            rendered[target] = (old, new, changed)
+            seen += found
     except NanInBlock as e:
         print(f"update_readme: {e}", file=sys.stderr)
         return 2
-    if not args.check:
-        readme.write_text(new)
-        return 0
-    if changed:
-        print(f"README.md: generated blocks out of date: {', '.join(changed)} "
-              "(run python scripts/update_readme.py)", file=sys.stderr)
-        sys.stderr.writelines(difflib.unified_diff(old.splitlines(True), new.splitlines(True), "README.md",
-                                                   "rendered", n=0))
-        return 1
-    return 0
+    lost = [name for name in BLOCKS if name not in seen]
+    if lost:
+        print(f"update_readme: no BEGIN/END markers for {', '.join(lost)} in {', '.join(TARGETS)}", file=sys.stderr)
+        return 2
+    stale = 0
+    for target, (old, new, changed) in rendered.items():
+        if not args.check:
+            if new != old:
+                (ROOT / target).write_text(new)
+        elif changed:
+            stale += 1
+            print(f"{target}: generated blocks out of date: {', '.join(changed)} "
+                  "(run python scripts/update_readme.py)", file=sys.stderr)
+            sys.stderr.writelines(difflib.unified_diff(old.splitlines(True), new.splitlines(True), target,
+                                                       "rendered", n=0))
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

@@ -51,6 +51,17 @@ def test_check_fails_when_a_result_changes(copy_repo):
     assert f"{first['bpp']:.3f}" in (copy_repo / "README.md").read_text()
 
 
+def test_check_covers_the_docs(copy_repo):
+    """Tables moved out of the README (docs/results.md) are checked the same way."""
+    p = copy_repo / "results" / "shield-geometry.json"
+    res = json.loads(p.read_text())
+    res["images"] += 1
+    p.write_text(json.dumps(res, indent=2))
+    r = check(copy_repo, "--check")
+    assert r.returncode == 1 and "docs/results.md" in r.stderr and "geometry" in r.stderr, r.stderr
+    assert "README.md:" not in r.stderr
+
+
 def test_nan_is_never_published(copy_repo):
     p = copy_repo / "results" / "kodak-rd.json"
     res = json.loads(p.read_text())
