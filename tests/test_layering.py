@@ -53,11 +53,18 @@ def test_the_scan_sees_a_lab_import(tmp_path):
 
 
 def test_codec_import_stays_light(tiny_weights):
+    """Encode, decode (every keyless view) and list models with the lab and the train extra made unimportable."""
     code = (
         "import sys, numpy as np\n"
+        f"for m in {FORBIDDEN!r}: sys.modules[m] = None  # import m -> ImportError, as when not installed\n"
         "from psic_cli import codec\n"
-        "data = codec.encode_pixels(np.zeros((64, 64, 3), np.uint8), 'tiny-sh')\n"
+        "from psic_cli.zoo import list_models\n"
+        "data = codec.encode_pixels(np.zeros((64, 64, 3), np.uint8), 'tiny-views')\n"
         "codec.decode(data)\n"
+        "codec.decode(data, view='strong')\n"
+        "assert {m.model_id for m in list_models()} >= {'tiny-sh', 'tiny-views'}\n"
+        "for m in list(sys.modules):\n"
+        "    if sys.modules[m] is None: del sys.modules[m]\n"
         f"bad = [m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r}]\n"
         "assert not bad, bad\n"
     )
