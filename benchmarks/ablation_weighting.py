@@ -29,7 +29,6 @@ def score(ckpt: Path, files: list[Path], labels: list[str], quality: int, vlp, e
     from PIL import Image
 
     from psic_cli.models import ModelConfig, build_model
-    from psic_cli.training.shield import _frozen_latents
 
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     model = build_model(ModelConfig.from_dict(json.loads(state["model_config"])))
@@ -44,7 +43,7 @@ def score(ckpt: Path, files: list[Path], labels: list[str], quality: int, vlp, e
             x = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files[i : i + 25]]))
             x = x.permute(0, 3, 1, 2).float() / 255
             q = torch.full((len(x),), quality - 1)
-            y_hat = _frozen_latents(model, torch.nn.functional.pad(x, (16, 16, 16, 16), mode="reflect"), q)
+            y_hat = model.quantized_latents(torch.nn.functional.pad(x, (16, 16, 16, 16), mode="reflect"), q)
             for view, cond in (("full", key_cond), ("shielded", torch.zeros_like(key_cond))):
                 xh = model.synthesize(y_hat, cond[None].expand(len(x), -1), q).clamp(0, 1)[..., 16:-16, 16:-16]
                 xh = (xh * 255).round() / 255
@@ -84,11 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     from psic_cli._compat import ensure_torchvision_importable
 
     ensure_torchvision_importable()
-    from psic_cli.keys import condition_bits, read_key
-    from psic_cli.training.shield import ShieldConfig, train_shield
-    from psic_cli.vlp import load_vlp
-    from psic_cli.vlp.data_utils import list_labelled_folder
-    from psic_cli.vlp.text import read_class_file
+    from psic_cli.keys import read_key
+    from psic_cli.views import View, condition
+    from psic_lab.training.shield import ShieldConfig, train_shield
+    from psic_lab.vlp import load_vlp
+    from psic_lab.vlp.data_utils import list_labelled_folder
+    from psic_lab.vlp.text import read_class_file
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -100,10 +100,10 @@ def main(argv: list[str] | None = None) -> int:
                           psnr_budget_db=args.budget_db, threads=args.threads)
         ckpts[name] = train_shield(sc)
     files, labels = list_labelled_folder(args.val, args.images)
-    mapping = read_class_file(ROOT / "psic_cli/vlp/data/imagenette_classes.tsv")
+    mapping = read_class_file(ROOT / "psic_lab/vlp/data/imagenette_classes.tsv")
     vlp = load_vlp("psic-vlp-mini")
     emb = vlp.class_embeddings([mapping[w] for w in sorted(set(labels))])
-    key_cond = torch.tensor(condition_bits(read_key(ROOT / "weights/shipped.key"), 64, "full"))
+    key_cond = torch.tensor(condition(View.FULL, read_key(ROOT / "weights/shipped.key"), 64))
     res = {w: score(c, files, labels, args.quality, vlp, emb, key_cond) for w, c in ckpts.items()}
     fixed = sorted((r["gap_db"], r["shielded_top1"]) for n, r in res.items() if n != "adaptive")
     at_gap = equal_distortion_top1(fixed, res["adaptive"]["gap_db"])

@@ -78,8 +78,8 @@ def seams(size: str, model: str) -> None:
     import torch
 
     from psic_cli import codec
-    from psic_cli.evaluation.metrics import psnr
     from psic_cli.zoo import load_model
+    from psic_lab.evaluation.metrics import psnr
 
     w, h = (int(v) for v in size.split("x"))
     img = np.asarray(Image.open("../shared/data/kodak/kodim23.png").convert("RGB").resize((w, h)))
@@ -88,7 +88,7 @@ def seams(size: str, model: str) -> None:
     lm.model.tile_latent = 10**6  # untiled
     whole = codec.decode(data).pixels
     lm.model.tile_latent = 16  # 256-pixel tiles: many tile borders
-    lm.model._runtime = None
+    lm.model.reset_runtime()
     tiled = codec.decode(data).pixels
     same = np.array_equal(whole, tiled)
     print(f"| seams at {w}x{h} | tiled vs untiled PSNR | identical pixels |\n|---|---|---|")

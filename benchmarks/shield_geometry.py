@@ -36,23 +36,21 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from psic_cli.codec import pad_to_multiple
-    from psic_cli.keys import condition_bits, read_key, shield_condition
+    from psic_cli.keys import read_key
     from psic_cli.models import build_model, load_config
-    from psic_cli.training.shield import _frozen_latents
-    from psic_cli.training.train import load_matching
-    from psic_cli.vlp import load_vlp
-    from psic_cli.vlp.data_utils import list_labelled_folder
-    from psic_cli.vlp.text import read_class_file
+    from psic_cli.views import View, condition
+    from psic_lab.training.train import load_matching
+    from psic_lab.vlp import load_vlp
+    from psic_lab.vlp.data_utils import list_labelled_folder
+    from psic_lab.vlp.text import read_class_file
 
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config("psic-sh")
     key = read_key(ROOT / "weights/shipped.key")
-    conds = {"full": torch.tensor(condition_bits(key, cfg.cond_dim, "full")),
-             "shielded": torch.zeros(cfg.cond_dim),
-             "strong": torch.tensor(shield_condition(cfg.cond_dim, "strong"))}
+    conds = {v: torch.tensor(condition(v, key, cfg.cond_dim)) for v in (View.FULL, View.SHIELDED, View.STRONG)}
     files, labels = list_labelled_folder(args.val, args.images)
-    mapping = read_class_file(ROOT / "psic_cli/vlp/data/imagenette_classes.tsv")
+    mapping = read_class_file(ROOT / "psic_lab/vlp/data/imagenette_classes.tsv")
     wnids = list(mapping)
     vlp = load_vlp("psic-vlp-mini")
     emb = vlp.class_embeddings([mapping[w] for w in wnids])
@@ -78,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             hh, ww = x.shape[-2:]
             q = torch.full((len(x),), args.quality - 1)
             with torch.no_grad():
-                lat = _frozen_latents(model, pad_to_multiple(x, multiple), q)
+                lat = model.quantized_latents(pad_to_multiple(x, multiple), q)
                 accs = {"original": float(((vlp.encode_image(x) @ emb.t()).argmax(1) == y).float().mean())}
                 for v, c in conds.items():
                     xh = model.synthesize(lat, c.expand(len(x), -1), q).clamp(0, 1)[..., :hh, :ww]

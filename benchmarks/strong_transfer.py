@@ -1,6 +1,6 @@
 """How far does the strong shield transfer to the models it never trained against?  Compare weights files.
 
-Decodes the images ``python -m psic_cli.evaluation.attacks --limit 150`` evaluates (the same seeded draw
+Decodes the images ``python -m psic_lab.evaluation.attacks --limit 150`` evaluates (the same seeded draw
 from Imagenette val) in process, with each weights file, at one quality: the full view (shipped key) and
 the ``strong`` shielded view, rounded to 8 bits as the file path writes them.  Reports each model's
 10-way zero-shot top-1 on both views and the strong view's PSNR against the full view and the original, and
@@ -42,30 +42,29 @@ def main(argv: list[str] | None = None) -> int:
     ensure_torchvision_importable()
     from psic_cli.codec import pad_to_multiple
     from psic_cli.container import FORMAT_VERSION, PAD_MULTIPLE
-    from psic_cli.evaluation.attacks import _top1, attack_subset
-    from psic_cli.evaluation.metrics import psnr
-    from psic_cli.keys import condition_bits, read_key, shield_condition
+    from psic_cli.keys import read_key
     from psic_cli.models import build_model, load_config
-    from psic_cli.training.shield import _frozen_latents
-    from psic_cli.training.train import load_matching
-    from psic_cli.vlp import load_vlp
-    from psic_cli.vlp.text import read_class_file
+    from psic_cli.views import View, condition
+    from psic_lab.evaluation.attacks import attack_subset, top1
+    from psic_lab.evaluation.metrics import psnr
+    from psic_lab.training.train import load_matching
+    from psic_lab.vlp import load_vlp
+    from psic_lab.vlp.text import read_class_file
 
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config("psic-sh")
     key = read_key(ROOT / "weights/shipped.key")
-    conds = {"full": torch.tensor(condition_bits(key, cfg.cond_dim, "full")),
-             "strong": torch.tensor(shield_condition(cfg.cond_dim, "strong"))}
+    conds = {v: torch.tensor(condition(v, key, cfg.cond_dim)) for v in (View.FULL, View.STRONG)}
     files, labels, ev, _ = attack_subset(args.val, args.images, 32)
-    mapping = read_class_file(ROOT / "psic_cli/vlp/data/imagenette_classes.tsv")
+    mapping = read_class_file(ROOT / "psic_lab/vlp/data/imagenette_classes.tsv")
     wnids = list(mapping)
     originals = [np.asarray(Image.open(files[i]).convert("RGB")) for i in ev]
     y = np.array([wnids.index(labels[i]) for i in ev])
     vlps = {s: load_vlp(s) for s in args.vlps}
     emb = {s: v.class_embeddings([mapping[w] for w in wnids]) for s, v in vlps.items()}
     res: dict = {"images": len(originals), "quality": args.quality, "weights": {},
-                 "original": {s: _top1(v, emb[s], originals, y) for s, v in vlps.items()}}
+                 "original": {s: top1(v, emb[s], originals, y) for s, v in vlps.items()}}
     lines = ["| weights (steps) | view | " + " | ".join(vlps)
              + " | PSNR vs full | PSNR vs original | PSNR cost (dB) |",
              "|---|---|" + "---|" * (len(vlps) + 3)]
@@ -81,13 +80,13 @@ def main(argv: list[str] | None = None) -> int:
             for img in originals:
                 x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 255
                 hh, ww = x.shape[-2:]
-                lat = _frozen_latents(model, pad_to_multiple(x, PAD_MULTIPLE[FORMAT_VERSION]), q)
+                lat = model.quantized_latents(pad_to_multiple(x, PAD_MULTIPLE[FORMAT_VERSION]), q)
                 for v, c in conds.items():
                     xh = model.synthesize(lat, c[None], q).clamp(0, 1)[0, :, :hh, :ww]
                     views[v].append((xh.permute(1, 2, 0) * 255).round().byte().numpy())
         entry: dict = {"steps": steps}
         for v, imgs in views.items():
-            entry[v] = {"top1": {s: _top1(vl, emb[s], imgs, y) for s, vl in vlps.items()},
+            entry[v] = {"top1": {s: top1(vl, emb[s], imgs, y) for s, vl in vlps.items()},
                         "psnr_vs_full": None if v == "full" else float(np.mean(
                             [psnr(a, b) for a, b in zip(views["full"], imgs, strict=True)])),
                         "psnr_vs_original": float(np.mean([psnr(a, b) for a, b in zip(originals, imgs, strict=True)]))}

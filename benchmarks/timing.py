@@ -27,7 +27,7 @@ def main() -> int:
     ap.add_argument("--model", default="psic-sh")
     args = ap.parse_args()
 
-    from psic_cli.evaluation.rd import cli_timings
+    from psic_lab.evaluation.rd import cli_timings
 
     files = sorted(p for p in args.folder.iterdir() if p.suffix.lower() == ".png")[: args.count]
     with tempfile.TemporaryDirectory() as tmp:

@@ -147,10 +147,11 @@ def decode(
     output: Annotated[str | None, typer.Option("--output", "-o", help="Output image, or - for stdout. "
                                                 "Default: the input name with .png.")] = None,
     key: Annotated[str | None, typer.Option("--key", "-k", help="Key file: opens the full view.")] = None,
-    view: Annotated[str | None, typer.Option(help="shielded (default without a key), full (default with a key) "
+    view: Annotated[str | None, typer.Option(help="shielded (default without a key), strong (no key; survives "
+                                              "re-encoding better, costs more quality), full (default with a key) "
                                               "or machine (with a key).")] = None,
-    shield: Annotated[str | None, typer.Option(help="Shield level of the shielded view: subtle (default) or "
-                                                "strong (survives re-encoding better, costs more quality).")] = None,
+    shield: Annotated[str | None, typer.Option(help="Shield level of the keyless view: subtle (= --view shielded, "
+                                                "the default) or strong (= --view strong).")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="png, jpg or webp. Default: from the output's "
                                              "extension, else png.")] = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse files that claim more pixels than this.")] = 50_000_000,
@@ -167,7 +168,7 @@ def decode(
     Examples:
       psic decode photo.psic
       psic decode --key secret.key photo.psic -o full.png
-      psic decode --shield strong photo.psic -o strong.png
+      psic decode --view strong photo.psic -o strong.png
       psic decode coded/ -o views/ -j 2
     """
     msgs = Messages(quiet, verbose)
@@ -252,7 +253,8 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Machine-readabl
 
 
 def _models(as_json: bool) -> None:
-    from psic_cli.zoo import list_models, trained_views, weights_dir
+    from psic_cli.views import trained_views
+    from psic_cli.zoo import list_models, weights_dir
 
     rows = [
         {
@@ -281,27 +283,36 @@ def _models(as_json: bool) -> None:
 @app.command(name="eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
              add_help_option=False)
 def eval_(ctx: typer.Context) -> None:
-    """Rate-distortion report on an image folder vs JPEG/WebP ('python -m psic_cli.evaluation.rd'). Try -h."""
-    from psic_cli.evaluation.rd import main as rd_main
-
-    raise SystemExit(rd_main(list(ctx.args)))
+    """Rate-distortion report on an image folder vs JPEG/WebP ('python -m psic_lab.evaluation.rd'). Try -h."""
+    raise SystemExit(_run_lab("psic_lab.evaluation.rd", list(ctx.args)))
 
 
 @app.command(name="vlp-eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
              add_help_option=False)
 def vlp_eval(ctx: typer.Context) -> None:
-    """Zero-shot top-1 and retrieval R@1 of a VLP on a labelled folder ('python -m psic_cli.vlp.eval'). Try -h."""
-    from psic_cli.vlp.eval import main as vlp_main
-
-    vlp_main(list(ctx.args))
+    """Zero-shot top-1 and retrieval R@1 of a VLP on a labelled folder ('python -m psic_lab.vlp.eval'). Try -h."""
+    _run_lab("psic_lab.vlp.eval", list(ctx.args))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
 def train(ctx: typer.Context) -> None:
-    """Train a model (same as 'python -m psic_cli.training'; needs the 'train' extra). Try 'psic train rd -h'."""
-    from psic_cli.training.__main__ import main as train_main
+    """Train a model (same as 'python -m psic_lab.training'; needs the 'train' extra). Try 'psic train rd -h'."""
+    raise SystemExit(_run_lab("psic_lab.training.__main__", list(ctx.args)))
 
-    raise SystemExit(train_main(list(ctx.args)))
+
+def _run_lab(module: str, args: list[str]) -> object:
+    """Hand a lab command to ``module.main(args)``; the runtime never imports the lab package statically."""
+    import importlib
+
+    try:
+        lab = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is None or not e.name.startswith("psic_lab"):
+            raise
+        Messages().error(f"this command needs the lab package (psic_lab, from a source checkout with the "
+                         f"'train' extra); run 'python -m {module.removesuffix('.__main__')}' there")
+        raise typer.Exit(code=2) from None
+    return lab.main(args)
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """The codec API: encode pixels to .psic bytes, decode .psic bytes to a view, read a file's header.
 
-Views: ``shielded`` (the default, no key), ``full`` (the model's key), ``machine`` (the key; for
-machine analytics, once a model ships that condition).
+Views (:class:`psic_cli.views.View`): shielded (the default, no key), strong (no key, the strong shield),
+full (the model's key), machine (the key; for machine analytics, once a model ships that condition).
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import numpy as np
 from psic_cli import container
 from psic_cli.errors import ChecksumError, FormatError, InputError, KeyMismatch, ModelError
 from psic_cli.imageio import DEFAULT_MAX_PIXELS, load_image
-from psic_cli.keys import SHIELD_LEVELS, condition_bits, fingerprint, shield_condition
-from psic_cli.zoo import DEFAULT_MODEL, load_model, trained_views
+from psic_cli.keys import SHIELD_LEVELS, fingerprint
+from psic_cli.views import View, condition, trained_views
+from psic_cli.zoo import DEFAULT_MODEL, load_model
 
-VIEWS = ("shielded", "full", "machine")
+VIEWS = tuple(v.value for v in View)
 
 
 @dataclass
@@ -34,7 +35,7 @@ class EncodeResult:
 class DecodeResult:
     pixels: np.ndarray  # uint8 HxWx3
     header: container.Header
-    view: str
+    view: View
 
 
 def pad_to_multiple(x, multiple: int):
@@ -57,14 +58,16 @@ def check_encode_options(model_id: str | None, quality: int | None) -> None:
         raise InputError(f"quality {quality} is out of range for {info.model_id} (1..{info.qualities})")
 
 
-def check_view(view: str | None, have_key: bool) -> str:
-    """The view to decode: ``shielded`` without a key, ``full`` (default) or ``machine`` with one."""
-    view = view or ("full" if have_key else "shielded")
+def check_view(view: str | None, have_key: bool) -> View:
+    """The view to decode: shielded (default) or strong without a key, full (default) or machine with one."""
+    if view is None:
+        return View.FULL if have_key else View.SHIELDED
     if view not in VIEWS:
         raise InputError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
-    if view != "shielded" and not have_key:
-        raise KeyMismatch(f"the {view} view needs a key (--key)")
-    return view
+    v = View(view)
+    if v.needs_key and not have_key:
+        raise KeyMismatch(f"the {v} view needs a key (--key)")
+    return v
 
 
 def encode_pixels(pixels: np.ndarray, model_id: str = DEFAULT_MODEL, quality: int | None = None,
@@ -123,35 +126,28 @@ def read_info(data: bytes) -> dict:
     return info
 
 
-def _condition(model, key: bytes | None, view: str, shield: str):
-    import torch
-
-    cfg = model.cfg
-    if view == "shielded":
-        return torch.tensor([shield_condition(cfg.cond_dim, shield)])
-    return torch.tensor([condition_bits(key, cfg.cond_dim, view)])
-
-
-def check_shield(shield: str | None, view: str) -> str:
-    """The shield level: ``subtle`` (default) or ``strong``; only the shielded view has one."""
+def check_shield(shield: str | None, view: View) -> View:
+    """Apply ``--shield subtle|strong`` (the older spelling of ``--view shielded|strong``) to ``view``;
+    only a keyless view has a shield level."""
     if shield is None:
-        return "subtle"
+        return view
     if shield not in SHIELD_LEVELS:
         raise InputError(f"unknown shield level {shield!r}; choose one of {', '.join(SHIELD_LEVELS)}")
-    if view != "shielded":
+    if view.shield_level is None:
         raise InputError(f"--shield applies to the shielded view only (this decode gives the {view} view)")
-    return shield
+    if view is not View.SHIELDED and view.shield_level != shield:
+        raise InputError(f"--shield {shield} contradicts --view {view}")
+    return View.from_shield(shield)
 
 
 def decode(data: bytes, key: bytes | None = None, view: str | None = None,
            shield: str | None = None) -> DecodeResult:
-    """Decode .psic bytes.  Without a key: the shielded view, at shield level ``subtle`` (default) or
-    ``strong``.  With the model's key: ``full`` (default) or ``machine``.  A key that does not open the
+    """Decode .psic bytes to a :class:`View`.  Without a key: shielded (default) or strong (``view="strong"``,
+    or ``shield="strong"``).  With the model's key: full (default) or machine.  A key that does not open the
     model raises :class:`KeyMismatch` before decoding."""
     import torch
 
-    view = check_view(view, key is not None)
-    shield = check_shield(shield, view)
+    view = check_shield(shield, check_view(view, key is not None))
     f = container.unpack(data)
     h = f.header
     lm = load_model(h.model_id)
@@ -170,16 +166,15 @@ def decode(data: bytes, key: bytes | None = None, view: str | None = None,
                 f"(expects {lm.info.key_fingerprint})"
             )
     trained = trained_views(lm.info.metadata)
-    if view == "machine" and "machine" not in trained:
-        raise ModelError(f"model {h.model_id} has no trained machine view")
-    if shield != "subtle" and shield not in trained:
-        raise ModelError(f"model {h.model_id} has no trained {shield} shield")
+    if view not in trained:
+        what = f"{view.shield_level} shield" if view.shield_level else f"{view} view"
+        raise ModelError(f"model {h.model_id} has no trained {what}")
     if h.tile_size != 0 or len(f.tiles) != 1:
         raise FormatError("tiled files are not supported by this psic")
     tile = f.tiles[0]
     if tile.z_shape != container.expected_z_shape(h) or len(tile.strings) != 2:
         raise FormatError(f"tile shape {tile.z_shape} does not match image size {h.width}x{h.height}")
-    cond = _condition(model, key, view, shield)
+    cond = torch.tensor([condition(view, key, model.cfg.cond_dim)])
     with torch.no_grad():
         out = model.decompress([[tile.strings[0]], [tile.strings[1]]], tile.z_shape, cond, h.quality - 1,
                                container.latent_shape(h))

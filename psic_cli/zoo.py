@@ -50,16 +50,6 @@ def _read_metadata(path: Path) -> dict:
         return dict(f.metadata() or {})
 
 
-def trained_views(metadata: dict) -> list[str]:
-    """The views a weights file has trained: shielded and full always, then strong and machine if so."""
-    views = ["shielded", "full"]
-    if "strong" in metadata.get("shield_levels", "subtle").split(","):
-        views.append("strong")
-    if metadata.get("machine_view") == "trained":
-        views.append("machine")
-    return views
-
-
 def list_models() -> list[ModelInfo]:
     """Codec weights installed in :func:`weights_dir` (other safetensors files are ignored)."""
     out = []

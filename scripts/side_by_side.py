@@ -34,13 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from psic_cli import codec
-    from psic_cli.evaluation.metrics import psnr
-    from psic_cli.evaluation.privacy import VIEW_DECODES, available_views
     from psic_cli.imageio import load_image
     from psic_cli.keys import read_key
-    from psic_cli.vlp import load_vlp
-    from psic_cli.vlp.text import imagenet_classes
     from psic_cli.zoo import load_model
+    from psic_lab.evaluation.metrics import psnr
+    from psic_lab.evaluation.privacy import available_views, decode_view
+    from psic_lab.vlp import load_vlp
+    from psic_lab.vlp.text import imagenet_classes
 
     key = read_key(args.key)
     views = available_views(load_model(args.model).info.metadata)
@@ -66,8 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             if v == "original":
                 px, label = img, f"original\n{path.name}, VLP: {reads(img)}"
             else:
-                needs_key, view, shield = VIEW_DECODES[v]
-                px = codec.decode(data, key if needs_key else None, view, shield).pixels
+                px = decode_view(data, key, v)
                 label = f"{v} ({bpp:.2f} bpp, {psnr(img, px):.2f} dB)\nVLP: {reads(px)}"
             axes[r, c].imshow(px)
             axes[r, c].set_title(label, fontsize=8)

@@ -1,23 +1,42 @@
-"""Paste generated tables into README.md between ``<!-- BEGIN name -->`` / ``<!-- END name -->`` markers.
+"""Paste generated tables into README.md and docs/ between ``<!-- BEGIN name -->`` / ``<!-- END name -->``.
 
-    python scripts/update_readme.py
+    python scripts/update_readme.py           # rewrite the blocks from results/*.json and the generated docs
+    python scripts/update_readme.py --check   # exit 1 when a block differs from what they render (CI)
 
-Each block is filled from a generated file (docs/*.md), so the README never carries a hand-typed figure.
+The blocks live in :data:`TARGETS` (the README keeps the headline summary; the other tables are in
+docs/results.md and docs/benchmarks.md); every block of :data:`BLOCKS` must appear in one of them.
+
+Each block is filled from a generated file (results/*.json, docs/*.md), so the README never carries a
+hand-typed figure.  A value that is not a number (NaN, a missing point) renders as "—"; a block that would
+still publish ``nan`` is an error (exit 2).
 """
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import json
+import math
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+MISSING = "—"
+TARGETS = ("README.md", "docs/results.md", "docs/benchmarks.md")
+
+
+def num(v: float | None, spec: str, suffix: str = "") -> str:
+    """``format(v, spec) + suffix``, or "—" when ``v`` is None or not finite (never publish nan)."""
+    if v is None or not math.isfinite(v):
+        return MISSING
+    return format(v, spec) + suffix
 
 
 def kodak_block(name: str = "kodak-rd") -> str:
     p = ROOT / "results" / f"{name}.json"
     if not p.exists():
-        return (f"_not generated yet: run `python -m psic_cli.evaluation.rd --folder ../shared/data/kodak "
+        return (f"_not generated yet: run `python -m psic_lab.evaluation.rd --folder ../shared/data/kodak "
                 f"--name {name}`_")
     r = json.loads(p.read_text())
     lines = ["| curve | bpp | PSNR (dB) | MS-SSIM |", "|---|---|---|---|"]
@@ -32,9 +51,12 @@ def kodak_block(name: str = "kodak-rd") -> str:
     for k, v in r["bd_rate_percent"].items():
         if k.endswith("_psnr"):
             lines.append(f"| {k[3:-5]} | {v:+.1f}% |")
-    for e in r.get("vs_compressai_at_equal_bpp", []):
+    at_rates = r.get("vs_compressai_at_equal_bpp", [])
+    for e in at_rates:
         lines.append(f"| at {e['bpp']} bpp vs CompressAI bmshj2018 (published {e['compressai_psnr']} dB) | "
-                     f"{e['delta_db']:+.2f} dB |")
+                     f"{num(e['delta_db'], '+.2f', ' dB')} |")
+    if any(num(e["delta_db"], ".2f") == MISSING for e in at_rates):
+        lines.append(f"\n{MISSING}: outside the rates psic's curve covers (no interpolation there).")
     s = r["seconds"]
     lines.append("")
     lines.append(f"Mean encode {s['encode_mean']:.2f} s, decode {s['decode_mean']:.2f} s per Kodak image "
@@ -50,7 +72,7 @@ def kodak_block(name: str = "kodak-rd") -> str:
         c = r["curves"]
         lines += ["", "Cost of the shield at the same bitstream (identical bpp) against the rate-distortion "
                   f"weights before the shield stage (`results/{name}-rdonly.json`, made by `PSIC_WEIGHTS=weights/rd "
-                  f"python -m psic_cli.evaluation.rd --folder ../shared/data/kodak --model {r['model']} "
+                  f"python -m psic_lab.evaluation.rd --folder ../shared/data/kodak --model {r['model']} "
                   f"--name {name}-rdonly`):", "",
                   "| quality | bpp | PSNR before | " + " | ".join(f"{k[5:]} view" for k in c if k.startswith("psic-"))
                   + " |", "|---" * (3 + sum(k.startswith("psic-") for k in c)) + "|"]
@@ -63,7 +85,7 @@ def kodak_block(name: str = "kodak-rd") -> str:
 def vlp_block() -> str:
     p = ROOT / "results" / "vlp" / "summary.md"
     if not p.exists():
-        return ("_not generated yet: run `python -m psic_cli.vlp.eval --summarize results/vlp/*.json "
+        return ("_not generated yet: run `python -m psic_lab.vlp.eval --summarize results/vlp/*.json "
                 "--md results/vlp/summary.md`_")
     return p.read_text().strip() + "\n\n(from `results/vlp/summary.md`)"
 
@@ -184,14 +206,63 @@ BLOCKS = {
 }
 
 
-def main() -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+NAN = re.compile(r"\bnan\b", re.I)
+
+
+class NanInBlock(ValueError):
+    """A block would publish ``nan``."""
+
+
+def render(text: str) -> tuple[str, list[str], list[str]]:
+    """``text`` with every block re-rendered, the names of the blocks that changed and of those it holds."""
+    changed, found = [], []
     for name, fn in BLOCKS.items():
-        pat = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
-        text = pat.sub(lambda m, fn=fn: m.group(1) + fn() + "\n" + m.group(2), text)
-    readme.write_text(text)
+        pat = re.compile(rf"(<!-- BEGIN {name} -->\n)(.*?)(<!-- END {name} -->)", re.S)
+
+        def fill(m: re.Match, name: str = name, fn=fn) -> str:
+            body = fn() + "\n"
+            if NAN.search(body):
+                raise NanInBlock(f"block {name!r} would publish nan; fix the file it is rendered from")
+            found.append(name)
+            if body != m.group(2):
+                changed.append(name)
+            return m.group(1) + body + m.group(3)
+
+        text = pat.sub(fill, text)
+    return text, changed, found
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 when a block is out of date")
+    args = ap.parse_args(argv)
+    rendered, seen = {}, []
+    try:
+        for target in TARGETS:
+            old = (ROOT / target).read_text()
+            new, changed, found = render(old)
+            rendered[target] = (old, new, changed)
+            seen += found
+    except NanInBlock as e:
+        print(f"update_readme: {e}", file=sys.stderr)
+        return 2
+    lost = [name for name in BLOCKS if name not in seen]
+    if lost:
+        print(f"update_readme: no BEGIN/END markers for {', '.join(lost)} in {', '.join(TARGETS)}", file=sys.stderr)
+        return 2
+    stale = 0
+    for target, (old, new, changed) in rendered.items():
+        if not args.check:
+            if new != old:
+                (ROOT / target).write_text(new)
+        elif changed:
+            stale += 1
+            print(f"{target}: generated blocks out of date: {', '.join(changed)} "
+                  "(run python scripts/update_readme.py)", file=sys.stderr)
+            sys.stderr.writelines(difflib.unified_diff(old.splitlines(True), new.splitlines(True), target,
+                                                       "rendered", n=0))
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

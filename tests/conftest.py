@@ -34,7 +34,7 @@ def make_tiny_weights(folder: Path, arch: str = "scale-hyperprior", model_id: st
 
     from psic_cli.keys import fingerprint
     from psic_cli.models import ModelConfig, build_model
-    from psic_cli.training.export import write_weights
+    from psic_lab.training.export import write_weights
 
     torch.manual_seed(0)
     cfg = ModelConfig.from_dict({**TINY, "arch": arch, "model_id": model_id})

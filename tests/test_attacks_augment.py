@@ -8,7 +8,7 @@ from .test_shield import TinyVLP
 
 
 def test_publish_transforms(rgb_image):
-    from psic_cli.evaluation.attacks import publish
+    from psic_lab.evaluation.attacks import publish
 
     img = np.ascontiguousarray(rgb_image)
     assert publish(img, "as decoded") is img
@@ -21,7 +21,7 @@ def test_publish_transforms(rgb_image):
 
 
 def test_training_publish_keeps_shape_and_passes_gradient():
-    from psic_cli.training.augment import EOTConfig, jpeg_ste, publish
+    from psic_lab.training.augment import EOTConfig, jpeg_ste, publish
 
     x = torch.rand(3, 3, 48, 40, requires_grad=True)
     y = publish(x, np.random.default_rng(0), EOTConfig(p_jpeg=1, p_resize=1, p_blur=1, p_crop=1))
@@ -33,7 +33,7 @@ def test_training_publish_keeps_shape_and_passes_gradient():
 
 
 def test_lowres_transform_removes_fine_detail():
-    from psic_cli.training.augment import EOTConfig, publish
+    from psic_lab.training.augment import EOTConfig, publish
 
     x = torch.rand(2, 3, 192, 192, generator=torch.Generator().manual_seed(0), requires_grad=True)
     cfg = EOTConfig(p_jpeg=0, p_resize=0, p_blur=0, p_crop=0, p_lowres=1)
@@ -48,7 +48,7 @@ def test_lowres_transform_removes_fine_detail():
 
 
 def test_texture_weights_favour_texture():
-    from psic_cli.training.augment import texture_weights
+    from psic_lab.training.augment import texture_weights
 
     x = torch.full((1, 3, 32, 64), 0.5)
     x[..., 32:] = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -58,7 +58,7 @@ def test_texture_weights_favour_texture():
 
 
 def test_machine_losses_and_saliency_boxes():
-    from psic_cli.training.machine import machine_losses, saliency_boxes
+    from psic_lab.training.machine import machine_losses, saliency_boxes
 
     vlp = TinyVLP()
     x = torch.rand(2, 3, 64, 64)
@@ -81,9 +81,9 @@ def test_machine_losses_and_saliency_boxes():
 
 def test_trigger_search_raises_confidence(tiny_env, rgb_image):
     from psic_cli import codec
-    from psic_cli.evaluation.attacks import trigger_search
-    from psic_cli.evaluation.privacy import bitstream_latent
     from psic_cli.zoo import load_model
+    from psic_lab.evaluation.attacks import trigger_search
+    from psic_lab.evaluation.privacy import bitstream_latent
 
     model = load_model("tiny-sh").model
     y_hat, _ = bitstream_latent(model, codec.encode_pixels(rgb_image, "tiny-sh", 1))
@@ -106,8 +106,8 @@ def test_privacy_report_end_to_end(tiny_env, tmp_path, monkeypatch, key_file):
 
     from PIL import Image
 
-    import psic_cli.vlp as vlp_pkg
-    from psic_cli.evaluation import privacy
+    import psic_lab.vlp as vlp_pkg
+    from psic_lab.evaluation import privacy
 
     rng = np.random.default_rng(0)
     data = tmp_path / "val"
@@ -137,11 +137,11 @@ def test_face_detector_judge_finds_the_example_face():
     pytest.importorskip("cv2")
     from PIL import Image
 
-    from psic_cli.evaluation.faces import _detector, detect, iou
+    from psic_lab.evaluation.faces import detect, face_detector, iou
 
     from .conftest import EXAMPLES
 
-    det = _detector()
+    det = face_detector()
     face = detect(det, np.asarray(Image.open(EXAMPLES / "kodim15.png").convert("RGB")))
     assert len(face) == 1
     assert detect(det, np.asarray(Image.open(EXAMPLES / "kodim21.png").convert("RGB"))) == []
@@ -152,7 +152,7 @@ def test_attack_subset_is_seeded_and_splits_evaluation_from_search(tmp_path):
     """The attack report and the transfer benchmark read the same images: a fixed draw, no overlap."""
     from PIL import Image
 
-    from psic_cli.evaluation.attacks import attack_subset
+    from psic_lab.evaluation.attacks import attack_subset
 
     for c in ("a", "b"):
         (tmp_path / c).mkdir()

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from psic_cli.zoo import trained_views
+from psic_cli.views import View, trained_views
 
 from .conftest import EXAMPLES, REPO
 
@@ -27,16 +27,11 @@ CASES = [("psic-sh", 1), ("psic-sh", 4), ("psic-msh", 2)]
 TOLERANCE = 1  # pixels may differ by one 8-bit level across CPU kernels; symbols may not differ at all
 
 
-# view name -> (needs the key, codec view, shield level)
-VIEWS = {"shielded": (False, "shielded", None), "full": (True, "full", None), "strong": (False, "shielded", "strong"),
-         "machine": (True, "machine", None)}
-
-
 def _decode(data: bytes, key: bytes, name: str):
     from psic_cli import codec
 
-    needs_key, view, shield = VIEWS[name]
-    return codec.decode(data, key if needs_key else None, view, shield)
+    view = View(name)
+    return codec.decode(data, key if view.needs_key else None, view)
 
 
 def _installed(model_id):

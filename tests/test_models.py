@@ -69,8 +69,25 @@ def test_tiled_processing_equals_whole_image(tiny_model):
     whole = tiny_model.compress(x, 1)
     dec_whole = tiny_model.decompress(whole["strings"], whole["shape"], cond, 1, whole["y_shape"])["x_hat"]
     tiny_model.tile_latent = 4  # 64-pixel tiles: many seams if tiling were wrong
-    tiny_model._runtime = None
+    tiny_model.reset_runtime()
     tiles = tiny_model.compress(x, 1)
     dec_tiles = tiny_model.decompress(tiles["strings"], tiles["shape"], cond, 1, tiles["y_shape"])["x_hat"]
     assert tiles["checksum"] == whole["checksum"]  # same symbols: the bitstream does not depend on tiling
     assert (dec_tiles - dec_whole).abs().max() < 1e-9
+
+
+def test_quantized_latents_match_the_coding_doors(tiny_model):
+    """The public latent door (shield training, attacks) quantises as the codec does: the entropy-decoded
+    ``y_hat`` of the same image, up to float32 rounding of the means (a symbol off by one, rarely)."""
+    tiny_model.eval()
+    tiny_model.update()
+    x = torch.rand(1, 3, 64, 128)
+    y_hat = tiny_model.quantized_latents(x, torch.tensor([1]))
+    enc = tiny_model.compress(x, 1)
+    coded, _ = tiny_model.decode_latent(enc["strings"], enc["shape"], enc["y_shape"])
+    assert y_hat.shape == coded.shape
+    off = (y_hat.double() - coded).abs()
+    assert float((off > 1e-3).double().mean()) < 0.01 and float(off.max()) <= 1.0 + 1e-3
+    y, z = tiny_model.analysis(x, torch.tensor([1]))
+    scales, means = tiny_model.hyper(torch.round(z), y.shape[-2:])
+    assert scales.shape == y.shape and (means is None) == (tiny_model.cfg.arch == "scale-hyperprior")

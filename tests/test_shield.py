@@ -35,7 +35,7 @@ class TinyVLP(torch.nn.Module):
 
 
 def test_uaeo_loss_pushes_towards_wrong_classes():
-    from psic_cli.training.shield import uaeo_loss
+    from psic_lab.training.shield import uaeo_loss
 
     text = torch.nn.functional.normalize(torch.eye(4), dim=-1)
     u = text[[0, 1]]
@@ -51,7 +51,7 @@ def test_uaeo_loss_pushes_towards_wrong_classes():
 
 
 def test_margin_loss_stops_once_the_caption_decision_is_wrong():
-    from psic_cli.training.shield import margin_loss
+    from psic_lab.training.shield import margin_loss
 
     text = torch.nn.functional.normalize(torch.eye(4), dim=-1)
     u = text[[0, 1]]
@@ -81,9 +81,9 @@ def _tiny_setup(tmp_path):
 
 @pytest.mark.slow
 def test_shield_stage_keeps_bitstream(tmp_path, key_file):
-    from psic_cli.training.__main__ import main
-    from psic_cli.training.shield import ShieldConfig, train_shield
     from psic_cli.zoo import bitstream_id
+    from psic_lab.training.__main__ import main
+    from psic_lab.training.shield import ShieldConfig, train_shield
 
     cfg, data = _tiny_setup(tmp_path)
     rd = tmp_path / "rd"
@@ -125,9 +125,9 @@ def test_later_stage_trains_machine_and_strong_views(tmp_path, key_file):
     keeps the bitstream, and the exported weights say which views are trained."""
     from safetensors import safe_open
 
-    from psic_cli.training.export import export_weights
-    from psic_cli.training.shield import ShieldConfig, train_shield
     from psic_cli.zoo import bitstream_id
+    from psic_lab.training.export import export_weights
+    from psic_lab.training.shield import ShieldConfig, train_shield
 
     cfg, data = _tiny_setup(tmp_path)
     common = dict(model_id=str(cfg), data=[str(data)], key=str(key_file), batch=8, patch=64, log_every=1)
@@ -155,7 +155,7 @@ def test_later_stage_trains_machine_and_strong_views(tmp_path, key_file):
 
 def test_ensemble_member_scores_a_vlp_on_the_data_captions():
     """A VLP in the ensemble is attacked on the captions of the data's classes only."""
-    from psic_cli.training.shield import EnsembleMember, _ensemble_loss
+    from psic_lab.training.shield import EnsembleMember, ensemble_loss
 
     names = [f"class{i}" for i in range(20)]
     member = EnsembleMember(TinyVLP(), names, classes=[3, 7, 11])
@@ -166,14 +166,14 @@ def test_ensemble_member_scores_a_vlp_on_the_data_captions():
     assert ((p_true > 0) & (p_true < 1)).all()
     logits = TinyVLP.logit_scale * member.model.encode_image(x) @ member.caption_emb.t()
     assert torch.allclose(p_true[:3], logits.softmax(-1)[torch.arange(3), torch.tensor([0, 1, 2])])
-    loss = _ensemble_loss([member, EnsembleMember(TinyClassifier(), names, [3])], x, labels)
+    loss = ensemble_loss([member, EnsembleMember(TinyClassifier(), names, [3])], x, labels)
     loss.backward()
     assert torch.isfinite(loss) and x.grad.abs().sum() > 0
 
 
 def test_ensemble_hinge_keeps_pushing_until_the_true_class_trails_by_kappa():
     """kappa > 0: zero only once the true logit is kappa below the best other; positive (with a gradient) before."""
-    from psic_cli.training.shield import EnsembleMember, _ensemble_loss
+    from psic_lab.training.shield import EnsembleMember, ensemble_loss
 
     class Fixed(torch.nn.Module):
         name = "fixed"
@@ -184,12 +184,12 @@ def test_ensemble_hinge_keeps_pushing_until_the_true_class_trails_by_kappa():
     member = EnsembleMember(Fixed(), [f"c{i}" for i in range(3)], [0, 1, 2])
     labels = torch.tensor([0])
     gone = torch.tensor([[[[0.0, 1.0, 0.5]]]], requires_grad=True)  # true class already wrong by 1
-    assert float(_ensemble_loss([member], gone, labels, kappa=3.0)) == pytest.approx(2.0)
-    _ensemble_loss([member], gone, labels, kappa=3.0).backward()
+    assert float(ensemble_loss([member], gone, labels, kappa=3.0)) == pytest.approx(2.0)
+    ensemble_loss([member], gone, labels, kappa=3.0).backward()
     assert gone.grad[0, 0, 0, 0] > 0 and gone.grad[0, 0, 0, 1] < 0 and gone.grad[0, 0, 0, 2] == 0
     far = torch.tensor([[[[0.0, 4.0, 0.5]]]])
-    assert float(_ensemble_loss([member], far, labels, kappa=3.0)) == 0.0
-    assert float(_ensemble_loss([member], gone, labels)) < 0.25  # p_true loss: already small once wrong
+    assert float(ensemble_loss([member], far, labels, kappa=3.0)) == 0.0
+    assert float(ensemble_loss([member], gone, labels)) < 0.25  # p_true loss: already small once wrong
 
 
 def test_unseen_judges_are_refused_whatever_their_spec(tmp_path):
@@ -197,12 +197,12 @@ def test_unseen_judges_are_refused_whatever_their_spec(tmp_path):
     import shutil
     from pathlib import Path
 
-    from psic_cli.training.shield import _check_seen
-    from psic_cli.vlp.judges import ScratchJudge
+    from psic_lab.training.shield import check_seen
+    from psic_lab.vlp.judges import ScratchJudge
 
     weights = Path(__file__).resolve().parents[1] / "weights" / "judge-scratch.safetensors"
     copy = tmp_path / "renamed.safetensors"
     shutil.copy(weights, copy)
     with pytest.raises(ValueError, match="unseen judge"):
-        _check_seen([ScratchJudge.load(copy)])
-    _check_seen([TinyClassifier(), TinyVLP()])  # models without a judge's name pass
+        check_seen([ScratchJudge.load(copy)])
+    check_seen([TinyClassifier(), TinyVLP()])  # models without a judge's name pass

@@ -32,7 +32,7 @@ def _args(data, cfg, key, run_dir, steps):
 
 def test_train_resume_export(train_setup, tmp_path, monkeypatch):
     from psic_cli import zoo
-    from psic_cli.training.__main__ import main
+    from psic_lab.training.__main__ import main
 
     data, cfg, key = train_setup
     run_dir = tmp_path / "run"
@@ -61,7 +61,7 @@ def test_torchrun_two_cpu_processes(train_setup, tmp_path):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     assert torchrun, "torchrun not found next to the interpreter"
     run_dir = tmp_path / "ddp"
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "psic_cli.training",
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "psic_lab.training",
            *_args(data, cfg, key, run_dir, 2)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, check=True, env=env, timeout=300, capture_output=True)

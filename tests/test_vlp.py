@@ -1,4 +1,4 @@
-"""Fast checks of the VLP interface (psic_cli.vlp): offline loading, pixel gradients, zero-shot, open_clip I/O."""
+"""Fast checks of the VLP interface (psic_lab.vlp): offline loading, pixel gradients, zero-shot, open_clip I/O."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from psic_cli._compat import ensure_torchvision_importable
 
 ensure_torchvision_importable()
 
-from psic_cli.vlp.base import VLP, retrieval_recall_at_1  # noqa: E402
+from psic_lab.vlp.base import VLP, retrieval_recall_at_1  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MINI_WEIGHTS = REPO / "weights" / "psic-vlp-mini.safetensors"
@@ -55,23 +55,23 @@ def _check_vlp(model: VLP, n_classes: int = 3) -> None:
 
 
 def test_package_import_is_lazy() -> None:
-    code = "import sys, psic_cli.vlp; print(any(m in sys.modules for m in ('torch', 'transformers', 'open_clip')))"
+    code = "import sys, psic_lab.vlp; print(any(m in sys.modules for m in ('torch', 'transformers', 'open_clip')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "False"
 
 
 def test_codec_runtime_does_not_import_vlp() -> None:
-    """The codec runtime (codec, models, file I/O, keys) never imports psic_cli.vlp; CLI/training may, lazily."""
+    """The codec runtime (codec, models, file I/O, keys) never imports psic_lab.vlp; CLI/training may, lazily."""
     names = ("codec.py", "container.py", "imageio.py", "fileio.py", "keys.py", "errors.py", "_compat.py", "zoo.py")
     runtime = [REPO / "psic_cli" / n for n in (*names, "batch.py")]
     runtime += sorted((REPO / "psic_cli" / "models").rglob("*.py"))
     for path in (p for p in runtime if p.is_file()):
         text = path.read_text()
-        assert "psic_cli.vlp" not in text and "from .vlp" not in text and "from ..vlp" not in text, path
+        assert "psic_lab.vlp" not in text and "from .vlp" not in text and "from ..vlp" not in text, path
 
 
 def test_bundled_class_lists() -> None:
-    from psic_cli.vlp.text import IMAGENETTE_CLASSES_FILE, imagenet_classes, read_class_file
+    from psic_lab.vlp.text import IMAGENETTE_CLASSES_FILE, imagenet_classes, read_class_file
 
     wnids, names = imagenet_classes()
     assert len(wnids) == len(names) == 1000 and wnids[0] == "n01440764" and names[0] == "tench"
@@ -88,7 +88,7 @@ def test_retrieval_recall_counts_identical_captions() -> None:
 
 @pytest.fixture(scope="module")
 def minilm():
-    from psic_cli.vlp.text import shared_minilm
+    from psic_lab.vlp.text import shared_minilm
 
     return shared_minilm()
 
@@ -101,7 +101,7 @@ def test_minilm_offline_semantics(minilm) -> None:
 
 
 def test_psic_vlp_mini_architecture(minilm) -> None:
-    from psic_cli.vlp.mini import PsicVlpMini
+    from psic_lab.vlp.mini import PsicVlpMini
 
     _check_vlp(PsicVlpMini().freeze())  # random projection: checks the frozen backbone + text path
 
@@ -110,7 +110,7 @@ def test_psic_vlp_mini_architecture(minilm) -> None:
 def test_psic_vlp_mini_bundled_weights(minilm) -> None:
     from safetensors import safe_open
 
-    from psic_cli.vlp.factory import load_vlp
+    from psic_lab.vlp.factory import load_vlp
 
     assert MINI_WEIGHTS.stat().st_size < 5_000_000
     with safe_open(str(MINI_WEIGHTS), framework="pt") as f:
@@ -120,7 +120,7 @@ def test_psic_vlp_mini_bundled_weights(minilm) -> None:
 
 
 def test_judge_scratch_architecture(minilm) -> None:
-    from psic_cli.vlp.judges import ScratchJudge
+    from psic_lab.vlp.judges import ScratchJudge
 
     _check_vlp(ScratchJudge().freeze())
 
@@ -129,7 +129,7 @@ def test_judge_scratch_architecture(minilm) -> None:
 def test_judge_scratch_bundled_weights(minilm) -> None:
     from safetensors import safe_open
 
-    from psic_cli.vlp.factory import load_vlp
+    from psic_lab.vlp.factory import load_vlp
 
     with safe_open(str(JUDGE_WEIGHTS), framework="pt") as f:
         meta = f.metadata()
@@ -142,8 +142,8 @@ def test_surrogate_scratch_is_another_model(minilm) -> None:
     """The shield's from-scratch surrogate is its own architecture and weights, named as such."""
     from safetensors import safe_open
 
-    from psic_cli.vlp.factory import load_vlp
-    from psic_cli.vlp.judges import UNSEEN_JUDGES
+    from psic_lab.vlp.factory import load_vlp
+    from psic_lab.vlp.judges import UNSEEN_JUDGES
 
     path = REPO / "weights" / "surrogate-scratch.safetensors"
     with safe_open(str(path), framework="pt") as f:
@@ -156,7 +156,7 @@ def test_surrogate_scratch_is_another_model(minilm) -> None:
 
 
 def test_effnet_lite2_label_judge() -> None:
-    from psic_cli.vlp.factory import load_vlp
+    from psic_lab.vlp.factory import load_vlp
 
     judge = load_vlp("effnet-lite2")
     assert judge.class_index("a photo of a chain saw.") == 491  # imagenette alias of "chainsaw"
@@ -172,7 +172,7 @@ def tiny_openclip(tmp_path_factory):
     """A random tiny open_clip model saved as .safetensors and .bin next to its JSON config."""
     from safetensors.torch import save_file
 
-    from psic_cli.vlp.openclip_backend import import_open_clip
+    from psic_lab.vlp.openclip_backend import import_open_clip
 
     open_clip = import_open_clip()
     d = tmp_path_factory.mktemp("openclip")
@@ -188,13 +188,13 @@ def tiny_openclip(tmp_path_factory):
 
 @pytest.mark.parametrize("fname", ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"])
 def test_openclip_local_round_trip(tiny_openclip, fname: str) -> None:
-    from psic_cli.vlp.factory import load_vlp
+    from psic_lab.vlp.factory import load_vlp
 
     ref, d = tiny_openclip
     vlp = load_vlp(f"openclip:psic-tiny-test:{d / fname}")
     assert vlp.embed_dim == 64 and vlp.image_size == 64
     x = torch.rand(2, 3, 64, 64)
-    from psic_cli.vlp.base import normalise
+    from psic_lab.vlp.base import normalise
 
     with torch.no_grad():
         want = torch.nn.functional.normalize(ref.encode_image(normalise(x, vlp.mean, vlp.std)), dim=-1)
@@ -203,7 +203,7 @@ def test_openclip_local_round_trip(tiny_openclip, fname: str) -> None:
 
 
 def test_openclip_rejects_missing_checkpoint(tmp_path) -> None:
-    from psic_cli.vlp.factory import load_vlp
+    from psic_lab.vlp.factory import load_vlp
 
     with pytest.raises(FileNotFoundError):
         load_vlp(f"openclip:ViT-B-32:{tmp_path / 'nope.bin'}")
@@ -214,8 +214,8 @@ def test_openclip_rejects_missing_checkpoint(tmp_path) -> None:
 def test_evaluate_folder_and_cli(tiny_openclip, tmp_path) -> None:
     from PIL import Image
 
-    from psic_cli.vlp import evaluate_folder
-    from psic_cli.vlp.eval import main
+    from psic_lab.vlp import evaluate_folder
+    from psic_lab.vlp.eval import main
 
     _, d = tiny_openclip
     folder = tmp_path / "imgs"

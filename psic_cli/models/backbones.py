@@ -148,17 +148,38 @@ class ConditionalHyperprior(nn.Module):
         dt = self.transform_dtype
         return torch.autocast(x.device.type, dtype=dt or torch.bfloat16, enabled=dt is not None)
 
-    def _analysis(self, x: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
+    def analysis(self, x: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
+        """``y = g_a(x) * gain[q]`` and ``z = h_a(y)`` (differentiable, untiled): for training and analysis."""
         with self._autocast(x):
             y = self.g_a(x)
         y = y.float() * self.gain(q)
         z = self.h_a(y if self.mean_scale else torch.abs(y))
         return y, z
 
+    def hyper(self, z_hat: Tensor, y_shape: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
+        """``(scales_hat, means_hat)`` of ``y`` from ``z_hat`` with the training ``h_s`` (``means_hat`` is None
+        for the scale hyperprior); the coding doors use the float64 runtime copy instead."""
+        return self._hyper(z_hat, self.h_s, y_shape)
+
+    @torch.no_grad()
+    def quantized_latents(self, x: Tensor, q: Tensor) -> Tensor:
+        """``y_hat`` as the codec quantises it (``z`` and ``y`` rounded around their medians / means), batched and
+        without entropy coding: the frozen encoder side for shield training, attacks and benchmarks."""
+        y, z = self.analysis(x, q)
+        med = self.entropy_bottleneck._get_medians()
+        z_hat = torch.round(z - med) + med
+        _, means = self.hyper(z_hat, y.shape[-2:])
+        mu = means if means is not None else torch.zeros_like(y)
+        return torch.round(y - mu) + mu
+
+    def reset_runtime(self) -> None:
+        """Drop the cached runtime copies (``runtime_modules``); call after changing weights or tiling in place."""
+        self._runtime = None
+
     # ------------------------------------------------------------------ training door
     def forward(self, x: Tensor, cond: Tensor, q: Tensor) -> dict:
         """Training pass: noisy likelihoods for the rate, STE-rounded latents for the decoder."""
-        y, z = self._analysis(x, q)
+        y, z = self.analysis(x, q)
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
         scales_hat, means_hat = self._hyper(z_hat, self.h_s, y.shape[-2:])
         _, y_likelihoods = self.gaussian_conditional(y, scales_hat, means=means_hat)

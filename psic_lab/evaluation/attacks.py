@@ -1,7 +1,7 @@
 """Attacks on the shield, measured as found (not tuned): what survives publication, and what an attacker
 who holds the weights can recover.
 
-    python -m psic_cli.evaluation.attacks --folder ../shared/data/imagenette/val --limit 200 --name attacks
+    python -m psic_lab.evaluation.attacks --folder ../shared/data/imagenette/val --limit 200 --name attacks
 
 For each quality and each shielded view (``shielded`` = subtle, and ``strong`` when trained), with the full
 view and a per-image white-box attack on the full view as reference points:
@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from psic_cli.evaluation.metrics import ms_ssim, psnr
-from psic_cli.evaluation.report import save
+from psic_cli.views import View
+from psic_lab.evaluation.metrics import ms_ssim, psnr
+from psic_lab.evaluation.report import save
 
 TRANSFORMS = ("as decoded", "jpeg90", "jpeg75", "jpeg50", "resize0.5", "blur1")
 
@@ -62,7 +63,7 @@ def _to_tensor(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
 
 
-def _top1(vlp, emb: torch.Tensor, images: list[np.ndarray], y: np.ndarray, batch: int = 50) -> float:
+def top1(vlp, emb: torch.Tensor, images: list[np.ndarray], y: np.ndarray, batch: int = 50) -> float:
     preds = []
     with torch.no_grad():
         for i in range(0, len(images), batch):
@@ -132,7 +133,7 @@ def _decode_with(model, y_hat: torch.Tensor, q: int, space: str, v: torch.Tensor
 
 def attack_subset(folder: Path, limit: int, search_images: int) -> tuple[list[Path], list[str], np.ndarray, np.ndarray]:
     """The labelled files, and which of them are evaluated (``limit``) and which fit trigger searches."""
-    from psic_cli.vlp.data_utils import list_labelled_folder
+    from psic_lab.vlp.data_utils import list_labelled_folder
 
     files, labels = list_labelled_folder(folder, limit + search_images)
     order = np.random.default_rng(0).permutation(len(files))
@@ -143,17 +144,17 @@ def evaluate(args) -> dict:
     from PIL import Image
 
     from psic_cli import codec
-    from psic_cli.evaluation.privacy import VIEW_DECODES, available_views, bitstream_latent
     from psic_cli.keys import read_key
-    from psic_cli.vlp import load_vlp
-    from psic_cli.vlp.text import imagenet_classes, read_class_file
     from psic_cli.zoo import load_model
+    from psic_lab.evaluation.privacy import available_views, bitstream_latent, decode_view
+    from psic_lab.vlp import load_vlp
+    from psic_lab.vlp.text import imagenet_classes, read_class_file
 
     torch.set_grad_enabled(True)
     key = read_key(args.key)
     lm = load_model(args.model)
     model = lm.model
-    views = [v for v in available_views(lm.info.metadata) if v in ("full", "shielded", "strong")]
+    views = [v for v in available_views(lm.info.metadata) if v is not View.MACHINE]
     files, labels, ev, se = attack_subset(args.folder, args.limit, args.search_images)
     mapping = read_class_file(args.classes)
     label_set = list(mapping)
@@ -171,7 +172,7 @@ def evaluate(args) -> dict:
     tv = vlps[target]
     res: dict = {"folder": str(args.folder), "images": len(originals), "model": args.model, "views": views,
                  "vlps": args.vlps, "target": target, "transforms": list(TRANSFORMS),
-                 "original": {s: _top1(v, emb[s], originals, y) for s, v in vlps.items()}, "qualities": {}}
+                 "original": {s: top1(v, emb[s], originals, y) for s, v in vlps.items()}, "qualities": {}}
     text_all = None
     for q in args.qualities:
         t0 = time.time()
@@ -182,20 +183,19 @@ def evaluate(args) -> dict:
             latents.append(bitstream_latent(model, data)[0])
             if len(latents) <= len(originals):
                 for v in views:
-                    needs_key, view, shield = VIEW_DECODES[v]
-                    decoded[v].append(codec.decode(data, key if needs_key else None, view, shield).pixels)
-        decoded["pgd (reference)"] = pgd_full_view(tv, emb[target], decoded["full"], y)
+                    decoded[v].append(decode_view(data, key, v))
+        decoded["pgd (reference)"] = pgd_full_view(tv, emb[target], decoded[View.FULL], y)
         entry: dict = {"views": {}}
         for v, imgs in decoded.items():
-            pairs_full = list(zip(decoded["full"], imgs, strict=True))
-            ve: dict = {"psnr_vs_full": None if v == "full" else float(np.mean([psnr(a, b) for a, b in pairs_full])),
-                        "ms_ssim_vs_full": None if v == "full" else float(np.mean([ms_ssim(a, b)
+            pairs_full = list(zip(decoded[View.FULL], imgs, strict=True))
+            ve: dict = {"psnr_vs_full": None if v == View.FULL else float(np.mean([psnr(a, b) for a, b in pairs_full])),
+                        "ms_ssim_vs_full": None if v == View.FULL else float(np.mean([ms_ssim(a, b)
                                                                                   for a, b in pairs_full])),
                         "psnr_vs_original": float(np.mean([psnr(a, b) for a, b in zip(originals, imgs, strict=True)])),
                         "top1": {}}
             for how in TRANSFORMS:
                 pub = [publish(im, how) for im in imgs]
-                ve["top1"][how] = {s: _top1(vl, emb[s], pub, y) for s, vl in vlps.items()}
+                ve["top1"][how] = {s: top1(vl, emb[s], pub, y) for s, vl in vlps.items()}
             entry["views"][v] = ve
             print(f"q{q} {v}: {json.dumps(ve)}", file=sys.stderr, flush=True)
         if args.search_steps and search_imgs:
@@ -209,10 +209,10 @@ def evaluate(args) -> dict:
                                      ("labelled trigger (tau) search", "tau", y1000_all[se])):
                 v = trigger_search(model, tv, text_all, lat_se, q, lab, space, args.search_steps)
                 imgs = _decode_with(model, lat_ev, q, space, v, (h, w))
-                found[name] = {"top1": {s: _top1(vl, emb[s], imgs, y) for s, vl in vlps.items()},
-                               "search_top1_target": _top1(tv, emb[target],
+                found[name] = {"top1": {s: top1(vl, emb[s], imgs, y) for s, vl in vlps.items()},
+                               "search_top1_target": top1(tv, emb[target],
                                                            _decode_with(model, lat_se, q, space, v, (h, w)), y_search),
-                               "psnr_vs_full": float(np.mean([psnr(a, b) for a, b in zip(decoded["full"], imgs,
+                               "psnr_vs_full": float(np.mean([psnr(a, b) for a, b in zip(decoded[View.FULL], imgs,
                                                                                         strict=True)])),
                                "psnr_vs_original": float(np.mean([psnr(a, b) for a, b in zip(originals, imgs,
                                                                                             strict=True)]))}
@@ -236,11 +236,11 @@ def plot(res: dict, path: Path) -> None:
     axes = np.atleast_1d(axes)
     panels = [(axes[0], target, "jpeg75", f"{target} after JPEG q75")] + [
         (ax, s, "as decoded", f"{s} (unseen) as decoded") for ax, s in zip(axes[1:], unseen, strict=True)]
-    markers = {"full": "s", "shielded": "o", "strong": "^", "pgd (reference)": "x"}
+    markers = {View.FULL: "s", View.SHIELDED: "o", View.STRONG: "^", "pgd (reference)": "x"}
     entries = list(res["qualities"].values())
     for ax, s, how, title in panels:
         for v in entries[0]["views"]:
-            cost = [e["views"]["full"]["psnr_vs_original"] - e["views"][v]["psnr_vs_original"] for e in entries]
+            cost = [e["views"][View.FULL]["psnr_vs_original"] - e["views"][v]["psnr_vs_original"] for e in entries]
             acc = [100 * e["views"][v]["top1"][how][s] for e in entries]
             ax.plot(cost, acc, markers.get(v, "o"), label=v, ms=8)
         ax.axhline(10, ls=":", c="gray", lw=1)
@@ -252,7 +252,8 @@ def plot(res: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(res: dict, name: str, command: str) -> None:
+def report_md(res: dict, name: str, command: str) -> str:
+    """``docs/<name>.md``, rendered from the results dict (``results/<name>.json``)."""
     vl = res["vlps"]
     lines = [f"# Attacks on the shield ({res['images']} images of {res['folder']})", "",
              f"Generated by `{command}`; raw numbers in `results/{name}.json`, figure `docs/{name}.png`.", "",
@@ -276,7 +277,11 @@ def write_report(res: dict, name: str, command: str) -> None:
                 lines.append(f"| {n} | {f['psnr_vs_full']:.2f} | {f['psnr_vs_original']:.2f} | "
                              f"{f['search_top1_target']:.1%} | " + " | ".join(f"{f['top1'][s]:.1%}" for s in vl) + " |")
         lines.append("")
-    save(name, res, lines)
+    return "\n".join(lines) + "\n"
+
+
+def write_report(res: dict, name: str, command: str) -> None:
+    save(name, res, report_md(res, name, command).removesuffix("\n").split("\n"))
     plot(res, Path(f"docs/{name}.png"))
 
 
@@ -286,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_torchvision_importable()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--folder", type=Path, required=True)
-    ap.add_argument("--classes", type=Path, default=Path("psic_cli/vlp/data/imagenette_classes.tsv"))
+    ap.add_argument("--classes", type=Path, default=Path("psic_lab/vlp/data/imagenette_classes.tsv"))
     ap.add_argument("--model", default="psic-sh")
     ap.add_argument("--key", type=Path, default=Path("weights/shipped.key"))
     ap.add_argument("--vlps", nargs="+", default=["psic-vlp-mini", "effnet-lite2", "judge-scratch"],
@@ -301,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     res = evaluate(args)
-    write_report(res, args.name, "python -m psic_cli.evaluation.attacks " + " ".join(argv or sys.argv[1:]))
+    write_report(res, args.name, "python -m psic_lab.evaluation.attacks " + " ".join(argv or sys.argv[1:]))
     return 0
 
 

@@ -136,7 +136,7 @@ class ScratchJudge(VLP):
         The model's name comes from the file's metadata, so a judge loaded from any path is still
         recognised as that judge.
         """
-        arch, state = read_weights(path, "from-scratch model", "python -m psic_cli.vlp.train_judge")
+        arch, state = read_weights(path, "from-scratch model", "python -m psic_lab.vlp.train_judge")
         tower = TOWERS[arch.get("tower", "SmallResNet")](arch["widths"], arch.get("out_dim", TEXT_DIM))
         tower.load_state_dict(state)
         return cls(tower, image_size=arch["image_size"], logit_scale=arch["logit_scale"],

@@ -1,4 +1,4 @@
-"""``python -m psic_cli.training``: train a conditional codec, or export a checkpoint to weights/."""
+"""``python -m psic_lab.training``: train a conditional codec, or export a checkpoint to weights/."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from psic_cli._compat import ensure_torchvision_importable
 
 def main(argv: list[str] | None = None) -> int:
     ensure_torchvision_importable()
-    from psic_cli.training.train import TrainConfig
+    from psic_lab.training.train import TrainConfig
 
     d = TrainConfig()
-    ap = argparse.ArgumentParser(prog="python -m psic_cli.training", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m psic_lab.training", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     tr = sub.add_parser("rd", help="rate-distortion training (both views reconstruct the image)")
     for name, val in d.__dict__.items():
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
             typ = type(val) if val is not None else (float if name == "max_minutes" else
                                                       int if name == "limit_images" else str)
             tr.add_argument(flag, type=typ, default=val, help=f"default: {val}")
-    from psic_cli.training.shield import ShieldConfig
+    from psic_lab.training.shield import ShieldConfig
 
     sh = sub.add_parser("shield", help="privacy stage: decoder + condition module against a VLP target")
     for name, val in ShieldConfig().__dict__.items():
@@ -46,15 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     kw = {k: v for k, v in vars(args).items() if k != "cmd"}
     if args.cmd == "rd":
-        from psic_cli.training.train import train
+        from psic_lab.training.train import train
 
         train(TrainConfig(**kw))
     elif args.cmd == "shield":
-        from psic_cli.training.shield import train_shield
+        from psic_lab.training.shield import train_shield
 
         train_shield(ShieldConfig(**kw))
     else:
-        from psic_cli.training.export import export_weights
+        from psic_lab.training.export import export_weights
 
         meta = export_weights(args.checkpoint, args.out, args.data_desc, notes=args.notes)
         print(meta)

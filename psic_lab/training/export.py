@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from psic_cli.models import ModelConfig, build_model
+from psic_cli.views import views_metadata
 from psic_cli.zoo import WEIGHTS_FORMAT, bitstream_id
 
 
@@ -78,9 +79,6 @@ def export_weights(checkpoint: str | Path, out: str | Path, data_desc: str, shie
     else:
         shield = "trained"
     meta_extra = {k: str(v) for k, v in extra.items() if k.endswith("_config")}
-    views = set(str(extra.get("views", "full,shielded")).split(","))
-    if "machine" in views:
-        meta_extra["machine_view"] = "trained"
-    meta_extra["shield_levels"] = "subtle,strong" if "strong" in views else "subtle"
+    meta_extra.update(views_metadata(str(extra.get("views", "full,shielded")).split(",")))
     return write_weights(model, out, steps=state["step"], key_fingerprint=extra["key_fingerprint"],
                          data_desc=data_desc, stage=stage, shield=shield, notes=notes, extra=meta_extra)

@@ -1,6 +1,6 @@
 """Privacy evaluation: what vision-language models read in the shielded and full views.
 
-    python -m psic_cli.evaluation.privacy --folder ../shared/data/imagenette/val --limit 500 \\
+    python -m psic_lab.evaluation.privacy --folder ../shared/data/imagenette/val --limit 500 \\
         --vlps psic-vlp-mini judge-scratch effnet-lite2 --random-keys 1000 --name privacy
 
 For each quality: real bpp; PSNR and MS-SSIM of both views against the original; zero-shot top-1 of every
@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from psic_cli.evaluation.metrics import ms_ssim, psnr
-from psic_cli.evaluation.report import save
+from psic_cli.views import SHIELD_VIEWS, View, condition
+from psic_lab.evaluation.metrics import ms_ssim, psnr
+from psic_lab.evaluation.report import save
 
 
 def _batches(images: list[np.ndarray], batch: int = 32):
@@ -49,17 +50,20 @@ def _predict(vlp, images: list[np.ndarray], class_emb: torch.Tensor,
     return np.concatenate(zs), (np.concatenate(full) if full else None)
 
 
-#: how each evaluated view is decoded: (needs the key, codec view, shield level)
-VIEW_DECODES = {"full": (True, "full", None), "shielded": (False, "shielded", None),
-                "strong": (False, "shielded", "strong"), "machine": (True, "machine", None)}
+def decode_view(data: bytes, key: bytes, view: View | str) -> np.ndarray:
+    """Decode ``data`` to ``view`` through the codec (the key only where the view needs it): uint8 HxWx3."""
+    from psic_cli import codec
+
+    view = View(view)
+    return codec.decode(data, key if view.needs_key else None, view).pixels
 
 
-def available_views(metadata: dict) -> list[str]:
+def available_views(metadata: dict) -> list[View]:
     """The views a model's weights have trained, in report order (full first)."""
-    from psic_cli.zoo import trained_views
+    from psic_cli.views import trained_views
 
-    views = trained_views(metadata)
-    return ["full", "shielded"] + [v for v in views if v not in ("full", "shielded")]
+    first = [View.FULL, View.SHIELDED]
+    return first + [v for v in trained_views(metadata) if v not in first]
 
 
 def evaluate(folder: Path, classes_file: Path, model_id: str, key_path: Path, vlp_specs: list[str],
@@ -69,11 +73,11 @@ def evaluate(folder: Path, classes_file: Path, model_id: str, key_path: Path, vl
 
     from psic_cli import codec
     from psic_cli.keys import read_key
-    from psic_cli.vlp import load_vlp
-    from psic_cli.vlp.data_utils import list_labelled_folder
-    from psic_cli.vlp.judges import EffNetLabelJudge
-    from psic_cli.vlp.text import imagenet_classes, read_class_file
     from psic_cli.zoo import load_model
+    from psic_lab.vlp import load_vlp
+    from psic_lab.vlp.data_utils import list_labelled_folder
+    from psic_lab.vlp.judges import EffNetLabelJudge
+    from psic_lab.vlp.text import imagenet_classes, read_class_file
 
     key = read_key(key_path)
     lm = load_model(model_id)
@@ -113,8 +117,7 @@ def evaluate(folder: Path, classes_file: Path, model_id: str, key_path: Path, vl
             datas.append(data)
             bpp.append(len(data) * 8 / (img.shape[0] * img.shape[1]))
             for v in views:
-                needs_key, view, shield = VIEW_DECODES[v]
-                px = codec.decode(data, key if needs_key else None, view, shield).pixels
+                px = decode_view(data, key, v)
                 decoded[v].append(px)
                 metrics[v].append((psnr(img, px), ms_ssim(img, px)))
         entry: dict = {"bpp": float(np.mean(bpp))}
@@ -124,10 +127,10 @@ def evaluate(folder: Path, classes_file: Path, model_id: str, key_path: Path, vl
         for s, vlp in vlps.items():
             both = {v: _predict(vlp, decoded[v], class_emb[s], emb1000.get(s)) for v in views}
             preds = {v: b[0] for v, b in both.items()}
-            ok_full = preds["full"] == y
+            ok_full = preds[View.FULL] == y
             entry[s] = {f"{v}_top1": float((preds[v] == y).mean()) for v in views}
             for v in views:
-                if v in ("shielded", "strong"):
+                if v in SHIELD_VIEWS:
                     entry[s][f"{v}_attack_success_rate"] = float((ok_full & (preds[v] != y)).sum()
                                                                  / max(1, ok_full.sum()))
             if s in y1000:
@@ -156,7 +159,6 @@ def _random_keys(model, datas: list[bytes], y: np.ndarray, vlp, class_emb, key: 
     """Decode the same bitstreams with ``n`` random keys; count those the target reads like the full view."""
     import secrets
 
-    from psic_cli.keys import condition_bits
 
     latents, sizes = zip(*(bitstream_latent(model, d) for d in datas), strict=True)
     if len({tuple(latent.shape) for latent in latents}) != 1:
@@ -178,12 +180,12 @@ def _random_keys(model, datas: list[bytes], y: np.ndarray, vlp, class_emb, key: 
     def psnr_t(a: torch.Tensor, b: torch.Tensor) -> float:
         return float(-10 * torch.log10(((a - b) ** 2).mean().clamp_min(1e-12)))
 
-    x_full = view(condition_bits(key, model.cfg.cond_dim, "full"))
-    x_shield = view([0.0] * model.cfg.cond_dim)
+    x_full = view(condition(View.FULL, key, model.cfg.cond_dim))
+    x_shield = view(condition(View.SHIELDED, None, model.cfg.cond_dim))
     full, shielded = top1(x_full), top1(x_shield)
     accs, to_full = [], []
     for _ in range(n):
-        xk = view(condition_bits(secrets.token_bytes(32), model.cfg.cond_dim, "full"))
+        xk = view(condition(View.FULL, secrets.token_bytes(32), model.cfg.cond_dim))
         accs.append(top1(xk))
         to_full.append(psnr_t(xk, x_full))
     unlocked = sum(a >= full for a in accs) if full > shielded else None
@@ -226,7 +228,8 @@ def plot(res: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(res: dict, name: str, command: str) -> None:
+def report_md(res: dict, name: str, command: str) -> str:
+    """``docs/<name>.md``, rendered from the results dict (``results/<name>.json``)."""
     vl, views = list(res["original"]), res["views"]
     lines = [f"# Privacy on {res['folder']} ({res['images']} images)", "",
              f"Generated by `{command}`; raw numbers in `results/{name}.json`, figure `docs/{name}.png`.", "",
@@ -239,7 +242,7 @@ def write_report(res: dict, name: str, command: str) -> None:
     for q, e in res["qualities"].items():
         lines.append(f"| {q} | {e['bpp']:.3f} | " + " | ".join(f"{e[f'{v}_psnr']:.2f}" for v in views) + " | "
                      + " | ".join(f"{e[f'{v}_ms_ssim']:.4f}" for v in views) + " |")
-    asr = "shielded" in views
+    asr = View.SHIELDED in views
     lines += ["", "| quality | VLP | original | " + " | ".join(views) + (" | ASR shielded |" if asr else " |"),
               "|---" * (3 + len(views) + asr) + "|"]
     for q, e in res["qualities"].items():
@@ -263,14 +266,18 @@ def write_report(res: dict, name: str, command: str) -> None:
                   f"{rk['random_key_top1_max']:.1%}); the closest random-key view is "
                   f"{rk['random_key_vs_full_psnr_db_max']:.2f} dB PSNR from the full view (the shielded view: "
                   f"{rk['shielded_vs_full_psnr_db']:.2f} dB)."]
-    save(name, res, lines)
+    return "\n".join(lines) + "\n"
+
+
+def write_report(res: dict, name: str, command: str) -> None:
+    save(name, res, report_md(res, name, command).removesuffix("\n").split("\n"))
     plot(res, Path(f"docs/{name}.png"))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--folder", type=Path, required=True)
-    ap.add_argument("--classes", type=Path, default=Path("psic_cli/vlp/data/imagenette_classes.tsv"))
+    ap.add_argument("--classes", type=Path, default=Path("psic_lab/vlp/data/imagenette_classes.tsv"))
     ap.add_argument("--model", default="psic-sh")
     ap.add_argument("--key", type=Path, default=Path("weights/shipped.key"))
     ap.add_argument("--vlps", nargs="+", default=["psic-vlp-mini", "judge-scratch", "effnet-lite2"],
@@ -280,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--random-keys", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--key-images", type=int, default=8, help="images decoded with each random key")
-    ap.add_argument("--views", nargs="*", default=None, choices=list(VIEW_DECODES),
+    ap.add_argument("--views", nargs="*", default=None, type=View, choices=list(View),
                     help="default: every view the model's weights have trained")
     ap.add_argument("--name", default="privacy")
     args = ap.parse_args(argv)
@@ -288,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     res = evaluate(args.folder, args.classes, args.model, args.key, args.vlps, args.limit, args.random_keys,
                    args.qualities, args.views, args.key_images)
-    write_report(res, args.name, "python -m psic_cli.evaluation.privacy " + " ".join(argv or sys.argv[1:]))
+    write_report(res, args.name, "python -m psic_lab.evaluation.privacy " + " ".join(argv or sys.argv[1:]))
     return 0
 
 

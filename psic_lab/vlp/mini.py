@@ -126,7 +126,7 @@ class PsicVlpMini(VLP):
     @classmethod
     def load(cls, path: str | Path = DEFAULT_WEIGHTS) -> PsicVlpMini:
         """Build the model from a weights file written by :meth:`save`."""
-        arch, state = read_weights(path, "psic-vlp-mini", "python -m psic_cli.vlp.train_mini")
+        arch, state = read_weights(path, "psic-vlp-mini", "python -m psic_lab.vlp.train_mini")
         proj = Projection(**arch["projection"])
         proj.load_state_dict(state)
         return cls(proj, logit_scale=arch["logit_scale"]).freeze()

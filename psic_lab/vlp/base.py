@@ -1,4 +1,4 @@
-"""The one interface every vision-language model (VLP) in :mod:`psic_cli.vlp` implements.
+"""The one interface every vision-language model (VLP) in :mod:`psic_lab.vlp` implements.
 
 A VLP maps images and texts into a shared, L2-normalised embedding space:
 

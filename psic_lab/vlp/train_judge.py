@@ -1,10 +1,10 @@
 """Train ``judge-scratch``: a small CNN image tower from random init against the frozen MiniLM text tower.
 
-    python -m psic_cli.vlp.train_judge --epochs 18 --threads 1
+    python -m psic_lab.vlp.train_judge --epochs 18 --threads 1
 
 The strong shield's from-scratch surrogate is the same recipe with another tower and seed:
 
-    python -m psic_cli.vlp.train_judge --name surrogate-scratch --tower PlainCNN --seed 1 \
+    python -m psic_lab.vlp.train_judge --name surrogate-scratch --tower PlainCNN --seed 1 \
         --out weights/surrogate-scratch.safetensors --epochs 12 --threads 2
 
 Images (imagenette train, centre square) are decoded once and kept in memory as 72x72 uint8.  Each

@@ -2,8 +2,8 @@
 
 Two steps::
 
-    python -m psic_cli.vlp.train_mini cache --out runs/vlp/mini-cache.pt     # backbone features, once
-    python -m psic_cli.vlp.train_mini train --cache runs/vlp/mini-cache.pt  # projection, minutes
+    python -m psic_lab.vlp.train_mini cache --out runs/vlp/mini-cache.pt     # backbone features, once
+    python -m psic_lab.vlp.train_mini train --cache runs/vlp/mini-cache.pt  # projection, minutes
 
 Loss = open-vocabulary distillation + caption contrastive:
 

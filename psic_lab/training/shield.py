@@ -45,9 +45,10 @@ import torch.nn.functional as F
 
 from psic_cli.codec import pad_to_multiple
 from psic_cli.container import FORMAT_VERSION, PAD_MULTIPLE
-from psic_cli.keys import condition_bits, fingerprint, read_key
-from psic_cli.training.data import load_rgb_at_least, random_crop
-from psic_cli.training.train import _log, cosine_lr, load_matching
+from psic_cli.keys import fingerprint, read_key
+from psic_cli.views import SHIELD_VIEWS, View, condition
+from psic_lab.training.data import load_rgb_at_least, random_crop
+from psic_lab.training.train import cosine_lr, load_matching, log_event
 
 
 @dataclass
@@ -84,7 +85,7 @@ class ShieldConfig:
     trigger_lr_mult: float = 10.0  # learning-rate multiplier of the condition path (CLTG, P, S)
     # later stages (machine view, strong shield) train more views on the same decoder:
     views: str = "full,shielded"  # trained views: full, shielded, strong, machine
-    preserve: str = ""  # views held to the starting decoder's output (e.g. "shielded" in a later stage)
+    preserve: str = ""  # views held to the starting decoder's output (e.g. shielded, in a later stage)
     preserve_weight: float = 4.0
     strong_budget_db: float = 2.5  # allowed PSNR gap of the strong shield
     strong_nu: float = 1.0
@@ -102,8 +103,8 @@ class ShieldConfig:
 
 
 def imagenet_classes() -> tuple[list[str], dict[str, int]]:
-    """The 1000 ImageNet class names and a wnid -> index map (the list shipped with psic_cli.vlp)."""
-    from psic_cli.vlp.text import imagenet_classes as _classes
+    """The 1000 ImageNet class names and a wnid -> index map (the list shipped with psic_lab.vlp)."""
+    from psic_lab.vlp.text import imagenet_classes as _classes
 
     wnids, names = _classes()
     return list(names), {w: i for i, w in enumerate(wnids)}
@@ -187,41 +188,32 @@ def margin_loss(z: torch.Tensor, u: torch.Tensor, text: torch.Tensor, labels: to
     return F.relu(true - other + kappa).mean()
 
 
-def _frozen_latents(model, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Quantised latents as the real codec produces them (the encoder side is frozen)."""
-    with torch.no_grad():
-        y, z = model._analysis(x, q)
-        med = model.entropy_bottleneck._get_medians()
-        z_hat = torch.round(z - med) + med
-        scales, means = model._hyper(z_hat, model.h_s, y.shape[-2:])
-        mu = means if means is not None else torch.zeros_like(y)
-        return torch.round(y - mu) + mu
+def parse_views(spec: str, what: str = "views") -> list[View]:
+    """``"full,shielded"`` -> ``[View.FULL, View.SHIELDED]``; ValueError naming the valid views."""
+    names = [v.strip() for v in spec.split(",") if v.strip()]
+    if any(v not in {m.value for m in View} for v in names):
+        raise ValueError(f"{what} must come from {', '.join(View)}: {names}")
+    return [View(v) for v in names]
 
 
-def draw_views(n: int, views: list[str], p_full: float, gen: torch.Generator) -> list[str]:
-    """Per-sample views: ``full`` with probability ``p_full``, the others uniformly."""
-    rest = [v for v in views if v != "full"]
+def draw_views(n: int, views: list[View], p_full: float, gen: torch.Generator) -> list[View]:
+    """Per-sample views: full with probability ``p_full``, the others uniformly."""
+    rest = [v for v in views if v is not View.FULL]
     u = torch.rand(n, generator=gen).tolist()
     k = torch.randint(0, max(1, len(rest)), (n,), generator=gen).tolist()
-    return ["full" if (ui < p_full or not rest) and "full" in views else rest[ki] for ui, ki in zip(u, k, strict=True)]
+    return [View.FULL if (ui < p_full or not rest) and View.FULL in views else rest[ki]
+            for ui, ki in zip(u, k, strict=True)]
 
 
-def view_conditions(views: list[str], key_cond: torch.Tensor, machine_cond: torch.Tensor,
-                    strong_cond: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Condition vectors: the key (full), the machine bits, the public strong vector, and for the
-    shielded view no key or a random wrong key (half each), so a guessed key never unlocks."""
+def view_conditions(views: list[View], conds: dict[View, torch.Tensor], gen: torch.Generator) -> torch.Tensor:
+    """Condition vectors (``conds``: :func:`psic_cli.views.condition` of each view); the shielded view gets
+    its own (no key) or a random wrong key, half each, so a guessed key never unlocks."""
     out = []
     for v in views:
-        if v == "full":
-            out.append(key_cond)
-        elif v == "machine":
-            out.append(machine_cond)
-        elif v == "strong":
-            out.append(strong_cond)
-        elif torch.rand(1, generator=gen).item() < 0.5:
-            out.append(torch.zeros_like(key_cond))
+        if v is View.SHIELDED and torch.rand(1, generator=gen).item() >= 0.5:
+            out.append(torch.randint(0, 2, conds[v].shape, generator=gen).float() * 2 - 1)
         else:
-            out.append(torch.randint(0, 2, key_cond.shape, generator=gen).float() * 2 - 1)
+            out.append(conds[v])
     return torch.stack(out)
 
 
@@ -300,7 +292,7 @@ class EnsembleMember:
         return logits.softmax(-1).gather(1, target[:, None])[:, 0], valid
 
 
-def _ensemble_loss(models: list[EnsembleMember], x: torch.Tensor, labels: torch.Tensor,
+def ensemble_loss(models: list[EnsembleMember], x: torch.Tensor, labels: torch.Tensor,
                    kappa: float = 0.0) -> torch.Tensor:
     """Untargeted loss per model, averaged over the models.
 
@@ -323,9 +315,9 @@ def _ensemble_loss(models: list[EnsembleMember], x: torch.Tensor, labels: torch.
     return loss / max(1, len(models))
 
 
-def _check_seen(models: list) -> None:
+def check_seen(models: list) -> None:
     """Refuse to train against an unseen judge, whatever spec or path it was loaded from."""
-    from psic_cli.vlp.judges import UNSEEN_JUDGES
+    from psic_lab.vlp.judges import UNSEEN_JUDGES
 
     for m in models:
         name = getattr(getattr(m, "model", m), "name", "")
@@ -337,11 +329,10 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
     """Run (or resume) the shield stage; ``vlp``/``ensemble`` override ``sc.vlp``/``sc.ensemble`` (tests)."""
     import copy
 
-    from psic_cli.keys import shield_condition
     from psic_cli.models import build_model, load_config
-    from psic_cli.training.augment import EOTConfig, publish, texture_weights
-    from psic_cli.training.machine import machine_losses
-    from psic_cli.training.train import save_checkpoint
+    from psic_lab.training.augment import EOTConfig, publish, texture_weights
+    from psic_lab.training.machine import machine_losses
+    from psic_lab.training.train import save_checkpoint
 
     if sc.threads:
         torch.set_num_threads(sc.threads)
@@ -349,11 +340,10 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
         raise ValueError(f"privacy_loss must be uaeo or uaeo+margin, got {sc.privacy_loss!r}")
     if sc.weighting not in ("adaptive", "fixed"):
         raise ValueError(f"weighting must be adaptive or fixed, got {sc.weighting!r}")
-    views = [v.strip() for v in sc.views.split(",") if v.strip()]
-    preserve = {v.strip() for v in sc.preserve.split(",") if v.strip()}
-    unknown = set(views) - {"full", "shielded", "strong", "machine"}
-    if unknown or "shielded" not in views:
-        raise ValueError(f"views must include shielded and come from full, shielded, strong, machine: {views}")
+    views = parse_views(sc.views)
+    preserve = set(parse_views(sc.preserve, "preserve"))
+    if View.SHIELDED not in views:
+        raise ValueError(f"views must include {View.SHIELDED}: {sc.views!r}")
     torch.manual_seed(sc.seed)
     run_dir = Path(sc.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -371,9 +361,8 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
     for p in teacher.parameters():
         p.requires_grad_(False)
     key = read_key(sc.key)
-    key_cond = torch.tensor(condition_bits(key, cfg.cond_dim, "full"))
-    machine_cond = torch.tensor(condition_bits(key, cfg.cond_dim, "machine"))
-    strong_cond = torch.tensor(shield_condition(cfg.cond_dim, "strong"))
+    conds = {v: torch.tensor(condition(v, key, cfg.cond_dim)) for v in View}
+    key_cond = conds[View.FULL]
     trainable = [p for name, p in model.named_parameters() if name.startswith(("g_s.", "cltg."))]
     trigger = [p for name, p in model.named_parameters() if _is_trigger(name)]
     others = [p for name, p in model.named_parameters() if name.startswith("g_s.") and not _is_trigger(name)]
@@ -381,35 +370,35 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
                            lr=sc.lr)
     aux_opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # checkpoint format compatibility
     step = 0
-    nu = {"shielded": sc.nu, "strong": sc.strong_nu}
-    budget = {"shielded": sc.psnr_budget_db, "strong": sc.strong_budget_db}
-    gap_ema: dict[str, float | None] = {"shielded": None, "strong": None}
+    nu = {View.SHIELDED: sc.nu, View.STRONG: sc.strong_nu}
+    budget = {View.SHIELDED: sc.psnr_budget_db, View.STRONG: sc.strong_budget_db}
+    gap_ema: dict[View, float | None] = {View.SHIELDED: None, View.STRONG: None}
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         ex = state["extra"]
         step = state["step"]
-        nu = {"shielded": ex["nu"], "strong": ex.get("nu_strong", sc.strong_nu)}
-        gap_ema = {"shielded": ex.get("gap_ema"), "strong": ex.get("gap_ema_strong")}
-        _log(run_dir, {"event": "resume", "step": step})
+        nu = {View.SHIELDED: ex["nu"], View.STRONG: ex.get("nu_strong", sc.strong_nu)}
+        gap_ema = {View.SHIELDED: ex.get("gap_ema"), View.STRONG: ex.get("gap_ema_strong")}
+        log_event(run_dir, {"event": "resume", "step": step})
     else:
-        _log(run_dir, {"event": "init_from", "path": sc.init, "tensors": n})
+        log_event(run_dir, {"event": "init_from", "path": sc.init, "tensors": n})
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith(("g_s.", "cltg.")))
     model.eval()  # frozen parts (GDN, entropy models) in inference mode; g_s has no batch-dependent layers
 
     if vlp is None:
-        from psic_cli.vlp import load_vlp
+        from psic_lab.vlp import load_vlp
 
         vlp = load_vlp(sc.vlp)
     if ensemble is None:
         ensemble = []
-        if "strong" in views and sc.ensemble:
-            from psic_cli.vlp import load_vlp
+        if View.STRONG in views and sc.ensemble:
+            from psic_lab.vlp import load_vlp
 
             ensemble = [load_vlp(spec.strip()) for spec in sc.ensemble.split(",")]
-    _check_seen(ensemble)
+    check_seen(ensemble)
     for m in [vlp, *ensemble]:
         for p in m.parameters() if isinstance(m, torch.nn.Module) else ():
             p.requires_grad_(False)
@@ -433,7 +422,7 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
         u_text, to_caption = text, torch.arange(len(names))
     else:
         raise ValueError(f"captions must be data or imagenet, got {sc.captions!r}")
-    _log(run_dir, {"event": "data", "images": len(bank.images), "classes": len(present), "views": views,
+    log_event(run_dir, {"event": "data", "images": len(bank.images), "classes": len(present), "views": views,
                    "preserve": sorted(preserve)})
     gen = torch.Generator().manual_seed(sc.seed + step)
     bank.rng = np.random.default_rng(sc.seed + 1 + step)
@@ -452,15 +441,15 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
         x, labels = bank.batch(sc.batch)
         q = qualities[torch.randint(0, len(qualities), (sc.batch,), generator=gen)]
         vs = draw_views(sc.batch, views, sc.p_full, gen)
-        if "full" in views and "full" not in vs:
-            vs[0] = "full"
-        if "shielded" not in vs:
-            vs[-1] = "shielded"
+        if View.FULL in views and View.FULL not in vs:
+            vs[0] = View.FULL
+        if View.SHIELDED not in vs:
+            vs[-1] = View.SHIELDED
         sel = {v: torch.tensor([w == v for w in vs]) for v in views}
-        cond = view_conditions(vs, key_cond, machine_cond, strong_cond, gen)
+        cond = view_conditions(vs, conds, gen)
         height, width = x.shape[-2:]
         # the decoder sees the borders it sees at run time: the codec pads the encoder's input
-        y_hat = _frozen_latents(model, pad_to_multiple(x, PAD_MULTIPLE[FORMAT_VERSION]) if sc.codec_pad else x, q)
+        y_hat = model.quantized_latents(pad_to_multiple(x, PAD_MULTIPLE[FORMAT_VERSION]) if sc.codec_pad else x, q)
         with torch.no_grad():
             # reference: the starting decoder's full view; preserved views: its output for the same condition
             t_cond = torch.stack([c if v in preserve else key_cond for v, c in zip(vs, cond, strict=True)])
@@ -471,7 +460,7 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
         d_ref = lam * F.mse_loss(x_hat, x_ref, reduction="none").flatten(1).mean(1)
         loss = x_hat.sum() * 0
         rec: dict = {}
-        m = sel.get("full")
+        m = sel.get(View.FULL)
         if m is not None and m.any():
             d_full = (d_img + sc.anchor_weight * d_ref)[m].mean()
             loss = loss + d_full
@@ -482,7 +471,7 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
                 sem = (1 - (vlp.encode_image(x_hat[m]) * u_full).sum(-1)).mean()
                 loss = loss + sc.semantic_weight * sem
                 rec["sem"] = float(sem.detach())
-        for v in ("shielded", "strong"):
+        for v in SHIELD_VIEWS:
             m = sel.get(v)
             if m is None or not m.any():
                 continue
@@ -491,7 +480,7 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
                 loss = loss + d
                 rec[f"d_{v}_preserve"] = float(d.detach())
                 continue
-            if v == "strong":
+            if v is View.STRONG:
                 w = texture_weights(x[m])
                 d = (lam[m] * (w * (x_hat[m] - x[m]) ** 2).mean(dim=(1, 2, 3))).mean()
                 seen = publish(x_hat[m], aug_rng, EOTConfig(p_lowres=sc.eot_lowres))
@@ -509,15 +498,15 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
                 priv = priv + sc.margin_weight * mar
                 stats["margin"] = float(mar.detach())
             loss = loss + nu[v] * d + priv
-            if v == "strong" and ensemble:
-                ens = _ensemble_loss(ensemble, seen, labels[m], sc.ensemble_kappa)
+            if v is View.STRONG and ensemble:
+                ens = ensemble_loss(ensemble, seen, labels[m], sc.ensemble_kappa)
                 loss = loss + sc.ensemble_weight * ens
                 rec["ens_strong"] = float(ens.detach())
             rec[f"d_{v}"] = float(d.detach())
             rec[f"priv_{v}"] = float(priv.detach())
             rec[f"top1_10way_{v}"] = acc10(z, labels[m])
             rec.update({f"{k}_{v}": val for k, val in stats.items()})
-        m = sel.get("machine")
+        m = sel.get(View.MACHINE)
         if m is not None and m.any():
             ml = machine_losses(vlp, x_hat[m], x[m], aug_rng)
             mloss = ml["global"] + ml["local"] + ml["instance"]
@@ -526,7 +515,7 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
             rec.update({f"machine_{k}": float(val.detach()) for k, val in ml.items()})
             rec["d_machine"] = float(dm.detach())
         if not torch.isfinite(loss):
-            _log(run_dir, {"event": "non-finite loss, step skipped", "step": step})
+            log_event(run_dir, {"event": "non-finite loss, step skipped", "step": step})
             continue
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -535,11 +524,10 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
         step += 1
         with torch.no_grad():
             drop = _psnr(x_ref, x) - _psnr(x_hat.detach(), x)  # dB below the reference full view
-            if sel.get("full") is not None and sel["full"].any():
-                rec["full_drop_db"] = float(drop[sel["full"]].mean())
-            if sel.get("machine") is not None and sel["machine"].any():
-                rec["machine_drop_db"] = float(drop[sel["machine"]].mean())
-            for v in ("shielded", "strong"):
+            for v in (View.FULL, View.MACHINE):
+                if sel.get(v) is not None and sel[v].any():
+                    rec[f"{v}_drop_db"] = float(drop[sel[v]].mean())
+            for v in SHIELD_VIEWS:
                 m = sel.get(v)
                 if m is None or not m.any() or v in preserve:
                     continue
@@ -551,7 +539,7 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
                                           sc.nu_max))
         out_of_time = sc.max_minutes is not None and time.time() - t0 > 60 * sc.max_minutes
         if step % sc.log_every == 0 or step == sc.steps:
-            _log(run_dir, {"step": step, "loss": round(float(loss.detach()), 4),
+            log_event(run_dir, {"step": step, "loss": round(float(loss.detach()), 4),
                            **{k: round(v, 4) for k, v in rec.items()},
                            **{f"nu_{k}": round(v, 4) for k, v in nu.items() if k in views},
                            **{f"gap_ema_{k}": round(v, 3) for k, v in gap_ema.items() if v is not None},
@@ -559,17 +547,17 @@ def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Pa
             last = time.time()
         if step % sc.ckpt_every == 0 or step == sc.steps or out_of_time:
             save_checkpoint(ckpt_path, model, opt, aux_opt, step, _as_train_config(sc),
-                            {"key_fingerprint": fingerprint(key), "stage": "shield", "nu": nu["shielded"],
-                             "gap_ema": gap_ema["shielded"], "nu_strong": nu["strong"],
-                             "gap_ema_strong": gap_ema["strong"], "views": ",".join(views),
+                            {"key_fingerprint": fingerprint(key), "stage": "shield", "nu": nu[View.SHIELDED],
+                             "gap_ema": gap_ema[View.SHIELDED], "nu_strong": nu[View.STRONG],
+                             "gap_ema_strong": gap_ema[View.STRONG], "views": ",".join(views),
                              "shield_config": json.dumps(sc.__dict__)})
         if out_of_time:
-            _log(run_dir, {"event": "time limit", "step": step})
+            log_event(run_dir, {"event": "time limit", "step": step})
             break
     return ckpt_path
 
 
 def _as_train_config(sc: ShieldConfig):
-    from psic_cli.training.train import TrainConfig
+    from psic_lab.training.train import TrainConfig
 
     return TrainConfig(model_id=sc.model_id, data=list(sc.data), key=sc.key, run_dir=sc.run_dir)

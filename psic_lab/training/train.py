@@ -4,7 +4,7 @@ Stage ``rd`` (this module) trains the whole model with loss ``bpp + lambda_q * 2
 per-sample quality ``q``, with per-sample conditions (the model's key, no key, random wrong keys) that
 all reconstruct the image.  The privacy stages build on the checkpoints it writes.
 
-Run ``python -m psic_cli.training --help``.  Under ``torchrun`` it trains data-parallel (gloo on CPU,
+Run ``python -m psic_lab.training --help``.  Under ``torchrun`` it trains data-parallel (gloo on CPU,
 NCCL on GPU): each rank draws its own crops; gradients are averaged by DistributedDataParallel.
 """
 
@@ -22,10 +22,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from psic_cli.keys import condition_bits, fingerprint, read_key
+from psic_cli.keys import fingerprint, read_key
 from psic_cli.models import build_model, load_config
 from psic_cli.models.config import ModelConfig
-from psic_cli.training.data import PatchBank
+from psic_cli.views import View, condition
+from psic_lab.training.data import PatchBank
 
 
 @dataclass
@@ -74,10 +75,12 @@ class RDStep(nn.Module):
 
 
 def draw_conditions(n: int, key_cond: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Per-sample conditions: the key (1/2), no key (1/4), a random wrong key (1/4)."""
+    """Per-sample conditions: the key's full view (1/2), the shielded view (no key, 1/4), a random wrong key
+    (1/4); ``key_cond`` is ``condition(View.FULL, key, cond_dim)``."""
     u = torch.rand(n, generator=gen)
     rand_keys = torch.randint(0, 2, (n, key_cond.numel()), generator=gen).float() * 2 - 1
-    cond = torch.where((u < 0.5)[:, None], key_cond[None], torch.zeros_like(rand_keys))
+    shielded = torch.tensor(condition(View.SHIELDED, None, key_cond.numel()), dtype=rand_keys.dtype)
+    cond = torch.where((u < 0.5)[:, None], key_cond[None], shielded[None].expand_as(rand_keys))
     return torch.where((u >= 0.75)[:, None], rand_keys, cond)
 
 
@@ -106,7 +109,7 @@ def _is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def _log(run_dir: Path, rec: dict) -> None:
+def log_event(run_dir: Path, rec: dict) -> None:
     if _is_main():
         line = json.dumps(rec)
         print(line, flush=True)
@@ -241,7 +244,7 @@ def train(tc: TrainConfig) -> Path:
     cfg = load_config(tc.model_id)
     model = build_model(cfg)
     key = read_key(tc.key)
-    key_cond = torch.tensor(condition_bits(key, cfg.cond_dim, "full"))
+    key_cond = torch.tensor(condition(View.FULL, key, cfg.cond_dim))
 
     aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
@@ -256,11 +259,11 @@ def train(tc: TrainConfig) -> Path:
         opt.load_state_dict(state["opt"])
         aux_opt.load_state_dict(state["aux_opt"])
         step = state["step"]
-        _log(run_dir, {"event": "resume", "step": step})
+        log_event(run_dir, {"event": "resume", "step": step})
     elif tc.init_from:
         rep = warm_start(model, tc.init_from)
         step = rep["continue_step"]
-        _log(run_dir, {"event": "init_from", "spec": tc.init_from, **rep})
+        log_event(run_dir, {"event": "init_from", "spec": tc.init_from, **rep})
 
     model.to(device).train()
     if tc.amp not in ("off", "bf16"):
@@ -278,7 +281,7 @@ def train(tc: TrainConfig) -> Path:
 
     t_load = time.time()
     bank = PatchBank([Path(d) for d in tc.data], tc.patch, seed=tc.seed + 1000 * rank, limit=tc.limit_images)
-    _log(run_dir, {"event": "data", "images": len(bank), "seconds": round(time.time() - t_load, 1)})
+    log_event(run_dir, {"event": "data", "images": len(bank), "seconds": round(time.time() - t_load, 1)})
     gen = torch.Generator().manual_seed(tc.seed + 7919 * rank + step)
     t0, last = time.time(), time.time()
     acc = {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "aux": 0.0, "n": 0}
@@ -293,7 +296,7 @@ def train(tc: TrainConfig) -> Path:
         aux_opt.zero_grad(set_to_none=True)
         total = out["loss"] + out["aux"]
         if not _all_finite(total, distributed):  # every rank skips together, or DDP would stall
-            _log(run_dir, {"event": "non-finite loss, step skipped", "step": step})
+            log_event(run_dir, {"event": "non-finite loss, step skipped", "step": step})
             continue
         total.backward()
         torch.nn.utils.clip_grad_norm_(main_params, tc.clip)
@@ -308,14 +311,14 @@ def train(tc: TrainConfig) -> Path:
             rec = {k: round(v / n, 5) for k, v in acc.items()}
             rec["psnr"] = round(10 * math.log10(1 / max(rec["mse"], 1e-10)), 3)
             rec.update(step=step, lr=round(lr_at(step, tc), 7), s_per_step=round((time.time() - last) / n, 3))
-            _log(run_dir, rec)
+            log_event(run_dir, rec)
             acc = {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "aux": 0.0, "n": 0}
             last = time.time()
         out_of_time = tc.max_minutes is not None and (time.time() - t0) / 60 > tc.max_minutes
         if (step % tc.ckpt_every == 0 or step == tc.steps or out_of_time) and _is_main():
             save_checkpoint(ckpt_path, model, opt, aux_opt, step, tc, {"key_fingerprint": fingerprint(key)})
         if out_of_time:
-            _log(run_dir, {"event": "time limit", "step": step})
+            log_event(run_dir, {"event": "time limit", "step": step})
             break
     if distributed:
         dist.barrier()

@@ -1,1 +1,0 @@
-"""Training (not on the runtime path): ``psic train`` / ``python -m psic_cli.training``."""
