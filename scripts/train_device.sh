@@ -31,10 +31,10 @@ init=()
 if [ -f "$INIT" ] && [ ! -f "$RUN_DIR/checkpoint.pt" ]; then init=(--init-from "$INIT"); fi
 compile=()
 if [ "$COMPILE" = 1 ]; then compile=(--compile); fi
-"$PY" -m psic_cli.training rd --model-id "$MODEL" --data "$DATA" --run-dir "$RUN_DIR" --steps "$STEPS" \
+"$PY" -m psic_lab.training rd --model-id "$MODEL" --data "$DATA" --run-dir "$RUN_DIR" --steps "$STEPS" \
   --batch "$BATCH" --patch "$PATCH" --lr 1e-4 --max-minutes "$MINUTES" --amp "$AMP" "${compile[@]}" "${init[@]}" \
   --log-every 100 --ckpt-every 1000 2>&1 | tee "$OUT/train.log"
-"$PY" -m psic_cli.training export "$RUN_DIR/checkpoint.pt" "$OUT/$MODEL.safetensors" \
+"$PY" -m psic_lab.training export "$RUN_DIR/checkpoint.pt" "$OUT/$MODEL.safetensors" \
   --data-desc "BSDS500 train+val+test (500): random 256x256 crops with flips; never Kodak"
 cp "$RUN_DIR/log.jsonl" "$OUT/log.jsonl"
 echo "weights in $OUT/$MODEL.safetensors" >&2
