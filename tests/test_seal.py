@@ -284,3 +284,30 @@ def test_unsealed_golden_files_are_untouched(golden):
     assert not is_sealed(data)
     container.unpack(data)
     assert unseal(seal(data, TEST_KEY), TEST_KEY) == data
+
+
+def test_golden_file_decodes_plain_and_sealed_with_shipped_weights(tmp_path, monkeypatch):
+    """An old unsealed file still decodes through the CLI; sealed, it decodes to the same full view."""
+    import numpy as np
+
+    from psic_cli.zoo import list_models, load_model
+
+    from .conftest import REPO
+
+    monkeypatch.delenv("PSIC_WEIGHTS", raising=False)
+    load_model.cache_clear()
+    if not any(m.model_id == "psic-sh" for m in list_models()):
+        pytest.skip("psic-sh weights are not installed")
+    golden = GOLDEN / "psic-sh-q1.psic"
+    shipped = REPO / "weights" / "shipped.key"
+    assert run("decode", golden, "--key", shipped, "-o", tmp_path / "plain.png").exit_code == 0
+    mine = tmp_path / "mine.key"
+    write_key(mine, generate_key())
+    assert run("seal", golden, "-k", mine, "-o", tmp_path / "s.psic").exit_code == 0
+    r = run("decode", tmp_path / "s.psic", "--seal", mine, "--key", shipped, "-o", tmp_path / "sealed.png")
+    assert r.exit_code == 0, r.stderr
+    want = np.asarray(Image.open(GOLDEN / "psic-sh-q1.full.png")).astype(np.int16)
+    for name in ("plain.png", "sealed.png"):
+        got = np.asarray(Image.open(tmp_path / name)).astype(np.int16)
+        assert got.shape == want.shape and int(np.abs(got - want).max()) <= 1
+    load_model.cache_clear()
