@@ -7,6 +7,8 @@ import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -97,6 +99,16 @@ def test_structural_defects_are_format_errors():
         parse_header(bytes(future))
     with pytest.raises(FormatError, match="already sealed"):
         seal(sealed, TEST_KEY)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=120), st.integers(0, 255))
+def test_random_sealed_bytes_never_escape_as_other_errors(blob, version):
+    header = SEAL_MAGIC + bytes([1, 1]) + bytes(28)
+    for candidate in (SEAL_MAGIC + blob, SEAL_MAGIC + bytes([version]) + blob,
+                      header + struct.pack("<I", len(blob)) + blob):
+        with pytest.raises((FormatError, SealOpenError)):
+            unseal(candidate, TEST_KEY)
 
 
 def test_older_readers_see_a_newer_format():
