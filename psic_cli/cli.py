@@ -205,7 +205,7 @@ def decode(
             if seal:
                 from psic_cli.keys import read_key
 
-                read_key(seal, warn=msgs.warn)
+                read_key(seal, warn=msgs.warn)  # the seal key too
             check_shield(shield, check_view(view, key is not None))
             opts = {"key": key, "view": view, "fmt": fmt, "force": force, "max_pixels": max_pixels,
                     "shield": shield, "seal": seal}
