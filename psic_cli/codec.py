@@ -109,6 +109,8 @@ def encode(data: bytes, name: str = "image", model_id: str = DEFAULT_MODEL, qual
 
 def seal(data: bytes, key: bytes) -> bytes:
     """Seal a .psic file under a 32-byte psic key (checks the file first; adds ``seal.OVERHEAD`` bytes)."""
+    if _seal.is_sealed(data):
+        raise FormatError("file is already sealed")
     container.unpack(data)
     return _seal.seal(data, key)
 

@@ -167,6 +167,8 @@ def test_cli_seal_unseal_round_trip(coded, seal_key, tmp_path):
     sealed = tmp_path / "photo.sealed.psic"
     assert is_sealed(sealed.read_bytes()) and len(sealed.read_bytes()) - len(coded.read_bytes()) <= 64
     assert run("seal", coded, "--key", seal_key).exit_code == ExitCode.OUTPUT  # never overwrites
+    r = run("seal", sealed, "--key", seal_key, "-o", tmp_path / "twice.psic")
+    assert r.exit_code == 3 and "already sealed" in r.stderr and not (tmp_path / "twice.psic").exists()
     r = run("unseal", sealed, "--key", seal_key, "-o", tmp_path / "back.psic")
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "back.psic").read_bytes() == coded.read_bytes()
