@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--budget-db", type=float, default=0.6)
     ap.add_argument("--fixed-nu", type=float, nargs="+", default=[1.0], help="fixed weights to train")
-    ap.add_argument("--init", default="weights/rd/psic-sh.safetensors", help="rate-distortion weights to start from")
+    ap.add_argument("--init", default="lab_weights/rd/psic-sh.safetensors",
+                    help="rate-distortion weights to start from")
     args = ap.parse_args(argv)
     from psic_cli._compat import ensure_torchvision_importable
 

@@ -1,7 +1,7 @@
 """psic: a privacy-shielded learned image codec.
 
-The codec API (``encode``, ``decode``, ``read_info``) lives in :mod:`psic_cli.codec`; importing this
-package imports nothing heavy.
+The codec API (``encode``, ``decode``, ``read_info``, ``seal``, ``unseal``) lives in :mod:`psic_cli.codec`;
+importing this package imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 
 def __getattr__(name: str):
-    if name in ("encode", "decode", "read_info", "encode_pixels"):
+    if name in ("encode", "decode", "read_info", "encode_pixels", "seal", "unseal"):
         from psic_cli import codec
 
         return getattr(codec, name)
     raise AttributeError(name)
 
 
-__all__ = ["encode", "decode", "read_info", "encode_pixels", "__version__"]
+__all__ = ["encode", "decode", "read_info", "encode_pixels", "seal", "unseal", "__version__"]

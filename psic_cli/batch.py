@@ -80,11 +80,11 @@ def _run_one(kind: str, task: Task, options: dict) -> tuple[str, str, int]:
         task.dst.parent.mkdir(parents=True, exist_ok=True)
         if kind == "encode":
             jobs.encode_file(str(task.src), str(task.dst), options.get("quality"), options.get("model"),
-                             force, options.get("max_pixels", DEFAULT_MAX_PIXELS))
+                             force, options.get("max_pixels", DEFAULT_MAX_PIXELS), seal_key_file=options.get("seal"))
         else:
             jobs.decode_file(str(task.src), str(task.dst), options.get("key"), options.get("view"),
                              options.get("fmt"), force, max_pixels=options.get("max_pixels", DEFAULT_MAX_PIXELS),
-                             shield=options.get("shield"))
+                             shield=options.get("shield"), seal_key_file=options.get("seal"))
         return str(task.src), "", 0
     except PsicError as e:
         msg = str(e) if str(e).startswith(str(task.src)) else f"{task.src}: {e}"

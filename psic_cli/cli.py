@@ -12,14 +12,17 @@ import typer
 from psic_cli.console import Messages, exit_on_error
 
 EPILOG = (
-    "Exit codes: 0 ok; 1 internal error; 2 usage; 3 bad input (image or .psic); 4 key problem; "
+    "Exit codes: 0 ok; 1 internal error; 2 usage; 3 bad input (image or .psic); 4 key problem (also a "
+    "sealed file that does not open: wrong key or damaged file); "
     "5 output exists (without --force) or cannot be written; 130 interrupted."
 )
 
 app = typer.Typer(
     name="psic",
     help="Privacy-shielded image codec: the default decode looks like the photo to people while "
-    "vision-language models cannot tell what it shows; the key gives back the full view.",
+    "vision-language models cannot tell what it shows; the key gives back the full view. The key is a "
+    "switch between views, not a lock: anyone with the weights can decode a .psic file. Publish the "
+    "decoded shielded image, or seal files that travel ('psic seal').",
     epilog=EPILOG,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_show_locals=False,
@@ -33,6 +36,8 @@ Quiet = Annotated[bool, typer.Option("--quiet", help="No notices on stderr (erro
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")]
 Jobs = Annotated[int, typer.Option("--jobs", "-j", min=1, help="Worker processes for folders (each loads the "
                                                               "model once).")]
+SealKey = Annotated[str | None, typer.Option("--seal", metavar="KEYFILE", help="Seal the output: encrypt and "
+                                             "authenticate the whole file under this key ('psic seal').")]
 
 
 def _batch(kind: str, src: str, output: str | None, suffix: str, force: bool, jobs: int, options: dict,
@@ -103,12 +108,16 @@ def encode(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model id (see 'psic models'). "
                                                "Default: psic-sh.")] = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels than this.")] = 50_000_000,
+    seal: SealKey = None,
     jobs: Jobs = 1,
     force: Force = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
     """Encode an image (or a folder, recursively) to .psic.
+
+    A .psic file is not encrypted: anyone with the weights can decode every view of it. --seal KEYFILE
+    encrypts and authenticates it, so that only that key opens it.
 
     A folder input mirrors its tree into -o OUTDIR (default: beside the inputs), skips images whose .psic
     exists (--force redoes them), keeps going past bad files and exits with the worst error code.
@@ -123,6 +132,7 @@ def encode(
       psic encode photo.jpg -q 4 -o out.psic
       cat photo.png | psic encode - -o - > photo.psic
       psic encode photos/ -o coded/ -j 2
+      psic encode --seal mine.key photo.jpg
     """
     msgs = Messages(quiet, verbose)
     from psic_cli.jobs import encode_file
@@ -132,10 +142,14 @@ def encode(
             from psic_cli.codec import check_encode_options
 
             check_encode_options(model, quality)  # a bad -m/-q fails once, not once per file
-            opts = {"quality": quality, "model": model, "max_pixels": max_pixels, "force": force}
+            if seal:
+                from psic_cli.jobs import read_seal_key
+
+                read_seal_key(seal, warn=msgs.warn)  # a bad key file fails once, before the batch
+            opts = {"quality": quality, "model": model, "max_pixels": max_pixels, "force": force, "seal": seal}
             _batch("encode", src, output, ".psic", force, jobs, opts, msgs)
             return
-        res = encode_file(src, output, quality, model, force, max_pixels)
+        res = encode_file(src, output, quality, model, force, max_pixels, seal_key_file=seal, warn=msgs.warn)
         for n in res.notices:
             msgs.notice(n)
         msgs.notice(f"{src} -> {res.dst}: {res.bytes_out} bytes, {res.bpp:.4f} bpp")
@@ -146,7 +160,10 @@ def decode(
     src: Annotated[str, typer.Argument(help="Input .psic file, or - for stdin.")],
     output: Annotated[str | None, typer.Option("--output", "-o", help="Output image, or - for stdout. "
                                                 "Default: the input name with .png.")] = None,
-    key: Annotated[str | None, typer.Option("--key", "-k", help="Key file: opens the full view.")] = None,
+    key: Annotated[str | None, typer.Option("--key", "-k", help="Key file: switches to the full view (and opens "
+                                         "a file sealed with it).")] = None,
+    seal: Annotated[str | None, typer.Option("--seal", metavar="KEYFILE", help="Key file that opens a sealed "
+                                          "file, when it is not --key.")] = None,
     view: Annotated[str | None, typer.Option(help="shielded (default without a key), strong (no key; survives "
                                               "re-encoding better, costs more quality), full (default with a key) "
                                               "or machine (with a key).")] = None,
@@ -162,13 +179,16 @@ def decode(
 ) -> None:
     """Decode a .psic file (or a folder of them): the privacy-shielded view, or the full view with --key.
 
-    A key that does not open the file's model is refused (exit 4) and nothing is written.
+    A key that does not open the file's model is refused (exit 4) and nothing is written. A sealed file
+    opens only with the key that sealed it (--seal, else --key); without it, or when it was changed, the
+    decode fails with exit 4 ("wrong key or damaged file": the two cannot be told apart) and writes nothing.
 
     \b
     Examples:
       psic decode photo.psic
-      psic decode --key secret.key photo.psic -o full.png
+      psic decode --key mine.key photo.psic -o full.png
       psic decode --view strong photo.psic -o strong.png
+      psic decode --seal mine.key --key weights/shipped.key sealed.psic -o full.png
       psic decode coded/ -o views/ -j 2
     """
     msgs = Messages(quiet, verbose)
@@ -183,13 +203,17 @@ def decode(
                 from psic_cli.keys import read_key
 
                 read_key(key, warn=msgs.warn)  # a bad key file fails once, before the batch
+            if seal:
+                from psic_cli.keys import read_key
+
+                read_key(seal, warn=msgs.warn)  # the seal key too
             check_shield(shield, check_view(view, key is not None))
             opts = {"key": key, "view": view, "fmt": fmt, "force": force, "max_pixels": max_pixels,
-                    "shield": shield}
+                    "shield": shield, "seal": seal}
             _batch("decode", src, output, output_suffix(fmt), force, jobs, opts, msgs)
             return
         res = decode_file(src, output, key, view, fmt, force, warn=msgs.warn, max_pixels=max_pixels,
-                          shield=shield)
+                          shield=shield, seal_key_file=seal)
         msgs.notice(f"{src} -> {res.dst}")
 
 
@@ -197,25 +221,91 @@ def decode(
 def info(
     src: Annotated[str, typer.Argument(help="A .psic file, or - for stdin.")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    key: Annotated[str | None, typer.Option("--key", "-k", help="Key file that opens a sealed file.")] = None,
     verbose: Verbose = False,
 ) -> None:
     """Show a .psic file's header: model, quality, size, bpp, and the key fingerprint that opens it.
+
+    Of a sealed file, only that it is sealed and its size show, unless --key opens it.
 
     \b
     Examples:
       psic info photo.psic
       psic info --json photo.psic
+      psic info --key mine.key sealed.psic
     """
     msgs = Messages(False, verbose)
     from psic_cli.jobs import info_report
 
     with exit_on_error(msgs):
-        meta = info_report(src)
+        meta = info_report(src, key, warn=msgs.warn)
         if as_json:
             print(json.dumps(meta, indent=2))
         else:
             for k, v in meta.items():
                 print(f"{k:>16}: {v}")
+
+
+RequiredKey = Annotated[str, typer.Option("--key", "-k", metavar="KEYFILE", help="Key file (from 'psic keygen').")]
+
+
+@app.command(name="seal")
+def seal_(
+    src: Annotated[str, typer.Argument(help="A .psic file, or - for stdin.")],
+    key: RequiredKey,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Sealed file, or - for stdout. "
+                                                "Default: photo.psic -> photo.sealed.psic.")] = None,
+    force: Force = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Seal a .psic file: encrypt and authenticate it under a key (ChaCha20-Poly1305), for files that travel.
+
+    A plain .psic file is not private: anyone with the weights decodes every view of it, key or not. A
+    sealed one opens only with the key that sealed it ('psic unseal', or 'psic decode --seal/--key'); any
+    changed byte is detected. Sealing adds 58 bytes. Sealing with the public key that ships with psic
+    protects nothing (a warning says so).
+
+    \b
+    Examples:
+      psic keygen mine.key
+      psic seal photo.psic --key mine.key
+      psic seal photo.psic -k mine.key -o - > photo.sealed.psic
+    """
+    msgs = Messages(quiet, verbose)
+    from psic_cli.jobs import seal_file
+
+    with exit_on_error(msgs):
+        res = seal_file(src, output, key, force, warn=msgs.warn)
+        msgs.notice(f"{src} -> {res.dst}: sealed, {res.bytes_out} bytes")
+
+
+@app.command()
+def unseal(
+    src: Annotated[str, typer.Argument(help="A sealed .psic file, or - for stdin.")],
+    key: RequiredKey,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Plain .psic file, or - for stdout. "
+                                                "Default: photo.sealed.psic -> photo.psic.")] = None,
+    force: Force = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Unseal a sealed .psic file with the key that sealed it; writes the plain .psic file.
+
+    A wrong key or a changed byte fails with exit 4 ("wrong key or damaged file": the cipher cannot tell
+    the two apart) and writes nothing.
+
+    \b
+    Examples:
+      psic unseal photo.sealed.psic --key mine.key
+      psic unseal photo.sealed.psic -k mine.key -o photo.psic
+    """
+    msgs = Messages(quiet, verbose)
+    from psic_cli.jobs import unseal_file
+
+    with exit_on_error(msgs):
+        res = unseal_file(src, output, key, force, warn=msgs.warn)
+        msgs.notice(f"{src} -> {res.dst}: unsealed, {res.bytes_out} bytes")
 
 
 @app.command()
@@ -226,11 +316,13 @@ def keygen(
 ) -> None:
     """Write a new random key (32 bytes, armoured text, mode 0600).
 
-    A new key opens nothing until a model is trained with it ('psic train --key').
+    A new key seals files at once ('psic seal', 'psic encode --seal'); as a view key it opens nothing
+    until a model is trained with it ('psic train --key'). A view key is a switch, not a lock: anyone with
+    the weights decodes every view (docs/threat-model.md).
 
     \b
-    Example:
-      psic keygen secret.key
+    Examples:
+      psic keygen mine.key
     """
     msgs = Messages(False, verbose)
     from psic_cli.keys import fingerprint, generate_key, write_key

@@ -2,6 +2,9 @@
 
 Views (:class:`psic_cli.views.View`): shielded (the default, no key), strong (no key, the strong shield),
 full (the model's key), machine (the key; for machine analytics, once a model ships that condition).
+The key is a switch between views, not a lock: anyone with the weights can decode any file
+(``docs/threat-model.md``).  :func:`seal` is the lock: it encrypts and authenticates a whole file under a
+key (:mod:`psic_cli.seal`); :func:`decode` opens sealed input with ``seal_key`` (default: ``key``).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from psic_cli import container
+from psic_cli import seal as _seal
 from psic_cli.errors import ChecksumError, FormatError, InputError, KeyMismatch, ModelError
 from psic_cli.imageio import DEFAULT_MAX_PIXELS, load_image
 from psic_cli.keys import SHIELD_LEVELS, fingerprint
@@ -106,8 +110,33 @@ def encode(data: bytes, name: str = "image", model_id: str = DEFAULT_MODEL, qual
     return EncodeResult(out, container.unpack_header(out)[0], img.notices)
 
 
-def read_info(data: bytes) -> dict:
-    """Header fields of a .psic file (verifies structure and checksum; needs no model)."""
+def seal(data: bytes, key: bytes) -> bytes:
+    """Seal a .psic file under a 32-byte psic key (checks the file first; adds ``seal.OVERHEAD`` bytes)."""
+    if _seal.is_sealed(data):
+        raise FormatError("file is already sealed")
+    container.unpack(data)
+    return _seal.seal(data, key)
+
+
+def unseal(data: bytes, key: bytes) -> bytes:
+    """The plain .psic bytes of a sealed file.  A wrong key or a changed byte raises
+    :class:`psic_cli.seal.SealOpenError` (exit code 4); a damaged sealed header a :class:`FormatError`."""
+    plain = _seal.unseal(data, key)
+    container.unpack(plain)
+    return plain
+
+
+def read_info(data: bytes, key: bytes | None = None) -> dict:
+    """Header fields of a .psic file (verifies structure and checksum; needs no model).
+
+    A sealed file shows only that it is sealed and its size, unless ``key`` opens it."""
+    if _seal.is_sealed(data):
+        fields = _seal.parse_header(data)
+        if key is None:
+            return {"sealed": True, "seal_version": fields["seal_version"], "bytes": len(data)}
+        info = read_info(unseal(data, key))
+        info.update(sealed=True, sealed_bytes=len(data))
+        return info
     f = container.unpack(data)
     h = f.header
     info = {
@@ -122,6 +151,7 @@ def read_info(data: bytes) -> dict:
         "tiles": len(f.tiles),
         "bytes": len(data),
         "bpp": round(len(data) * 8 / (h.width * h.height), 4),
+        "sealed": False,
     }
     return info
 
@@ -141,13 +171,16 @@ def check_shield(shield: str | None, view: View) -> View:
 
 
 def decode(data: bytes, key: bytes | None = None, view: str | None = None,
-           shield: str | None = None) -> DecodeResult:
+           shield: str | None = None, seal_key: bytes | None = None) -> DecodeResult:
     """Decode .psic bytes to a :class:`View`.  Without a key: shielded (default) or strong (``view="strong"``,
     or ``shield="strong"``).  With the model's key: full (default) or machine.  A key that does not open the
-    model raises :class:`KeyMismatch` before decoding."""
+    model raises :class:`KeyMismatch` before decoding.  Sealed input is opened first with ``seal_key``
+    (default: ``key``); without either it raises :class:`psic_cli.seal.SealedFileNeedsKey`."""
     import torch
 
     view = check_shield(shield, check_view(view, key is not None))
+    if _seal.is_sealed(data):
+        data = unseal(data, seal_key if seal_key is not None else key)
     f = container.unpack(data)
     h = f.header
     lm = load_model(h.model_id)
@@ -185,4 +218,4 @@ def decode(data: bytes, key: bytes | None = None, view: str | None = None,
     return DecodeResult(pixels, h, view)
 
 
-__all__ = ["encode", "encode_pixels", "decode", "read_info", "EncodeResult", "DecodeResult", "VIEWS"]
+__all__ = ["encode", "encode_pixels", "decode", "read_info", "seal", "unseal", "EncodeResult", "DecodeResult", "VIEWS"]

@@ -12,7 +12,7 @@ class ExitCode(IntEnum):
     INTERNAL = 1  # a bug: rerun with -v for the traceback
     USAGE = 2  # bad command line (Click's own code)
     BAD_INPUT = 3  # unreadable image, corrupt/truncated/unsupported .psic file
-    KEY = 4  # wrong key for this model, malformed or missing key file
+    KEY = 4  # wrong key for this model, malformed or missing key file; a sealed file that does not open
     OUTPUT = 5  # output exists without --force, or cannot be written
     INTERRUPTED = 130  # Ctrl-C; partial outputs were removed
 

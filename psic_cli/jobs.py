@@ -73,17 +73,98 @@ def _write(dst: str, data: bytes, force: bool) -> None:
 
 
 def encode_file(src: str, output: str | None = None, quality: int | None = None, model: str | None = None,
-                force: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> JobResult:
+                force: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, seal_key_file: str | None = None,
+                warn=None) -> JobResult:
     from psic_cli import codec
     from psic_cli.zoo import DEFAULT_MODEL
 
     dst = _default_output(src, output, ".psic")
     if dst != "-":
         check_writable(Path(dst), force)  # fail before the expensive work
+    seal_key = read_seal_key(seal_key_file, warn) if seal_key_file else None
     name = "stdin" if src == "-" else src
     res = codec.encode(read_input(src, MAX_IMAGE_BYTES), name, model or DEFAULT_MODEL, quality, max_pixels)
-    _write(dst, res.data, force)
-    return JobResult(src, dst, len(res.data), res.notices, res.bpp)
+    data = res.data if seal_key is None else codec.seal(res.data, seal_key)
+    _write(dst, data, force)
+    return JobResult(src, dst, len(data), res.notices, len(data) * 8 / (res.header.width * res.header.height))
+
+
+def public_key_warning(key: bytes) -> str | None:
+    """A warning when ``key`` is the public key that ships with psic (``weights/shipped.key``)."""
+    from psic_cli.errors import KeyError_
+    from psic_cli.keys import read_key
+    from psic_cli.zoo import weights_dir
+
+    shipped = weights_dir() / "shipped.key"
+    try:
+        if shipped.is_file() and read_key(shipped) == key:
+            return f"this key is public ({shipped} ships with psic): anyone can open what it seals"
+    except (KeyError_, OSError):
+        pass
+    return None
+
+
+def read_seal_key(key_file: str, warn=None) -> bytes:
+    from psic_cli.keys import read_key
+
+    key = read_key(key_file, warn=warn)
+    msg = public_key_warning(key)
+    if msg and warn is not None:
+        warn(msg)
+    return key
+
+
+def _sealed_output(src: str, output: str | None, sealing: bool) -> str:
+    """Default names: ``photo.psic`` -> ``photo.sealed.psic`` (seal); ``photo.sealed.psic`` -> ``photo.psic``,
+    anything else -> ``photo.unsealed.psic`` (unseal)."""
+    if output or src == "-":
+        return _default_output(src, output, ".psic")
+    p = Path(src)
+    if sealing:
+        return str(p.with_name(p.stem + ".sealed.psic"))
+    if p.name.endswith(".sealed.psic") and len(p.name) > len(".sealed.psic"):
+        return str(p.with_name(p.name[: -len(".sealed.psic")] + ".psic"))
+    return str(p.with_name(p.stem + ".unsealed.psic"))
+
+
+def seal_file(src: str, output: str | None, key_file: str, force: bool = False, warn=None) -> JobResult:
+    """``psic seal``: encrypt and authenticate a .psic file under a key (the input is checked first)."""
+    from psic_cli import codec
+
+    dst = _sealed_output(src, output, sealing=True)
+    if dst != "-":
+        check_writable(Path(dst), force)
+    key = read_seal_key(key_file, warn)
+    name = "stdin" if src == "-" else src
+    try:
+        data = codec.seal(read_input(src), key)
+    except InputError as e:
+        raise type(e)(str(e) if str(e).startswith(name) else f"{name}: {e}") from None
+    _write(dst, data, force)
+    return JobResult(src, dst, len(data), [])
+
+
+def unseal_file(src: str, output: str | None, key_file: str, force: bool = False, warn=None) -> JobResult:
+    """``psic unseal``: the plain .psic file inside a sealed one; nothing is written unless it opens."""
+    from psic_cli import codec
+    from psic_cli.errors import KeyError_
+    from psic_cli.keys import read_key
+    from psic_cli.seal import is_sealed
+
+    dst = _sealed_output(src, output, sealing=False)
+    if dst != "-":
+        check_writable(Path(dst), force)
+    key = read_key(key_file, warn=warn)
+    name = "stdin" if src == "-" else src
+    try:
+        data = read_input(src)
+        if not is_sealed(data):
+            raise InputError("not a sealed .psic file (nothing to unseal)")
+        plain = codec.unseal(data, key)
+    except (InputError, KeyError_) as e:
+        raise type(e)(str(e) if str(e).startswith(name) else f"{name}: {e}") from None
+    _write(dst, plain, force)
+    return JobResult(src, dst, len(plain), [])
 
 
 def output_suffix(fmt: str | None) -> str:
@@ -95,7 +176,8 @@ def output_suffix(fmt: str | None) -> str:
 
 def decode_file(src: str, output: str | None = None, key_file: str | None = None, view: str | None = None,
                 fmt: str | None = None, force: bool = False, warn=None,
-                max_pixels: int = DEFAULT_MAX_PIXELS, shield: str | None = None) -> JobResult:
+                max_pixels: int = DEFAULT_MAX_PIXELS, shield: str | None = None,
+                seal_key_file: str | None = None) -> JobResult:
     from psic_cli import codec, container
     from psic_cli.imageio import check_output_size, encode_image, output_format
     from psic_cli.keys import read_key
@@ -105,8 +187,10 @@ def decode_file(src: str, output: str | None = None, key_file: str | None = None
     if dst != "-":
         check_writable(Path(dst), force)
     key = read_key(key_file, warn=warn) if key_file else None
+    seal_key = read_key(seal_key_file, warn=warn) if seal_key_file else key
     data = read_input(src)
     name = "stdin" if src == "-" else src
+    data = _open_if_sealed(data, seal_key, name)
     try:
         header, _ = container.unpack_header(data)
         if header.width * header.height > max_pixels:
@@ -120,16 +204,36 @@ def decode_file(src: str, output: str | None = None, key_file: str | None = None
     return JobResult(src, dst, len(out), [])
 
 
-def info_report(src: str) -> dict:
-    """``psic info``: the header, and what the installed weights say about the file."""
+def _open_if_sealed(data: bytes, seal_key: bytes | None, name: str) -> bytes:
+    """The plain .psic bytes of ``data``: unchanged when it is not sealed, else opened with ``seal_key``."""
+    from psic_cli import codec
+    from psic_cli.errors import KeyError_
+    from psic_cli.seal import is_sealed
+
+    if not is_sealed(data):
+        return data
+    try:
+        return codec.unseal(data, seal_key)
+    except (InputError, KeyError_) as e:
+        raise type(e)(f"{name}: {e}") from None
+
+
+def info_report(src: str, key_file: str | None = None, warn=None) -> dict:
+    """``psic info``: the header, and what the installed weights say about the file.  A sealed file shows
+    only that it is sealed and its size, unless ``key_file`` opens it."""
     from psic_cli.codec import read_info
+    from psic_cli.errors import KeyError_
+    from psic_cli.keys import read_key
     from psic_cli.zoo import list_models
 
     name = "stdin" if src == "-" else src
+    key = read_key(key_file, warn=warn) if key_file else None
     try:
-        meta = read_info(read_input(src))
-    except InputError as e:
+        meta = read_info(read_input(src), key)
+    except (InputError, KeyError_) as e:
         raise type(e)(str(e) if str(e).startswith(name) else f"{name}: {e}") from None
+    if "model" not in meta:  # sealed, and no key opened it
+        return meta
     m = {m.model_id: m for m in list_models()}.get(meta["model"])
     meta["model_installed"] = m is not None
     if m is not None:

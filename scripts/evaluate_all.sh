@@ -17,7 +17,7 @@ mkdir -p runs/eval-logs
   $PY -m psic_lab.evaluation.rd --folder "$KODAK" --no-cli-timings
   $PY -m psic_lab.evaluation.faces --folder "$KODAK" --qualities 1 2
   # the baseline: the rate-distortion weights before any shield stage, full view only
-  PSIC_WEIGHTS=weights/rd $PY -m psic_lab.evaluation.privacy --folder "$VAL" --limit 300 --views full \
+  PSIC_WEIGHTS=lab_weights/rd $PY -m psic_lab.evaluation.privacy --folder "$VAL" --limit 300 --views full \
       --random-keys 0 --threads 1 --name privacy-rdonly
 ) > runs/eval-logs/stream1.log 2>&1 &
 pid1=$!

@@ -71,7 +71,8 @@ def kodak_block(name: str = "kodak-rd") -> str:
         b = json.loads(base.read_text())["curves"]["psic-full"]
         c = r["curves"]
         lines += ["", "Cost of the shield at the same bitstream (identical bpp) against the rate-distortion "
-                  f"weights before the shield stage (`results/{name}-rdonly.json`, made by `PSIC_WEIGHTS=weights/rd "
+                  f"weights before the shield stage (`results/{name}-rdonly.json`, made by "
+                  "`PSIC_WEIGHTS=lab_weights/rd "
                   f"python -m psic_lab.evaluation.rd --folder ../shared/data/kodak --model {r['model']} "
                   f"--name {name}-rdonly`):", "",
                   "| quality | bpp | PSNR before | " + " | ".join(f"{k[5:]} view" for k in c if k.startswith("psic-"))

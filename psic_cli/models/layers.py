@@ -2,7 +2,8 @@
 
 Follows the shared block of PSIC (ICML 2025) and UG-ICM (AAAI 2025) (``../shared/docs/papers.md`` section 1),
 with one deliberate change: the condition is a vector (key-derived +-1 bits, zeros when there is no key)
-rather than a scalar beta, so that a secret key, not a public switch, selects the full view.
+rather than a scalar beta, so that a 32-byte key, not a one-bit flag, selects the full view.  It is still a
+switch, not a lock: anyone with the weights can drive the decoder with any condition (docs/threat-model.md).
 """
 
 from __future__ import annotations

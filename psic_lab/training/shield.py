@@ -53,7 +53,7 @@ from psic_lab.training.train import cosine_lr, load_matching, log_event
 
 @dataclass
 class ShieldConfig:
-    init: str = "weights/rd/psic-sh.safetensors"  # rate-distortion weights or checkpoint to start from
+    init: str = "lab_weights/rd/psic-sh.safetensors"  # rate-distortion weights or checkpoint to start from
     reference: str = ""  # the decoder whose full view is the reference (default: init)
     model_id: str = "psic-sh"
     data: list[str] = field(default_factory=lambda: ["../shared/data/imagenette/train"])  # <wnid>/ folders
