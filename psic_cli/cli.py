@@ -13,7 +13,8 @@ from psic_cli.console import Messages, exit_on_error
 
 EPILOG = (
     "Exit codes: 0 ok; 1 internal error; 2 usage; 3 bad input (image or .psic); 4 key problem; "
-    "5 output exists (without --force) or cannot be written; 130 interrupted."
+    "5 output exists (without --force) or cannot be written; 130 interrupted (Ctrl-C); 143 terminated "
+    "(SIGTERM)."
 )
 
 app = typer.Typer(
