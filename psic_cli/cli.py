@@ -34,6 +34,8 @@ Quiet = Annotated[bool, typer.Option("--quiet", help="No notices on stderr (erro
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")]
 Jobs = Annotated[int, typer.Option("--jobs", "-j", min=1, help="Worker processes for folders (each loads the "
                                                               "model once).")]
+FollowSymlinks = Annotated[bool, typer.Option("--follow-symlinks", help="In a folder, also follow file symlinks "
+                                              "that point outside it (by default they are refused).")]
 
 
 def _batch(kind: str, src: str, output: str | None, suffix: str, force: bool, jobs: int, options: dict,
@@ -50,13 +52,15 @@ def _batch(kind: str, src: str, output: str | None, suffix: str, force: bool, jo
     if kind == "decode" and not output:
         raise InputError("decoding a folder needs -o OUTDIR (decoded views never land beside the originals)")
     out_dir = Path(output) if output else Path(src)
-    tasks, report = plan(kind, Path(src), out_dir, suffix, force)
+    tasks, report = plan(kind, Path(src), out_dir, suffix, force, options.get("follow_symlinks", False))
     bar = progress(not msgs.quiet)
     start = time.time()
 
     def on_result(res) -> None:
         if res[2]:
             msgs.error(res[1])
+        elif res[1]:  # skipped: another run made its output meanwhile
+            msgs.notice(res[1])
         elif msgs.verbose:
             msgs.notice(f"{res[0]}: done")
         if bar is not None:
@@ -64,14 +68,14 @@ def _batch(kind: str, src: str, output: str | None, suffix: str, force: bool, jo
             rate = n / max(1e-9, time.time() - start)
             bar.update(task_id, advance=1, rate=f"{rate:.2f} img/s")
 
-    for _, m, _ in report.failed:
-        msgs.error(m)
+    for r in report.failed:
+        msgs.error(r[1])
     if bar is not None:
         with bar:
             task_id = bar.add_task(kind, total=len(tasks), rate="")
-            run_batch(kind, tasks, report, options, jobs, on_result)
+            run_batch(kind, tasks, report, options, jobs, on_result, out_dir)
     else:
-        run_batch(kind, tasks, report, options, jobs, on_result)
+        run_batch(kind, tasks, report, options, jobs, on_result, out_dir)
     msgs.notice(summary(kind, report))
     if report.exit_code:
         raise SystemExit(report.exit_code)
@@ -105,6 +109,7 @@ def encode(
                                                "Default: psic-sh.")] = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels than this.")] = 50_000_000,
     jobs: Jobs = 1,
+    follow_symlinks: FollowSymlinks = False,
     force: Force = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -133,7 +138,8 @@ def encode(
             from psic_cli.codec import check_encode_options
 
             check_encode_options(model, quality)  # a bad -m/-q fails once, not once per file
-            opts = {"quality": quality, "model": model, "max_pixels": max_pixels, "force": force}
+            opts = {"quality": quality, "model": model, "max_pixels": max_pixels, "force": force,
+                    "follow_symlinks": follow_symlinks}
             _batch("encode", src, output, ".psic", force, jobs, opts, msgs)
             return
         res = encode_file(src, output, quality, model, force, max_pixels)
@@ -156,6 +162,7 @@ def decode(
                                              "extension, else png.")] = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse files that claim more pixels than this.")] = 50_000_000,
     jobs: Jobs = 1,
+    follow_symlinks: FollowSymlinks = False,
     force: Force = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -185,7 +192,7 @@ def decode(
                 read_key(key, warn=msgs.warn)  # a bad key file fails once, before the batch
             check_shield(shield, check_view(view, key is not None))
             opts = {"key": key, "view": view, "fmt": fmt, "force": force, "max_pixels": max_pixels,
-                    "shield": shield}
+                    "shield": shield, "follow_symlinks": follow_symlinks}
             _batch("decode", src, output, output_suffix(fmt), force, jobs, opts, msgs)
             return
         res = decode_file(src, output, key, view, fmt, force, warn=msgs.warn, max_pixels=max_pixels,
