@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -110,3 +114,21 @@ def test_missing_dirs_deepest_first(tmp_path):
     assert batch._missing_dirs(tmp_path / "new", [batch.Task(tmp_path, tmp_path / "new" / "z.psic")]) == [
         tmp_path / "new"]
     assert os.path.isdir(out / "a")
+
+
+@pytest.mark.slow
+def test_two_runs_racing_on_one_output_folder(tiny_env, tmp_path, rgb_image):
+    src, out = tmp_path / "in", tmp_path / "out"
+    _images(src, rgb_image, *[f"{i:02d}.png" for i in range(16)])
+    cmd = [sys.executable, "-m", "psic_cli", "encode", str(src), "-o", str(out), "-m", "tiny-sh"]
+    env = {**os.environ, "PSIC_WEIGHTS": str(tiny_env)}
+    procs = [subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    done = 0
+    for err in errs:
+        m = re.search(r"(\d+) done, (\d+) skipped \(already done\), 0 failed", err)
+        assert m and int(m[1]) + int(m[2]) == 16, err
+        done += int(m[1])
+    assert done == 16 and len(list(out.glob("*.psic"))) == 16
+    assert not [p for p in out.iterdir() if p.name.endswith(".part")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -151,3 +152,13 @@ def test_sigint_and_sigterm_during_a_write(tiny_env, tmp_path):
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)  # the later run
     assert r.returncode == 0, r.stderr
     assert _parts(out_dir) == []
+
+
+def test_a_fifo_or_device_output_is_never_replaced(tmp_path):
+    from psic_cli.errors import OutputError
+
+    fifo = tmp_path / "out.png"
+    os.mkfifo(fifo)
+    with pytest.raises(OutputError, match="not a regular file"):
+        fileio.atomic_write(fifo, b"data", force=True)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and _parts(tmp_path) == []
