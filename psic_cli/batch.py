@@ -90,7 +90,12 @@ def plan(kind: str, src_dir: Path, out_dir: Path, suffix: str, force: bool,
     src_resolved = src_dir.resolve()
     tasks: list[Task] = []
     seen: dict[Path, Path] = {}
-    for root, dirs, files in os.walk(src_dir):
+
+    def unreadable(e: OSError) -> None:  # os.walk would skip an unreadable folder without a word
+        report.failed.append(Result(str(e.filename), f"{e.filename}: cannot read folder ({e.strerror})",
+                                    int(ExitCode.BAD_INPUT)))
+
+    for root, dirs, files in os.walk(src_dir, onerror=unreadable):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and Path(root, d).resolve() != out_resolved)
         for name in sorted(files):
             src = Path(root, name)

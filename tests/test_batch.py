@@ -132,3 +132,20 @@ def test_two_runs_racing_on_one_output_folder(tiny_env, tmp_path, rgb_image):
         done += int(m[1])
     assert done == 16 and len(list(out.glob("*.psic"))) == 16
     assert not [p for p in out.iterdir() if p.name.endswith(".part")]
+
+
+def test_an_unreadable_input_folder_is_reported(tmp_path, rgb_image, monkeypatch):
+    src = tmp_path / "in"
+    _images(src, rgb_image, "a.png", "locked/b.png")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == str(src / "locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    tasks, report = batch.plan("encode", src, tmp_path / "out", ".psic", force=False)
+    assert [t.src.name for t in tasks] == ["a.png"]
+    assert [(r.file, r.code) for r in report.failed] == [(str(src / "locked"), 3)]
+    assert "cannot read folder (Permission denied)" in report.failed[0].message
