@@ -14,7 +14,8 @@ from psic_cli.console import Messages, exit_on_error
 EPILOG = (
     "Exit codes: 0 ok; 1 internal error; 2 usage; 3 bad input (image or .psic); 4 key problem (also a "
     "sealed file that does not open: wrong key or damaged file); "
-    "5 output exists (without --force) or cannot be written; 130 interrupted."
+    "5 output exists (without --force) or cannot be written; 130 interrupted (Ctrl-C); 143 terminated "
+    "(SIGTERM)."
 )
 
 app = typer.Typer(
@@ -38,6 +39,8 @@ Jobs = Annotated[int, typer.Option("--jobs", "-j", min=1, help="Worker processes
                                                               "model once).")]
 SealKey = Annotated[str | None, typer.Option("--seal", metavar="KEYFILE", help="Seal the output: encrypt and "
                                              "authenticate the whole file under this key ('psic seal').")]
+FollowSymlinks = Annotated[bool, typer.Option("--follow-symlinks", help="In a folder, also follow file symlinks "
+                                              "that point outside it (by default they are refused).")]
 
 
 def _batch(kind: str, src: str, output: str | None, suffix: str, force: bool, jobs: int, options: dict,
@@ -54,13 +57,15 @@ def _batch(kind: str, src: str, output: str | None, suffix: str, force: bool, jo
     if kind == "decode" and not output:
         raise InputError("decoding a folder needs -o OUTDIR (decoded views never land beside the originals)")
     out_dir = Path(output) if output else Path(src)
-    tasks, report = plan(kind, Path(src), out_dir, suffix, force)
+    tasks, report = plan(kind, Path(src), out_dir, suffix, force, options.get("follow_symlinks", False))
     bar = progress(not msgs.quiet)
     start = time.time()
 
     def on_result(res) -> None:
         if res[2]:
             msgs.error(res[1])
+        elif res[1]:  # skipped: another run made its output meanwhile
+            msgs.notice(res[1])
         elif msgs.verbose:
             msgs.notice(f"{res[0]}: done")
         if bar is not None:
@@ -68,14 +73,14 @@ def _batch(kind: str, src: str, output: str | None, suffix: str, force: bool, jo
             rate = n / max(1e-9, time.time() - start)
             bar.update(task_id, advance=1, rate=f"{rate:.2f} img/s")
 
-    for _, m, _ in report.failed:
-        msgs.error(m)
+    for r in report.failed:
+        msgs.error(r[1])
     if bar is not None:
         with bar:
             task_id = bar.add_task(kind, total=len(tasks), rate="")
-            run_batch(kind, tasks, report, options, jobs, on_result)
+            run_batch(kind, tasks, report, options, jobs, on_result, out_dir)
     else:
-        run_batch(kind, tasks, report, options, jobs, on_result)
+        run_batch(kind, tasks, report, options, jobs, on_result, out_dir)
     msgs.notice(summary(kind, report))
     if report.exit_code:
         raise SystemExit(report.exit_code)
@@ -110,6 +115,7 @@ def encode(
     max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels than this.")] = 50_000_000,
     seal: SealKey = None,
     jobs: Jobs = 1,
+    follow_symlinks: FollowSymlinks = False,
     force: Force = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -146,7 +152,8 @@ def encode(
                 from psic_cli.jobs import read_seal_key
 
                 read_seal_key(seal, warn=msgs.warn)  # a bad key file fails once, before the batch
-            opts = {"quality": quality, "model": model, "max_pixels": max_pixels, "force": force, "seal": seal}
+            opts = {"quality": quality, "model": model, "max_pixels": max_pixels, "force": force, "seal": seal,
+                    "follow_symlinks": follow_symlinks}
             _batch("encode", src, output, ".psic", force, jobs, opts, msgs)
             return
         res = encode_file(src, output, quality, model, force, max_pixels, seal_key_file=seal, warn=msgs.warn)
@@ -173,6 +180,7 @@ def decode(
                                              "extension, else png.")] = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse files that claim more pixels than this.")] = 50_000_000,
     jobs: Jobs = 1,
+    follow_symlinks: FollowSymlinks = False,
     force: Force = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -209,7 +217,7 @@ def decode(
                 read_key(seal, warn=msgs.warn)  # the seal key too
             check_shield(shield, check_view(view, key is not None))
             opts = {"key": key, "view": view, "fmt": fmt, "force": force, "max_pixels": max_pixels,
-                    "shield": shield, "seal": seal}
+                    "shield": shield, "seal": seal, "follow_symlinks": follow_symlinks}
             _batch("decode", src, output, output_suffix(fmt), force, jobs, opts, msgs)
             return
         res = decode_file(src, output, key, view, fmt, force, warn=msgs.warn, max_pixels=max_pixels,

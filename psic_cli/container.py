@@ -46,6 +46,11 @@ MAX_STRING = 1 << 30
 MAX_STRINGS = 8
 MAX_TILES = 1 << 20
 WEIGHTS_ID_BYTES = 8
+PREFIX_BYTES = _PREFIX.size
+# A reader's cap on a whole file, from its header: 16 bytes (128 bits) per pixel, over five times raw RGB
+# and far above what the entropy coder emits, plus room for the header, tile records and small images.
+MAX_BYTES_PER_PIXEL = 16
+SIZE_SLACK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,16 @@ class PsicFile:
     @property
     def payload_bytes(self) -> int:
         return sum(len(s) for t in self.tiles for s in t.strings)
+
+
+def max_file_size(header: Header) -> int:
+    """The most bytes a file with this header may have (readers stop there instead of reading on)."""
+    return header.width * header.height * MAX_BYTES_PER_PIXEL + SIZE_SLACK
+
+
+def header_length(prefix: bytes) -> int:
+    """The header length that a valid prefix (:func:`read_prefix`) announces."""
+    return _PREFIX.unpack_from(prefix)[3]
 
 
 def latent_shape(header: Header) -> tuple[int, int]:

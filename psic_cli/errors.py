@@ -14,7 +14,8 @@ class ExitCode(IntEnum):
     BAD_INPUT = 3  # unreadable image, corrupt/truncated/unsupported .psic file
     KEY = 4  # wrong key for this model, malformed or missing key file; a sealed file that does not open
     OUTPUT = 5  # output exists without --force, or cannot be written
-    INTERRUPTED = 130  # Ctrl-C; partial outputs were removed
+    INTERRUPTED = 130  # Ctrl-C (SIGINT); partial outputs were removed
+    TERMINATED = 143  # SIGTERM (128 + 15, as a shell reports it); partial outputs were removed
 
 
 class PsicError(Exception):
@@ -59,6 +60,14 @@ class OutputError(PsicError):
     """The output exists (and --force was not given) or cannot be written."""
 
     exit_code = ExitCode.OUTPUT
+
+
+class OutputExists(OutputError):
+    """The output exists and --force was not given (in a folder run: counted as skipped)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same clean-up runs (exit 143 instead of 130)."""
 
 
 class ModelError(PsicError):

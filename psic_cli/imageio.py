@@ -55,6 +55,7 @@ def load_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
             if getattr(im, "n_frames", 1) > 1:
                 notices.append(f"{name}: animated image, coding its first frame only")
                 im.seek(0)
+            deep = _sixteen_bit(im)
             im.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise InputError(f"{name}: image is too large (decompression bomb guard, --max-pixels)") from None
@@ -68,6 +69,8 @@ def load_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
         finally:
             Image.MAX_IMAGE_PIXELS = old
     source_mode = im.mode
+    if deep and im.mode not in _GRAY16:  # 16-bit grayscale gets its own notice in _to_rgb
+        notices.append(f"{name}: 16-bit {im.mode} image reduced to 8 bits per channel")
     try:
         im = ImageOps.exif_transpose(im) or im
     except Exception:  # a broken EXIF block must not stop the image
@@ -78,11 +81,20 @@ def load_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     return LoadedImage(np.array(im, dtype=np.uint8), source_mode, notices)
 
 
+def _sixteen_bit(im: Image.Image) -> bool:
+    """Whether the file stores 16 bits per channel; Pillow opens 16-bit RGB(A) as 8-bit RGB(A) silently,
+    so this reads the raw mode of its tiles (before ``load()`` clears them)."""
+    return any(";16" in str(t.args) for t in getattr(im, "tile", None) or ())
+
+
+_GRAY16 = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
 def _to_rgb(im: Image.Image, name: str, notices: list[str]) -> Image.Image:
     mode = im.mode
     if mode == "RGB":
         return im
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    if mode in _GRAY16:
         arr = np.asarray(im, dtype=np.float64)
         peak = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
         arr8 = np.clip(np.round(arr / peak * 255.0), 0, 255).astype(np.uint8)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from psic_cli.errors import InputError, OutputError
+from psic_cli.errors import FormatError, InputError, OutputError
 from psic_cli.fileio import atomic_write, check_writable
 from psic_cli.imageio import DEFAULT_MAX_PIXELS
 
@@ -24,29 +28,127 @@ class JobResult:
     bpp: float | None = None
 
 
-def read_input(src: str, limit: int = MAX_PSIC_BYTES) -> bytes:
-    """Read a file (or stdin for ``-``) of at most ``limit`` bytes, allocating only what is there."""
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
+_CHUNK = 1 << 20
+
+
+def _not_regular(src: str, mode: int) -> InputError:
+    if stat.S_ISDIR(mode):
+        return InputError(f"{src}: is a folder (give a file)")
+    kind = next((k for test, k in _KINDS if test(mode)), "not a regular file")
+    return InputError(f"{src}: is {kind}, not a regular file (give a file, or - for stdin)")
+
+
+@contextlib.contextmanager
+def open_input(src: str) -> Iterator[tuple[BinaryIO, int | None]]:
+    """The input as a binary stream and its size (``None`` for stdin, ``-``).
+
+    Only regular files are opened: a FIFO would block, a device never ends; both are refused at once.
+    Raises :class:`InputError`, also for read errors inside the block.
+    """
     if src == "-":
-        chunks, total = [], 0
-        while chunk := sys.stdin.buffer.read(1 << 20):
-            total += len(chunk)
-            if total > limit:
-                raise InputError("stdin: input is too large")
-            chunks.append(chunk)
-        return b"".join(chunks)
-    p = Path(src)
+        try:
+            yield sys.stdin.buffer, None
+        except OSError as e:
+            raise InputError(f"stdin: cannot read ({e.strerror})") from None
+        return
     try:
-        if p.is_dir():
-            raise InputError(f"{src}: is a folder (give a file)")
-        with open(p, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > limit:
-                raise InputError(f"{src}: file is too large ({size} bytes)")
-            return f.read(limit + 1)
+        st = os.stat(src)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(src, st.st_mode)
+        # O_NONBLOCK: should a FIFO be swapped in after the check, opening it does not wait for a writer
+        fd = os.open(src, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise InputError(f"{src}: no such file") from None
     except OSError as e:
         raise InputError(f"{src}: cannot read ({e.strerror})") from None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise _not_regular(src, st.st_mode)
+            yield f, st.st_size
+    except OSError as e:
+        raise InputError(f"{src}: cannot read ({e.strerror})") from None
+
+
+def check_input(src: str) -> None:
+    """Fail early, before the output is looked at, when the input is missing, unreadable or no regular
+    file: the input is at fault (exit 3), whatever the state of the output."""
+    if src == "-":
+        return
+    try:
+        st = os.stat(src)
+    except FileNotFoundError:
+        raise InputError(f"{src}: no such file") from None
+    except OSError as e:
+        raise InputError(f"{src}: cannot read ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(src, st.st_mode)
+    if not os.access(src, os.R_OK):
+        raise InputError(f"{src}: cannot read (permission denied)")
+
+
+def _read_up_to(f: BinaryIO, n: int) -> bytes:
+    """At most ``n`` bytes, fewer only at the end of the input; allocates only what is there."""
+    chunks, total = [], 0
+    while total < n and (chunk := f.read(min(_CHUNK, n - total))):
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
+
+
+def read_input(src: str, limit: int = MAX_IMAGE_BYTES) -> bytes:
+    """Read a regular file (or stdin for ``-``) of at most ``limit`` bytes, allocating only what is there."""
+    name = "stdin" if src == "-" else src
+    with open_input(src) as (f, size):
+        if size is not None and size > limit:
+            raise InputError(f"{name}: file is too large ({size} bytes, the limit is {limit})")
+        data = _read_up_to(f, limit + 1)
+    if len(data) > limit:
+        raise InputError(f"{name}: input is too large (over {limit} bytes)")
+    return data
+
+
+def read_psic(src: str, limit: int = MAX_PSIC_BYTES) -> bytes:
+    """Read a .psic file (or stdin) header first: the magic and the header are checked before the rest is
+    read, and the rest is read only up to what the header's image size allows (:func:`container.max_file_size`).
+    Raises :class:`InputError` (a :class:`FormatError` for a bad prefix or header), naming the input."""
+    from psic_cli import container
+    from psic_cli import seal as _seal
+
+    name = "stdin" if src == "-" else src
+    with open_input(src) as (f, size):
+        if size is not None and size > limit:
+            raise InputError(f"{name}: file is too large ({size} bytes, the limit is {limit})")
+        head = _read_up_to(f, container.PREFIX_BYTES)
+        if _seal.is_sealed(head):  # a sealed file: its header declares the exact size
+            head += _read_up_to(f, _seal.HEADER_BYTES - len(head))
+            try:
+                total = _seal.sealed_size(head)
+            except FormatError as e:
+                raise type(e)(f"{name}: {e}") from None
+            if total > limit or (size is not None and size != total):
+                raise FormatError(f"{name}: the sealed header says {total} bytes, the file has {size or 'more'}")
+            data = head + _read_up_to(f, total + 1 - len(head))
+            if len(data) != total:
+                raise FormatError(f"{name}: the sealed header says {total} bytes, the file has {len(data)}")
+            return data
+        try:
+            container.read_prefix(head)
+            head += _read_up_to(f, container.header_length(head))
+            header, _ = container.unpack_header(head)
+        except FormatError as e:
+            raise type(e)(f"{name}: {e}") from None
+        cap = min(limit, container.max_file_size(header))
+        if size is not None and size > cap:
+            raise FormatError(f"{name}: {size} bytes is more than a {header.width}x{header.height} file can hold")
+        data = head + _read_up_to(f, cap + 1 - len(head))
+    if len(data) > cap:
+        raise FormatError(f"{name}: more bytes than a {header.width}x{header.height} file can hold")
+    return data
 
 
 def _default_output(src: str, output: str | None, suffix: str) -> str:
@@ -78,6 +180,7 @@ def encode_file(src: str, output: str | None = None, quality: int | None = None,
     from psic_cli import codec
     from psic_cli.zoo import DEFAULT_MODEL
 
+    check_input(src)
     dst = _default_output(src, output, ".psic")
     if dst != "-":
         check_writable(Path(dst), force)  # fail before the expensive work
@@ -137,7 +240,7 @@ def seal_file(src: str, output: str | None, key_file: str, force: bool = False, 
     key = read_seal_key(key_file, warn)
     name = "stdin" if src == "-" else src
     try:
-        data = codec.seal(read_input(src), key)
+        data = codec.seal(read_psic(src), key)
     except InputError as e:
         raise type(e)(str(e) if str(e).startswith(name) else f"{name}: {e}") from None
     _write(dst, data, force)
@@ -157,7 +260,7 @@ def unseal_file(src: str, output: str | None, key_file: str, force: bool = False
     key = read_key(key_file, warn=warn)
     name = "stdin" if src == "-" else src
     try:
-        data = read_input(src)
+        data = read_psic(src)
         if not is_sealed(data):
             raise InputError("not a sealed .psic file (nothing to unseal)")
         plain = codec.unseal(data, key)
@@ -182,13 +285,14 @@ def decode_file(src: str, output: str | None = None, key_file: str | None = None
     from psic_cli.imageio import check_output_size, encode_image, output_format
     from psic_cli.keys import read_key
 
+    check_input(src)
     dst = _default_output(src, output, output_suffix(fmt))
     pil_fmt = output_format(dst, fmt)
     if dst != "-":
         check_writable(Path(dst), force)
     key = read_key(key_file, warn=warn) if key_file else None
     seal_key = read_key(seal_key_file, warn=warn) if seal_key_file else key
-    data = read_input(src)
+    data = read_psic(src)
     name = "stdin" if src == "-" else src
     data = _open_if_sealed(data, seal_key, name)
     try:
@@ -229,7 +333,7 @@ def info_report(src: str, key_file: str | None = None, warn=None) -> dict:
     name = "stdin" if src == "-" else src
     key = read_key(key_file, warn=warn) if key_file else None
     try:
-        meta = read_info(read_input(src), key)
+        meta = read_info(read_psic(src), key)
     except (InputError, KeyError_) as e:
         raise type(e)(str(e) if str(e).startswith(name) else f"{name}: {e}") from None
     if "model" not in meta:  # sealed, and no key opened it

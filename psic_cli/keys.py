@@ -21,6 +21,7 @@ The shielded view's condition does not need a key: ``subtle`` (the default) is t
 from __future__ import annotations
 
 import base64
+import hmac
 import os
 import secrets
 import stat
@@ -59,8 +60,28 @@ def parse_key(text: str, name: str = "key") -> bytes:
     return key
 
 
+def _shipped_keys() -> list[bytes]:
+    """The public keys that ship with the repository's weights (``weights/shipped.key``)."""
+    from psic_cli.zoo import weights_dir
+
+    found = []
+    for p in {Path(__file__).resolve().parent.parent / "weights" / "shipped.key", weights_dir() / "shipped.key"}:
+        try:
+            if p.is_file() and p.stat().st_size <= MAX_KEY_FILE:
+                found.append(parse_key(p.read_text(encoding="ascii")))
+        except (OSError, UnicodeDecodeError, KeyError_):
+            continue
+    return found
+
+
+def is_public_key(key: bytes) -> bool:
+    """Whether ``key`` is a published one (the shipped weights' key): no secret to keep, no mode warning."""
+    return any(hmac.compare_digest(key, k) for k in _shipped_keys())
+
+
 def read_key(path: str | os.PathLike, warn=None) -> bytes:
-    """Read a key file.  ``warn(msg)`` is called when the file is readable by group or others."""
+    """Read a key file.  ``warn(msg)`` is called when the file is readable by group or others, unless the
+    key is a public one (:func:`is_public_key`: git checks ``weights/shipped.key`` out with mode 0644)."""
     p = Path(path)
     try:
         st = p.stat()
@@ -72,13 +93,14 @@ def read_key(path: str | os.PathLike, warn=None) -> bytes:
         raise KeyError_(f"{p}: not a regular file")
     if st.st_size > MAX_KEY_FILE:
         raise KeyError_(f"{p}: not a psic key file (too large)")
-    if warn is not None and st.st_mode & 0o077:
-        warn(f"{p}: key file is readable by other users (chmod 600 {p})")
     try:
         text = p.read_text(encoding="ascii")
     except (UnicodeDecodeError, OSError):
         raise KeyError_(f"{p}: not a psic key file") from None
-    return parse_key(text, str(p))
+    key = parse_key(text, str(p))
+    if warn is not None and st.st_mode & 0o077 and not is_public_key(key):
+        warn(f"{p}: key file is readable by other users (chmod 600 {p})")
+    return key
 
 
 def write_key(path: str | os.PathLike, key: bytes, force: bool = False) -> None:

@@ -61,6 +61,17 @@ def _aead_key(key: bytes, salt: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=HKDF_INFO).derive(key)
 
 
+def sealed_size(head: bytes) -> int:
+    """The whole file's size that a sealed header (its first ``HEADER_BYTES`` bytes) declares, after checking
+    its fields; readers use it to cap how much they read.  Raises FormatError like :func:`parse_header`."""
+    head = bytes(head[:HEADER_BYTES])
+    if len(head) < HEADER_BYTES:
+        raise TruncatedFile(f"truncated at byte {len(head)} (shorter than the {HEADER_BYTES}-byte sealed header)")
+    length = _HEADER.unpack_from(head)[-1]
+    parse_header(head + bytes(length))  # the same checks, on a stand-in payload of the declared length
+    return HEADER_BYTES + length
+
+
 def parse_header(data: bytes) -> dict:
     """Check a sealed file's header and lengths (no key needed); return its fields.
 

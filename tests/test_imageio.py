@@ -72,3 +72,35 @@ def test_pixel_limit_and_bomb_guard():
     data = to_bytes(Image.new("RGB", (300, 300)), "PNG")
     with pytest.raises(InputError, match="pixel limit|too large"):
         load_image(data, "big", max_pixels=10_000)
+
+
+def _png16(pixels: np.ndarray, color_type: int) -> bytes:
+    """A 16-bit PNG (Pillow cannot write 16-bit RGB): pixels uint16 HxWxC, big-endian rows."""
+    import struct
+    import zlib
+
+    h, w = pixels.shape[:2]
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels.reshape(h, -1))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("color_type,channels", [(2, 3), (6, 4)])
+def test_16_bit_rgb_png_reduction_has_a_notice(color_type, channels):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 65536, (12, 20, channels)).astype(np.uint16)
+    pixels[..., 3:] = 65535  # opaque
+    out = load_image(_png16(pixels, color_type), "deep.png")
+    assert out.pixels.shape == (12, 20, 3)
+    assert np.abs(out.pixels.astype(int) - (pixels[..., :3] >> 8)).max() <= 1
+    assert [n for n in out.notices if "16-bit" in n] == [
+        f"deep.png: 16-bit {'RGB' if channels == 3 else 'RGBA'} image reduced to 8 bits per channel"]
+
+
+def test_8_bit_png_has_no_depth_notice():
+    out = load_image(to_bytes(Image.new("RGB", (8, 8), (1, 2, 3)), "PNG"), "x.png")
+    assert out.notices == []

@@ -70,3 +70,17 @@ def test_shield_conditions_are_public_and_pinned():
     assert strong != keys.condition_bits(TEST_KEY, 16, "full")
     with pytest.raises(ValueError):
         keys.shield_condition(16, "medium")
+
+
+def test_no_mode_warning_for_the_public_shipped_key(tmp_path):
+    from .conftest import REPO
+
+    shipped = REPO / "weights" / "shipped.key"
+    copy = tmp_path / "shipped-copy.key"
+    copy.write_bytes(shipped.read_bytes())
+    os.chmod(copy, 0o644)  # as git checks it out
+    warnings: list[str] = []
+    assert keys.read_key(copy, warn=warnings.append) == keys.read_key(shipped)
+    assert keys.is_public_key(keys.read_key(shipped)) and not keys.is_public_key(TEST_KEY)
+    keys.read_key(shipped, warn=warnings.append)
+    assert warnings == []
