@@ -6,12 +6,17 @@ machine analytics, once a model ships that condition).
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from psic_cli import container
-from psic_cli.errors import ChecksumError, FormatError, InputError, KeyMismatch, ModelError
+from psic_cli.errors import ChecksumError, DecodeTimeout, FormatError, InputError, KeyMismatch, ModelError
 from psic_cli.imageio import DEFAULT_MAX_PIXELS, load_image
 from psic_cli.keys import SHIELD_LEVELS, condition_bits, fingerprint, shield_condition
 from psic_cli.zoo import DEFAULT_MODEL, load_model, trained_views
@@ -106,6 +111,7 @@ def encode(data: bytes, name: str = "image", model_id: str = DEFAULT_MODEL, qual
 def read_info(data: bytes) -> dict:
     """Header fields of a .psic file (verifies structure and checksum; needs no model)."""
     f = container.unpack(data)
+    container.check_geometry(f)
     h = f.header
     info = {
         "format_version": h.version,
@@ -143,11 +149,51 @@ def check_shield(shield: str | None, view: str) -> str:
     return shield
 
 
+_deadline: list[float] = []  # monotonic deadlines of the decodes in progress (innermost last)
+
+
+def check_deadline() -> None:
+    """Raise :class:`DecodeTimeout` when the innermost decode's ``timeout`` has passed."""
+    if _deadline and time.monotonic() > _deadline[-1]:
+        raise DecodeTimeout("decode took longer than --timeout; nothing was written")
+
+
+@contextlib.contextmanager
+def deadline(timeout: float | None) -> Iterator[None]:
+    """Bound the enclosed work to ``timeout`` seconds (None: no bound).
+
+    In the main thread a SIGALRM interval timer raises :class:`DecodeTimeout` as soon as the running
+    torch operation returns (a forked entropy decoder is killed); elsewhere the bound is checked
+    between the decode's stages (:func:`check_deadline`)."""
+    if timeout is None:
+        yield
+        return
+    if not timeout > 0:
+        raise InputError(f"--timeout must be positive (got {timeout})")
+    _deadline.append(time.monotonic() + timeout)
+    use_alarm = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    old = None
+    if use_alarm:
+        def _alarm(signum, frame) -> None:
+            raise DecodeTimeout("decode took longer than --timeout; nothing was written")
+
+        old = signal.signal(signal.SIGALRM, _alarm)
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        yield
+    finally:
+        if use_alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        _deadline.pop()
+
+
 def decode(data: bytes, key: bytes | None = None, view: str | None = None,
-           shield: str | None = None) -> DecodeResult:
+           shield: str | None = None, timeout: float | None = None) -> DecodeResult:
     """Decode .psic bytes.  Without a key: the shielded view, at shield level ``subtle`` (default) or
     ``strong``.  With the model's key: ``full`` (default) or ``machine``.  A key that does not open the
-    model raises :class:`KeyMismatch` before decoding."""
+    model raises :class:`KeyMismatch` before decoding.  ``timeout`` (seconds) bounds the entropy
+    decoding and synthesis: past it, :class:`DecodeTimeout` is raised."""
     import torch
 
     view = check_view(view, key is not None)
@@ -174,18 +220,18 @@ def decode(data: bytes, key: bytes | None = None, view: str | None = None,
         raise ModelError(f"model {h.model_id} has no trained machine view")
     if shield != "subtle" and shield not in trained:
         raise ModelError(f"model {h.model_id} has no trained {shield} shield")
-    if h.tile_size != 0 or len(f.tiles) != 1:
-        raise FormatError("tiled files are not supported by this psic")
+    container.check_geometry(f)
     tile = f.tiles[0]
-    if tile.z_shape != container.expected_z_shape(h) or len(tile.strings) != 2:
-        raise FormatError(f"tile shape {tile.z_shape} does not match image size {h.width}x{h.height}")
     cond = _condition(model, key, view, shield)
-    with torch.no_grad():
-        out = model.decompress([[tile.strings[0]], [tile.strings[1]]], tile.z_shape, cond, h.quality - 1,
-                               container.latent_shape(h))
-    if out["checksum"] != tile.checksum:
-        raise ChecksumError("decoded symbols do not match the encoder's (entropy decoder desync)")
-    x = out["x_hat"][0, :, : h.height, : h.width]
+    with deadline(timeout), torch.no_grad():
+        y_hat, checksum = model.decode_latent([[tile.strings[0]], [tile.strings[1]]], tile.z_shape,
+                                              container.latent_shape(h))
+        if checksum != tile.checksum:  # before the synthesis: a crafted file costs no pixels
+            raise ChecksumError("decoded symbols do not match the encoder's (entropy decoder desync)")
+        check_deadline()
+        x_hat = model.synthesize(y_hat, cond, torch.tensor([h.quality - 1]), runtime=True).clamp_(0, 1)
+        check_deadline()
+    x = x_hat[0, :, : h.height, : h.width]
     pixels = (x * 255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
     return DecodeResult(pixels, h, view)
 

@@ -45,6 +45,10 @@ class UnsupportedVersion(FormatError):
     pass
 
 
+class DecodeTimeout(InputError):
+    """A decode ran past its ``--timeout`` (exit 3; nothing is written)."""
+
+
 class KeyError_(PsicError):
     """A key file is malformed, missing, or does not open this model."""
 

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from psic_cli._compat import import_compressai_core
 from psic_cli.models.config import ModelConfig
 from psic_cli.models.layers import ConditionalSynthesis, TriggerGenerator, ste_round
+from psic_cli.models.rans_guard import guarded
 
 import_compressai_core()
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional  # noqa: E402
@@ -221,10 +222,11 @@ class ConditionalHyperprior(nn.Module):
         """Entropy-decode to ``y_hat`` (float64) and the checksum of the decoded symbols.  ``shape`` is
         ``z``'s, ``y_shape`` is ``y``'s (``compress`` returns both; a file's header gives them through
         ``container.latent_shape``)."""
-        z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
-        scales_hat, means_hat = self._hyper(z_hat.double(), self.runtime_modules()["h_s"], y_shape)
-        indexes = self.gaussian_conditional.build_indexes(scales_hat)
-        y_sym = self.gaussian_conditional.decompress(strings[0], indexes, dtype=torch.float64)
+        with guarded(self.entropy_bottleneck, self.gaussian_conditional):  # crafted strings cannot crash us
+            z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
+            scales_hat, means_hat = self._hyper(z_hat.double(), self.runtime_modules()["h_s"], y_shape)
+            indexes = self.gaussian_conditional.build_indexes(scales_hat)
+            y_sym = self.gaussian_conditional.decompress(strings[0], indexes, dtype=torch.float64)
         z_sym = torch.round(z_hat - self.entropy_bottleneck._get_medians())
         y_hat = y_sym + (means_hat if means_hat is not None else 0.0)
         return y_hat, symbols_checksum(y_sym, z_sym)
