@@ -84,7 +84,8 @@ def _run_one(kind: str, task: Task, options: dict) -> tuple[str, str, int]:
         else:
             jobs.decode_file(str(task.src), str(task.dst), options.get("key"), options.get("view"),
                              options.get("fmt"), force, max_pixels=options.get("max_pixels", DEFAULT_MAX_PIXELS),
-                             shield=options.get("shield"))
+                             shield=options.get("shield"), timeout=options.get("timeout"),
+                             output_quality=options.get("output_quality"))
         return str(task.src), "", 0
     except PsicError as e:
         msg = str(e) if str(e).startswith(str(task.src)) else f"{task.src}: {e}"

@@ -92,7 +92,7 @@ def _main(
     pass
 
 
-@app.command()
+@app.command(short_help="Encode an image or a folder of images to .psic.")
 def encode(
     src: Annotated[str, typer.Argument(help="Input image (JPEG, PNG, WebP, TIFF, GIF, ...), or - for stdin.")],
     output: Annotated[str | None, typer.Option("--output", "-o", help="Output .psic file, or - for stdout. "
@@ -141,11 +141,12 @@ def encode(
         msgs.notice(f"{src} -> {res.dst}: {res.bytes_out} bytes, {res.bpp:.4f} bpp")
 
 
-@app.command()
+@app.command(short_help="Decode .psic to an image (the full view with --key).")
 def decode(
     src: Annotated[str, typer.Argument(help="Input .psic file, or - for stdin.")],
     output: Annotated[str | None, typer.Option("--output", "-o", help="Output image, or - for stdout. "
-                                                "Default: the input name with .png.")] = None,
+                                                "Default: the input name with .shielded.png (.full.png, "
+                                                ".strong.png, .machine.png for the other views).")] = None,
     key: Annotated[str | None, typer.Option("--key", "-k", help="Key file: opens the full view.")] = None,
     view: Annotated[str | None, typer.Option(help="shielded (default without a key), full (default with a key) "
                                               "or machine (with a key).")] = None,
@@ -153,7 +154,11 @@ def decode(
                                                 "strong (survives re-encoding better, costs more quality).")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="png, jpg or webp. Default: from the output's "
                                              "extension, else png.")] = None,
+    output_quality: Annotated[int | None, typer.Option("--output-quality", help="JPEG/WebP quality of the "
+                                                        "decoded image, 1-100. Default: 95.")] = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse files that claim more pixels than this.")] = 50_000_000,
+    timeout: Annotated[float | None, typer.Option(help="Give up (exit 3, nothing written) when a file takes "
+                                                   "longer than this many seconds to decode.")] = None,
     jobs: Jobs = 1,
     force: Force = False,
     quiet: Quiet = False,
@@ -161,7 +166,9 @@ def decode(
 ) -> None:
     """Decode a .psic file (or a folder of them): the privacy-shielded view, or the full view with --key.
 
-    A key that does not open the file's model is refused (exit 4) and nothing is written.
+    A key that does not open the file's model is refused (exit 4) and nothing is written. Decoded images
+    never take the name of the image the .psic was made from, and no decode (not even with --force)
+    writes over that image. Grayscale sources decode to grayscale images.
 
     \b
     Examples:
@@ -176,23 +183,31 @@ def decode(
     with exit_on_error(msgs):
         if src != "-" and os.path.isdir(src):
             from psic_cli.codec import check_shield, check_view
-            from psic_cli.jobs import output_suffix
 
             if key:
                 from psic_cli.keys import read_key
 
                 read_key(key, warn=msgs.warn)  # a bad key file fails once, before the batch
-            check_shield(shield, check_view(view, key is not None))
+            the_view = check_view(view, key is not None)
+            check_shield(shield, the_view)
+            if timeout is not None and not timeout > 0:
+                from psic_cli.errors import UsageError
+
+                raise UsageError(f"--timeout must be positive (got {timeout})")
+            from psic_cli.imageio import output_format
+            from psic_cli.jobs import check_output_quality, decoded_suffix
+
+            check_output_quality(output_quality, output_format(None, fmt))
             opts = {"key": key, "view": view, "fmt": fmt, "force": force, "max_pixels": max_pixels,
-                    "shield": shield}
-            _batch("decode", src, output, output_suffix(fmt), force, jobs, opts, msgs)
+                    "shield": shield, "timeout": timeout, "output_quality": output_quality}
+            _batch("decode", src, output, decoded_suffix(the_view, shield, fmt), force, jobs, opts, msgs)
             return
         res = decode_file(src, output, key, view, fmt, force, warn=msgs.warn, max_pixels=max_pixels,
-                          shield=shield)
+                          shield=shield, timeout=timeout, output_quality=output_quality)
         msgs.notice(f"{src} -> {res.dst}")
 
 
-@app.command()
+@app.command(short_help="Show a .psic file's header and the key that opens it.")
 def info(
     src: Annotated[str, typer.Argument(help="A .psic file, or - for stdin.")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -217,7 +232,7 @@ def info(
                 print(f"{k:>16}: {v}")
 
 
-@app.command()
+@app.command(short_help="Write a new random key file.")
 def keygen(
     output: Annotated[str, typer.Argument(help="Key file to write (mode 0600).")],
     force: Force = False,
@@ -244,7 +259,7 @@ def keygen(
         msgs.notice(f"wrote {output} (fingerprint {fingerprint(key)})")
 
 
-@app.command()
+@app.command(short_help="List the installed models (* marks the default).")
 def models(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """List the installed models, their qualities, shield status and key fingerprints."""
     with exit_on_error(Messages()):
@@ -273,12 +288,20 @@ def _models(as_json: bool) -> None:
     if not rows:
         print(f"no models installed in {weights_dir()}")
         return
-    for r in rows:
-        print(f"{r['model']:<10} {r['arch']!s:<22} qualities 1-{r['qualities']}  shield: {r['shield']!s:<10} "
-              f"views {','.join(r['views']):<30} key {r['key_fingerprint']}  steps {r['steps']}")
+    from psic_cli.zoo import DEFAULT_MODEL
+
+    table = [("", "MODEL", "ARCH", "QUALITIES", "SHIELD", "VIEWS", "KEY", "STEPS")]
+    table += [("*" if r["model"] == DEFAULT_MODEL else "", r["model"], str(r["arch"]), f"1-{r['qualities']}",
+               str(r["shield"]), ",".join(r["views"]), r["key_fingerprint"], str(r["steps"])) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    if any(r["model"] == DEFAULT_MODEL for r in rows):
+        print(f"* default model ({DEFAULT_MODEL}): used by 'psic encode' without -m")
 
 
-@app.command(name="eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+@app.command(name="eval", short_help="Rate-distortion report vs JPEG/WebP.",
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
              add_help_option=False)
 def eval_(ctx: typer.Context) -> None:
     """Rate-distortion report on an image folder vs JPEG/WebP ('python -m psic_cli.evaluation.rd'). Try -h."""
@@ -287,7 +310,8 @@ def eval_(ctx: typer.Context) -> None:
     raise SystemExit(rd_main(list(ctx.args)))
 
 
-@app.command(name="vlp-eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+@app.command(name="vlp-eval", short_help="Zero-shot VLP accuracy on a labelled folder.",
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
              add_help_option=False)
 def vlp_eval(ctx: typer.Context) -> None:
     """Zero-shot top-1 and retrieval R@1 of a VLP on a labelled folder ('python -m psic_cli.vlp.eval'). Try -h."""
@@ -296,7 +320,8 @@ def vlp_eval(ctx: typer.Context) -> None:
     vlp_main(list(ctx.args))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+@app.command(short_help="Train a model (needs the 'train' extra).",
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
 def train(ctx: typer.Context) -> None:
     """Train a model (same as 'python -m psic_cli.training'; needs the 'train' extra). Try 'psic train rd -h'."""
     from psic_cli.training.__main__ import main as train_main

@@ -16,7 +16,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from psic_cli import container
-from psic_cli.errors import ChecksumError, DecodeTimeout, FormatError, InputError, KeyMismatch, ModelError
+from psic_cli.errors import (
+    ChecksumError,
+    DecodeTimeout,
+    FormatError,
+    InputError,
+    KeyMismatch,
+    ModelError,
+    UsageError,
+)
 from psic_cli.imageio import DEFAULT_MAX_PIXELS, load_image
 from psic_cli.keys import SHIELD_LEVELS, condition_bits, fingerprint, shield_condition
 from psic_cli.zoo import DEFAULT_MODEL, load_model, trained_views
@@ -59,16 +67,16 @@ def check_encode_options(model_id: str | None, quality: int | None) -> None:
 
     info = model_info(model_id or DEFAULT_MODEL)
     if quality is not None and not 1 <= quality <= info.qualities:
-        raise InputError(f"quality {quality} is out of range for {info.model_id} (1..{info.qualities})")
+        raise UsageError(f"quality {quality} is out of range for {info.model_id} (1..{info.qualities})")
 
 
 def check_view(view: str | None, have_key: bool) -> str:
     """The view to decode: ``shielded`` without a key, ``full`` (default) or ``machine`` with one."""
     view = view or ("full" if have_key else "shielded")
     if view not in VIEWS:
-        raise InputError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
+        raise UsageError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
     if view != "shielded" and not have_key:
-        raise KeyMismatch(f"the {view} view needs a key (--key)")
+        raise UsageError(f"the {view} view needs a key (--key)")
     return view
 
 
@@ -82,7 +90,7 @@ def encode_pixels(pixels: np.ndarray, model_id: str = DEFAULT_MODEL, quality: in
     nq = model.cfg.qualities
     quality = (nq + 1) // 2 if quality is None else quality
     if not 1 <= quality <= nq:
-        raise InputError(f"quality {quality} is out of range for {model_id} (1..{nq})")
+        raise UsageError(f"quality {quality} is out of range for {model_id} (1..{nq})")
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise InputError("pixels must be a uint8 HxWx3 array")
     h, w = pixels.shape[:2]
@@ -129,6 +137,23 @@ def read_info(data: bytes) -> dict:
     return info
 
 
+def check_model_options(model_id: str, key: bytes | None, view: str, shield: str) -> None:
+    """Check the key's fingerprint and the requested view against the installed model's metadata (no
+    torch, no weights loaded): :class:`KeyMismatch` for a key that does not open it, :class:`ModelError`
+    for a view or shield level it has not trained."""
+    from psic_cli.zoo import model_info
+
+    info = model_info(model_id)
+    if key is not None and fingerprint(key) != info.key_fingerprint:
+        raise KeyMismatch(f"this key (fingerprint {fingerprint(key)}) does not open model {model_id} "
+                          f"(expects {info.key_fingerprint})")
+    trained = trained_views(info.metadata)
+    if view == "machine" and "machine" not in trained:
+        raise ModelError(f"model {model_id} has no trained machine view")
+    if shield != "subtle" and shield not in trained:
+        raise ModelError(f"model {model_id} has no trained {shield} shield")
+
+
 def _condition(model, key: bytes | None, view: str, shield: str):
     import torch
 
@@ -143,9 +168,9 @@ def check_shield(shield: str | None, view: str) -> str:
     if shield is None:
         return "subtle"
     if shield not in SHIELD_LEVELS:
-        raise InputError(f"unknown shield level {shield!r}; choose one of {', '.join(SHIELD_LEVELS)}")
+        raise UsageError(f"unknown shield level {shield!r}; choose one of {', '.join(SHIELD_LEVELS)}")
     if view != "shielded":
-        raise InputError(f"--shield applies to the shielded view only (this decode gives the {view} view)")
+        raise UsageError(f"--shield applies to the shielded view only (this decode gives the {view} view)")
     return shield
 
 
@@ -169,22 +194,23 @@ def deadline(timeout: float | None) -> Iterator[None]:
         yield
         return
     if not timeout > 0:
-        raise InputError(f"--timeout must be positive (got {timeout})")
+        raise UsageError(f"--timeout must be positive (got {timeout})")
     _deadline.append(time.monotonic() + timeout)
     use_alarm = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
     old = None
-    if use_alarm:
-        def _alarm(signum, frame) -> None:
-            raise DecodeTimeout("decode took longer than --timeout; nothing was written")
-
-        old = signal.signal(signal.SIGALRM, _alarm)
-        signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
+        if use_alarm:
+            def _alarm(signum, frame) -> None:
+                raise DecodeTimeout("decode took longer than --timeout; nothing was written")
+
+            old = signal.signal(signal.SIGALRM, _alarm)
+            signal.setitimer(signal.ITIMER_REAL, timeout)
         yield
     finally:
         if use_alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, old)
+            if old is not None:
+                signal.signal(signal.SIGALRM, old)
         _deadline.pop()
 
 
@@ -200,6 +226,8 @@ def decode(data: bytes, key: bytes | None = None, view: str | None = None,
     shield = check_shield(shield, view)
     f = container.unpack(data)
     h = f.header
+    container.check_geometry(f)
+    check_model_options(h.model_id, key, view, shield)  # from the weights' metadata, before torch loads
     lm = load_model(h.model_id)
     model = lm.model
     if h.weights_id != lm.bitstream_id:
@@ -209,18 +237,6 @@ def decode(data: bytes, key: bytes | None = None, view: str | None = None,
         )
     if h.arch != model.cfg.arch or not 1 <= h.quality <= model.cfg.qualities:
         raise FormatError(f"header does not match model {h.model_id} (arch {h.arch}, quality {h.quality})")
-    if key is not None:
-        if fingerprint(key) != lm.info.key_fingerprint:
-            raise KeyMismatch(
-                f"this key (fingerprint {fingerprint(key)}) does not open model {h.model_id} "
-                f"(expects {lm.info.key_fingerprint})"
-            )
-    trained = trained_views(lm.info.metadata)
-    if view == "machine" and "machine" not in trained:
-        raise ModelError(f"model {h.model_id} has no trained machine view")
-    if shield != "subtle" and shield not in trained:
-        raise ModelError(f"model {h.model_id} has no trained {shield} shield")
-    container.check_geometry(f)
     tile = f.tiles[0]
     cond = _condition(model, key, view, shield)
     with deadline(timeout), torch.no_grad():

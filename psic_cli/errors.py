@@ -29,6 +29,12 @@ class InputError(PsicError):
     exit_code = ExitCode.BAD_INPUT
 
 
+class UsageError(InputError):
+    """A bad option value or combination, found before any model loads (exit 2, like Click's own)."""
+
+    exit_code = ExitCode.USAGE
+
+
 class FormatError(InputError):
     """A .psic file is corrupt, truncated or of an unsupported version."""
 

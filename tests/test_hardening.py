@@ -8,8 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
+from typer.testing import CliRunner
 
 from psic_cli import codec, container
+from psic_cli.cli import app
 from psic_cli.errors import FormatError
 
 from .conftest import REPO
@@ -83,8 +86,6 @@ def test_info_rejects_payload_that_does_not_fit_the_header(tiny_env, rgb_image):
 def test_reported_segfault_reproducer(tmp_path):
     """The reported case: a 64x64 crop of kodim23 at quality 3 with the default model, header rewritten to
     1024x16384 (z shape and CRC to match).  It used to die of SIGSEGV (exit 139)."""
-    from PIL import Image
-
     from .conftest import EXAMPLES
 
     img = np.asarray(Image.open(EXAMPLES / "kodim23.png").convert("RGB"))[:64, :64].copy()
@@ -96,3 +97,133 @@ def test_reported_segfault_reproducer(tmp_path):
                        env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
     assert r.returncode == 3, (r.returncode, r.stderr)
     assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+# ---------------------------------------------------------------- CLI: bounds, the source image, options
+runner = CliRunner()
+
+
+def run(*args, **kw):
+    return runner.invoke(app, [str(a) for a in args], **kw)
+
+
+def _md5(p) -> str:
+    import hashlib
+
+    return hashlib.md5(p.read_bytes()).hexdigest()
+
+
+@pytest.fixture()
+def coded(tiny_env, tmp_path, rgb_image):
+    """photo.png and photo.psic made from it, side by side."""
+    photo = tmp_path / "photo.png"
+    Image.fromarray(rgb_image).save(photo)
+    assert run("encode", photo, "-m", "tiny-sh").exit_code == 0
+    return photo, photo.with_suffix(".psic")
+
+
+def test_decode_never_touches_the_source(coded, key_file):
+    photo, psic = coded
+    before = _md5(photo)
+    r = run("decode", psic)
+    assert r.exit_code == 0, r.stderr
+    assert (photo.parent / "photo.shielded.png").exists()
+    r = run("decode", psic, "--key", key_file)
+    assert r.exit_code == 0 and (photo.parent / "photo.full.png").exists()
+    for extra in ([], ["--force"], ["--force", "--key", str(key_file)]):
+        r = run("decode", psic, "-o", photo, *extra)
+        assert r.exit_code == 5 and "refusing to overwrite" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    # the same file under another name (a symlink) is still the source: identity, not the name, decides
+    link = photo.parent / "alias.png"
+    link.symlink_to(photo)
+    r = run("decode", psic, "-o", link, "--force")
+    assert r.exit_code == 5 and "refusing to overwrite" in r.stderr
+    assert _md5(photo) == before
+
+
+def test_decode_never_overwrites_a_jpeg_source(tiny_env, tmp_path, rgb_image):
+    photo = tmp_path / "shot.JPG"
+    Image.fromarray(rgb_image).save(photo, "JPEG")
+    before = _md5(photo)
+    assert run("encode", photo, "-m", "tiny-sh").exit_code == 0
+    r = run("decode", tmp_path / "shot.psic", "-o", photo, "--force", "--format", "jpg")
+    assert r.exit_code == 5 and _md5(photo) == before
+
+
+def test_timeout_ends_decode_cleanly(coded, tmp_path):
+    photo, psic = coded
+    out = tmp_path / "t.png"
+    r = run("decode", psic, "-o", out, "--timeout", "0.000001")
+    assert r.exit_code == 3 and "--timeout" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+    assert run("decode", psic, "-o", out, "--timeout", "0").exit_code == 2
+    assert run("decode", psic, "-o", out, "--timeout", "600").exit_code == 0 and out.exists()
+    from psic_cli.errors import DecodeTimeout
+
+    with pytest.raises(DecodeTimeout):
+        codec.decode(psic.read_bytes(), timeout=1e-6)
+
+
+def test_usage_errors_exit_2_before_any_model_loads(coded, key_file, monkeypatch, tmp_path):
+    from psic_cli.keys import generate_key, write_key
+
+    photo, psic = coded
+
+    def no_load(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(codec, "load_model", no_load)
+    out = tmp_path / "x.png"
+    for args in (["encode", photo, "-o", tmp_path / "x.psic", "-m", "tiny-sh", "-q", "9"],
+                 ["decode", psic, "-o", out, "--shield", "medium"],
+                 ["decode", psic, "-o", out, "--view", "full"],
+                 ["decode", psic, "-o", out, "--view", "sideways", "--key", key_file],
+                 ["decode", psic, "-o", tmp_path / "x.jpg", "--output-quality", "0"],
+                 ["decode", psic, "-o", out, "--output-quality", "80"]):
+        r = run(*args)
+        assert r.exit_code == 2, (args, r.exit_code, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "AssertionError" not in r.stderr
+    other = tmp_path / "other.key"
+    write_key(other, generate_key())
+    r = run("decode", psic, "-o", out, "--key", other)
+    assert r.exit_code == 4 and "does not open" in r.stderr  # from the key fingerprint, weights unread
+    assert not out.exists()
+
+
+def test_grayscale_stays_grayscale(tiny_env, tmp_path, rgb_image):
+    gray = tmp_path / "g.png"
+    Image.fromarray(rgb_image[..., 0]).save(gray)  # mode L
+    assert run("encode", gray, "-m", "tiny-sh").exit_code == 0
+    assert codec.read_info((tmp_path / "g.psic").read_bytes())["source_mode"] == "L"
+    assert run("decode", tmp_path / "g.psic").exit_code == 0
+    im = Image.open(tmp_path / "g.shielded.png")
+    assert im.mode == "L" and im.size == (100, 70)
+    rgba = tmp_path / "a.png"
+    Image.fromarray(rgb_image).convert("RGBA").save(rgba)
+    assert run("encode", rgba, "-m", "tiny-sh").exit_code == 0
+    assert run("decode", tmp_path / "a.psic").exit_code == 0
+    assert Image.open(tmp_path / "a.shielded.png").mode == "RGB"  # alpha was dropped on encode, as promised
+
+
+def test_output_quality(coded, tmp_path):
+    _, psic = coded
+    sizes = {}
+    for q in (10, 95):
+        out = tmp_path / f"q{q}.jpg"
+        r = run("decode", psic, "-o", out, "--output-quality", q)
+        assert r.exit_code == 0, r.stderr
+        sizes[q] = out.stat().st_size
+    assert sizes[10] < sizes[95]
+    assert run("decode", psic, "-o", tmp_path / "w.webp", "--output-quality", "50").exit_code == 0
+
+
+def test_help_and_models_listing(tiny_env):
+    r = subprocess.run([sys.executable, "-m", "psic_cli", "--help"], capture_output=True, text=True,
+                       env={**os.environ, "COLUMNS": "80"}, cwd=REPO)
+    commands = r.stdout.split("Commands:")[1].split("Exit codes")[0]
+    assert "..." not in commands and "decode" in commands
+    r = run("models")
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].split()[:2] == ["MODEL", "ARCH"]
+    assert not any(line.startswith("*") for line in lines[1:-1])  # tiny weights: no default model there
