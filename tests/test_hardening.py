@@ -227,3 +227,15 @@ def test_help_and_models_listing(tiny_env):
     lines = r.stdout.strip().splitlines()
     assert lines[0].split()[:2] == ["MODEL", "ARCH"]
     assert not any(line.startswith("*") for line in lines[1:-1])  # tiny weights: no default model there
+
+
+def test_setup_script_says_what_it_does():
+    """Every long step of scripts/setup.sh (venv creation, each pip install) is announced on the line before."""
+    lines = [ln.strip() for ln in (REPO / "scripts" / "setup.sh").read_text().splitlines()
+             if ln.strip() and not ln.strip().startswith("#")]
+    steps = [i for i, ln in enumerate(lines) if "pip install" in ln or " -m venv " in ln]
+    assert len(steps) >= 3
+    for i in steps:
+        assert lines[i - 1].startswith(("say ", "echo ")), lines[i]
+    r = subprocess.run(["bash", "-n", str(REPO / "scripts" / "setup.sh")], capture_output=True)
+    assert r.returncode == 0
