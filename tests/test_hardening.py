@@ -239,3 +239,28 @@ def test_setup_script_says_what_it_does():
         assert lines[i - 1].startswith(("say ", "echo ")), lines[i]
     r = subprocess.run(["bash", "-n", str(REPO / "scripts" / "setup.sh")], capture_output=True)
     assert r.returncode == 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_two_worker_folder_decode_prints_one_line(tiny_env, tmp_path, rgb_image):
+    """Ctrl-C from a terminal reaches the whole process group: the workers (and their rANS decoder
+    children) ignore it, the parent stops the batch and prints one line."""
+    import time
+
+    src, out = tmp_path / "coded", tmp_path / "views"
+    src.mkdir()
+    for i in range(40):
+        (src / f"{i:02d}.psic").write_bytes(codec.encode_pixels(np.roll(rgb_image, i, axis=1), "tiny-sh", 1))
+    cmd = [sys.executable, "-m", "psic_cli", "decode", str(src), "-o", str(out), "-j", "2", "--quiet"]
+    proc = subprocess.Popen(cmd, env=_env(tiny_env), stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list(out.rglob("*.png"))) < 3 and proc.poll() is None:
+        time.sleep(0.05)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err  # 40 files: the batch is still running when the signal comes
+    assert err.strip().splitlines() == ["psic: error: interrupted; partial outputs removed"], err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert not [p for p in out.rglob("*") if p.name.endswith(".part")]

@@ -56,7 +56,9 @@ def _decode_in_child(decoder, data: bytes, indexes, cdfs, cdf_sizes, offsets) ->
         code = 1
         try:
             os.close(r)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            # Ctrl-C is the parent's to handle: it kills this child (a batch worker that ignores SIGINT
+            # must not see its file fail because the decoder child died of the terminal's signal)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             faulthandler.disable()  # a crash here is expected of crafted data: no dump on stderr
             view = memoryview(array("i", decoder.decode_with_indexes(data, indexes, cdfs, cdf_sizes,
                                                                      offsets)).tobytes())
