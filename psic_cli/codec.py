@@ -174,12 +174,19 @@ def check_shield(shield: str | None, view: str) -> str:
     return shield
 
 
-_deadline: list[float] = []  # monotonic deadlines of the decodes in progress (innermost last)
+_deadlines = threading.local()  # per thread: monotonic deadlines of the decodes in progress (innermost last)
+
+
+def _stack() -> list[float]:
+    if not hasattr(_deadlines, "stack"):
+        _deadlines.stack = []
+    return _deadlines.stack
 
 
 def check_deadline() -> None:
-    """Raise :class:`DecodeTimeout` when the innermost decode's ``timeout`` has passed."""
-    if _deadline and time.monotonic() > _deadline[-1]:
+    """Raise :class:`DecodeTimeout` when this thread's innermost decode has run past its ``timeout``."""
+    stack = _stack()
+    if stack and time.monotonic() > stack[-1]:
         raise DecodeTimeout("decode took longer than --timeout; nothing was written")
 
 
@@ -195,23 +202,24 @@ def deadline(timeout: float | None) -> Iterator[None]:
         return
     if not timeout > 0:
         raise UsageError(f"--timeout must be positive (got {timeout})")
-    _deadline.append(time.monotonic() + timeout)
+    stack = _stack()
+    stack.append(time.monotonic() + timeout)
     use_alarm = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-    old = None
+    installed, old = False, None
     try:
         if use_alarm:
             def _alarm(signum, frame) -> None:
                 raise DecodeTimeout("decode took longer than --timeout; nothing was written")
 
             old = signal.signal(signal.SIGALRM, _alarm)
+            installed = True
             signal.setitimer(signal.ITIMER_REAL, timeout)
         yield
     finally:
-        if use_alarm:
+        if installed:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            if old is not None:
-                signal.signal(signal.SIGALRM, old)
-        _deadline.pop()
+            signal.signal(signal.SIGALRM, old if old is not None else signal.SIG_DFL)
+        stack.pop()
 
 
 def decode(data: bytes, key: bytes | None = None, view: str | None = None,

@@ -278,3 +278,26 @@ def test_malloc_tuning_is_applied_by_the_cli_only():
     assert isinstance(result, bool)
     if sys.platform == "linux" and platform.libc_ver()[0] == "glibc":
         assert result
+
+
+def test_timeout_in_a_thread_is_checked_between_stages(tiny_env, rgb_image):
+    """Off the main thread there is no SIGALRM: the deadline is checked between the decode's stages."""
+    import threading
+
+    from psic_cli.errors import DecodeTimeout
+
+    data = codec.encode_pixels(rgb_image, "tiny-sh", 1)
+    caught: list = []
+
+    def work() -> None:
+        try:
+            codec.decode(data, timeout=1e-9)
+        except DecodeTimeout as e:
+            caught.append(e)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join(120)
+    assert len(caught) == 1
+    assert codec.decode(data, timeout=600).pixels.shape == rgb_image.shape
+    assert signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None)
