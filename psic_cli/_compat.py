@@ -66,3 +66,28 @@ def import_compressai_core() -> None:
     pkg.available_entropy_coders = lambda: ["ans"]
     pkg.get_entropy_coder = lambda: "ans"
     sys.modules["compressai"] = pkg
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt(3) parameters
+MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit systems
+
+
+def tune_malloc() -> bool:
+    """Let glibc's malloc keep and reuse freed memory across a decode's tiles and layers.
+
+    By default glibc hands blocks over a dynamic threshold straight back to the kernel, and every large
+    tensor of the next tile or layer then page-faults its memory in again (system time).  Serving blocks
+    up to 32 MiB from the heap and never trimming it keeps that memory mapped between tiles.  Called by
+    the CLI only (a process-wide setting is not a library's to make); returns False where glibc's
+    ``mallopt`` is not available (musl, macOS, Windows)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) == 1
+    return mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1 and ok

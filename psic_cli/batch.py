@@ -159,7 +159,8 @@ def _run_one(kind: str, task: Task, options: dict, out_dir: Path | None = None) 
         else:
             jobs.decode_file(str(task.src), str(task.dst), options.get("key"), options.get("view"),
                              options.get("fmt"), force, max_pixels=options.get("max_pixels", DEFAULT_MAX_PIXELS),
-                             shield=options.get("shield"), seal_key_file=options.get("seal"))
+                             shield=options.get("shield"), seal_key_file=options.get("seal"),
+                             timeout=options.get("timeout"), output_quality=options.get("output_quality"))
         return Result(str(task.src), "", 0)
     except OutputExists as e:
         if not force:  # another run wrote it meanwhile: done, by someone else

@@ -102,7 +102,7 @@ def _main(
     pass
 
 
-@app.command()
+@app.command(short_help="Encode an image or a folder of images to .psic.")
 def encode(
     src: Annotated[str, typer.Argument(help="Input image (JPEG, PNG, WebP, TIFF, GIF, ...), or - for stdin.")],
     output: Annotated[str | None, typer.Option("--output", "-o", help="Output .psic file, or - for stdout. "
@@ -162,11 +162,12 @@ def encode(
         msgs.notice(f"{src} -> {res.dst}: {res.bytes_out} bytes, {res.bpp:.4f} bpp")
 
 
-@app.command()
+@app.command(short_help="Decode .psic to an image (the full view with --key).")
 def decode(
     src: Annotated[str, typer.Argument(help="Input .psic file, or - for stdin.")],
     output: Annotated[str | None, typer.Option("--output", "-o", help="Output image, or - for stdout. "
-                                                "Default: the input name with .png.")] = None,
+                                                "Default: the input name with .shielded.png (.full.png, "
+                                                ".strong.png, .machine.png for the other views).")] = None,
     key: Annotated[str | None, typer.Option("--key", "-k", help="Key file: switches to the full view (and opens "
                                          "a file sealed with it).")] = None,
     seal: Annotated[str | None, typer.Option("--seal", metavar="KEYFILE", help="Key file that opens a sealed "
@@ -178,7 +179,11 @@ def decode(
                                                 "the default) or strong (= --view strong).")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="png, jpg or webp. Default: from the output's "
                                              "extension, else png.")] = None,
+    output_quality: Annotated[int | None, typer.Option("--output-quality", help="JPEG/WebP quality of the "
+                                                        "decoded image, 1-100. Default: 95.")] = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse files that claim more pixels than this.")] = 50_000_000,
+    timeout: Annotated[float | None, typer.Option(help="Give up (exit 3, nothing written) when a file takes "
+                                                   "longer than this many seconds to decode.")] = None,
     jobs: Jobs = 1,
     follow_symlinks: FollowSymlinks = False,
     force: Force = False,
@@ -190,6 +195,8 @@ def decode(
     A key that does not open the file's model is refused (exit 4) and nothing is written. A sealed file
     opens only with the key that sealed it (--seal, else --key); without it, or when it was changed, the
     decode fails with exit 4 ("wrong key or damaged file": the two cannot be told apart) and writes nothing.
+    never take the name of the image the .psic was made from, and no decode (not even with --force)
+    writes over that image. Grayscale sources decode to grayscale images.
 
     \b
     Examples:
@@ -205,7 +212,6 @@ def decode(
     with exit_on_error(msgs):
         if src != "-" and os.path.isdir(src):
             from psic_cli.codec import check_shield, check_view
-            from psic_cli.jobs import output_suffix
 
             if key:
                 from psic_cli.keys import read_key
@@ -215,17 +221,26 @@ def decode(
                 from psic_cli.keys import read_key
 
                 read_key(seal, warn=msgs.warn)  # the seal key too
-            check_shield(shield, check_view(view, key is not None))
+            the_view = check_shield(shield, check_view(view, key is not None))
+            if timeout is not None and not timeout > 0:
+                from psic_cli.errors import UsageError
+
+                raise UsageError(f"--timeout must be positive (got {timeout})")
+            from psic_cli.imageio import output_format
+            from psic_cli.jobs import check_output_quality, decoded_suffix
+
+            check_output_quality(output_quality, output_format(None, fmt))
             opts = {"key": key, "view": view, "fmt": fmt, "force": force, "max_pixels": max_pixels,
-                    "shield": shield, "seal": seal, "follow_symlinks": follow_symlinks}
-            _batch("decode", src, output, output_suffix(fmt), force, jobs, opts, msgs)
+                    "shield": shield, "seal": seal, "follow_symlinks": follow_symlinks, "timeout": timeout,
+                    "output_quality": output_quality}
+            _batch("decode", src, output, decoded_suffix(the_view, None, fmt), force, jobs, opts, msgs)
             return
         res = decode_file(src, output, key, view, fmt, force, warn=msgs.warn, max_pixels=max_pixels,
-                          shield=shield, seal_key_file=seal)
+                          shield=shield, seal_key_file=seal, timeout=timeout, output_quality=output_quality)
         msgs.notice(f"{src} -> {res.dst}")
 
 
-@app.command()
+@app.command(short_help="Show a .psic file's header and the key that opens it.")
 def info(
     src: Annotated[str, typer.Argument(help="A .psic file, or - for stdin.")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -257,7 +272,7 @@ def info(
 RequiredKey = Annotated[str, typer.Option("--key", "-k", metavar="KEYFILE", help="Key file (from 'psic keygen').")]
 
 
-@app.command(name="seal")
+@app.command(name="seal", short_help="Encrypt and authenticate a .psic file under a key.")
 def seal_(
     src: Annotated[str, typer.Argument(help="A .psic file, or - for stdin.")],
     key: RequiredKey,
@@ -288,7 +303,7 @@ def seal_(
         msgs.notice(f"{src} -> {res.dst}: sealed, {res.bytes_out} bytes")
 
 
-@app.command()
+@app.command(short_help="Open a sealed .psic file with its key.")
 def unseal(
     src: Annotated[str, typer.Argument(help="A sealed .psic file, or - for stdin.")],
     key: RequiredKey,
@@ -316,7 +331,7 @@ def unseal(
         msgs.notice(f"{src} -> {res.dst}: unsealed, {res.bytes_out} bytes")
 
 
-@app.command()
+@app.command(short_help="Write a new random key file.")
 def keygen(
     output: Annotated[str, typer.Argument(help="Key file to write (mode 0600).")],
     force: Force = False,
@@ -345,7 +360,7 @@ def keygen(
         msgs.notice(f"wrote {output} (fingerprint {fingerprint(key)})")
 
 
-@app.command()
+@app.command(short_help="List the installed models (* marks the default).")
 def models(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """List the installed models, their qualities, shield status and key fingerprints."""
     with exit_on_error(Messages()):
@@ -375,26 +390,36 @@ def _models(as_json: bool) -> None:
     if not rows:
         print(f"no models installed in {weights_dir()}")
         return
-    for r in rows:
-        print(f"{r['model']:<10} {r['arch']!s:<22} qualities 1-{r['qualities']}  shield: {r['shield']!s:<10} "
-              f"views {','.join(r['views']):<30} key {r['key_fingerprint']}  steps {r['steps']}")
+    from psic_cli.zoo import DEFAULT_MODEL
+
+    table = [("", "MODEL", "ARCH", "QUALITIES", "SHIELD", "VIEWS", "KEY", "STEPS")]
+    table += [("*" if r["model"] == DEFAULT_MODEL else "", r["model"], str(r["arch"]), f"1-{r['qualities']}",
+               str(r["shield"]), ",".join(r["views"]), r["key_fingerprint"], str(r["steps"])) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    if any(r["model"] == DEFAULT_MODEL for r in rows):
+        print(f"* default model ({DEFAULT_MODEL}): used by 'psic encode' without -m")
 
 
-@app.command(name="eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+@app.command(name="eval", short_help="Rate-distortion report vs JPEG/WebP.",
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
              add_help_option=False)
 def eval_(ctx: typer.Context) -> None:
     """Rate-distortion report on an image folder vs JPEG/WebP ('python -m psic_lab.evaluation.rd'). Try -h."""
     raise SystemExit(_run_lab("psic_lab.evaluation.rd", list(ctx.args)))
 
 
-@app.command(name="vlp-eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+@app.command(name="vlp-eval", short_help="Zero-shot VLP accuracy on a labelled folder.",
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
              add_help_option=False)
 def vlp_eval(ctx: typer.Context) -> None:
     """Zero-shot top-1 and retrieval R@1 of a VLP on a labelled folder ('python -m psic_lab.vlp.eval'). Try -h."""
     _run_lab("psic_lab.vlp.eval", list(ctx.args))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+@app.command(short_help="Train a model (needs the 'train' extra).",
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
 def train(ctx: typer.Context) -> None:
     """Train a model (same as 'python -m psic_lab.training'; needs the 'train' extra). Try 'psic train rd -h'."""
     raise SystemExit(_run_lab("psic_lab.training.__main__", list(ctx.args)))
@@ -416,4 +441,7 @@ def _run_lab(module: str, args: list[str]) -> object:
 
 
 def main() -> None:
+    from psic_cli._compat import tune_malloc
+
+    tune_malloc()  # fewer page faults between a large decode's tiles (glibc only)
     app()

@@ -9,13 +9,26 @@ key (:mod:`psic_cli.seal`); :func:`decode` opens sealed input with ``seal_key`` 
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from psic_cli import container
 from psic_cli import seal as _seal
-from psic_cli.errors import ChecksumError, FormatError, InputError, KeyMismatch, ModelError
+from psic_cli.errors import (
+    ChecksumError,
+    DecodeTimeout,
+    FormatError,
+    InputError,
+    KeyMismatch,
+    ModelError,
+    UsageError,
+)
 from psic_cli.imageio import DEFAULT_MAX_PIXELS, load_image
 from psic_cli.keys import SHIELD_LEVELS, fingerprint
 from psic_cli.views import View, condition, trained_views
@@ -59,7 +72,7 @@ def check_encode_options(model_id: str | None, quality: int | None) -> None:
 
     info = model_info(model_id or DEFAULT_MODEL)
     if quality is not None and not 1 <= quality <= info.qualities:
-        raise InputError(f"quality {quality} is out of range for {info.model_id} (1..{info.qualities})")
+        raise UsageError(f"quality {quality} is out of range for {info.model_id} (1..{info.qualities})")
 
 
 def check_view(view: str | None, have_key: bool) -> View:
@@ -67,10 +80,10 @@ def check_view(view: str | None, have_key: bool) -> View:
     if view is None:
         return View.FULL if have_key else View.SHIELDED
     if view not in VIEWS:
-        raise InputError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
+        raise UsageError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
     v = View(view)
     if v.needs_key and not have_key:
-        raise KeyMismatch(f"the {v} view needs a key (--key)")
+        raise UsageError(f"the {v} view needs a key (--key)")
     return v
 
 
@@ -84,7 +97,7 @@ def encode_pixels(pixels: np.ndarray, model_id: str = DEFAULT_MODEL, quality: in
     nq = model.cfg.qualities
     quality = (nq + 1) // 2 if quality is None else quality
     if not 1 <= quality <= nq:
-        raise InputError(f"quality {quality} is out of range for {model_id} (1..{nq})")
+        raise UsageError(f"quality {quality} is out of range for {model_id} (1..{nq})")
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise InputError("pixels must be a uint8 HxWx3 array")
     h, w = pixels.shape[:2]
@@ -138,6 +151,7 @@ def read_info(data: bytes, key: bytes | None = None) -> dict:
         info.update(sealed=True, sealed_bytes=len(data))
         return info
     f = container.unpack(data)
+    container.check_geometry(f)
     h = f.header
     info = {
         "format_version": h.version,
@@ -156,26 +170,90 @@ def read_info(data: bytes, key: bytes | None = None) -> dict:
     return info
 
 
+def check_model_options(model_id: str, key: bytes | None, view: View) -> None:
+    """Check the key's fingerprint and the requested view against the installed model's metadata (no
+    torch, no weights loaded): :class:`KeyMismatch` for a key that does not open it, :class:`ModelError`
+    for a view (or shield level) it has not trained."""
+    from psic_cli.zoo import model_info
+
+    info = model_info(model_id)
+    if key is not None and fingerprint(key) != info.key_fingerprint:
+        raise KeyMismatch(f"this key (fingerprint {fingerprint(key)}) does not open model {model_id} "
+                          f"(expects {info.key_fingerprint})")
+    if view not in trained_views(info.metadata):
+        what = f"{view.shield_level} shield" if view.shield_level else f"{view} view"
+        raise ModelError(f"model {model_id} has no trained {what}")
+
+
 def check_shield(shield: str | None, view: View) -> View:
     """Apply ``--shield subtle|strong`` (the older spelling of ``--view shielded|strong``) to ``view``;
     only a keyless view has a shield level."""
     if shield is None:
         return view
     if shield not in SHIELD_LEVELS:
-        raise InputError(f"unknown shield level {shield!r}; choose one of {', '.join(SHIELD_LEVELS)}")
+        raise UsageError(f"unknown shield level {shield!r}; choose one of {', '.join(SHIELD_LEVELS)}")
     if view.shield_level is None:
-        raise InputError(f"--shield applies to the shielded view only (this decode gives the {view} view)")
+        raise UsageError(f"--shield applies to the shielded view only (this decode gives the {view} view)")
     if view is not View.SHIELDED and view.shield_level != shield:
-        raise InputError(f"--shield {shield} contradicts --view {view}")
+        raise UsageError(f"--shield {shield} contradicts --view {view}")
     return View.from_shield(shield)
 
 
+_deadlines = threading.local()  # per thread: monotonic deadlines of the decodes in progress (innermost last)
+
+
+def _stack() -> list[float]:
+    if not hasattr(_deadlines, "stack"):
+        _deadlines.stack = []
+    return _deadlines.stack
+
+
+def check_deadline() -> None:
+    """Raise :class:`DecodeTimeout` when this thread's innermost decode has run past its ``timeout``."""
+    stack = _stack()
+    if stack and time.monotonic() > stack[-1]:
+        raise DecodeTimeout("decode took longer than --timeout; nothing was written")
+
+
+@contextlib.contextmanager
+def deadline(timeout: float | None) -> Iterator[None]:
+    """Bound the enclosed work to ``timeout`` seconds (None: no bound).
+
+    In the main thread a SIGALRM interval timer raises :class:`DecodeTimeout` as soon as the running
+    torch operation returns (a forked entropy decoder is killed); elsewhere the bound is checked
+    between the decode's stages (:func:`check_deadline`)."""
+    if timeout is None:
+        yield
+        return
+    if not timeout > 0:
+        raise UsageError(f"--timeout must be positive (got {timeout})")
+    stack = _stack()
+    stack.append(time.monotonic() + timeout)
+    use_alarm = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    installed, old = False, None
+    try:
+        if use_alarm:
+            def _alarm(signum, frame) -> None:
+                raise DecodeTimeout("decode took longer than --timeout; nothing was written")
+
+            old = signal.signal(signal.SIGALRM, _alarm)
+            installed = True
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+        yield
+    finally:
+        if installed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old if old is not None else signal.SIG_DFL)
+        stack.pop()
+
+
 def decode(data: bytes, key: bytes | None = None, view: str | None = None,
-           shield: str | None = None, seal_key: bytes | None = None) -> DecodeResult:
+           shield: str | None = None, seal_key: bytes | None = None, timeout: float | None = None) -> DecodeResult:
     """Decode .psic bytes to a :class:`View`.  Without a key: shielded (default) or strong (``view="strong"``,
     or ``shield="strong"``).  With the model's key: full (default) or machine.  A key that does not open the
     model raises :class:`KeyMismatch` before decoding.  Sealed input is opened first with ``seal_key``
-    (default: ``key``); without either it raises :class:`psic_cli.seal.SealedFileNeedsKey`."""
+    (default: ``key``); without either it raises :class:`psic_cli.seal.SealedFileNeedsKey`.  ``timeout``
+    (seconds) bounds the entropy decoding and synthesis: past it, :class:`DecodeTimeout` is raised."""
     import torch
 
     view = check_shield(shield, check_view(view, key is not None))
@@ -183,6 +261,8 @@ def decode(data: bytes, key: bytes | None = None, view: str | None = None,
         data = unseal(data, seal_key if seal_key is not None else key)
     f = container.unpack(data)
     h = f.header
+    container.check_geometry(f)
+    check_model_options(h.model_id, key, view)  # from the weights' metadata, before torch loads
     lm = load_model(h.model_id)
     model = lm.model
     if h.weights_id != lm.bitstream_id:
@@ -192,28 +272,17 @@ def decode(data: bytes, key: bytes | None = None, view: str | None = None,
         )
     if h.arch != model.cfg.arch or not 1 <= h.quality <= model.cfg.qualities:
         raise FormatError(f"header does not match model {h.model_id} (arch {h.arch}, quality {h.quality})")
-    if key is not None:
-        if fingerprint(key) != lm.info.key_fingerprint:
-            raise KeyMismatch(
-                f"this key (fingerprint {fingerprint(key)}) does not open model {h.model_id} "
-                f"(expects {lm.info.key_fingerprint})"
-            )
-    trained = trained_views(lm.info.metadata)
-    if view not in trained:
-        what = f"{view.shield_level} shield" if view.shield_level else f"{view} view"
-        raise ModelError(f"model {h.model_id} has no trained {what}")
-    if h.tile_size != 0 or len(f.tiles) != 1:
-        raise FormatError("tiled files are not supported by this psic")
     tile = f.tiles[0]
-    if tile.z_shape != container.expected_z_shape(h) or len(tile.strings) != 2:
-        raise FormatError(f"tile shape {tile.z_shape} does not match image size {h.width}x{h.height}")
     cond = torch.tensor([condition(view, key, model.cfg.cond_dim)])
-    with torch.no_grad():
-        out = model.decompress([[tile.strings[0]], [tile.strings[1]]], tile.z_shape, cond, h.quality - 1,
-                               container.latent_shape(h))
-    if out["checksum"] != tile.checksum:
-        raise ChecksumError("decoded symbols do not match the encoder's (entropy decoder desync)")
-    x = out["x_hat"][0, :, : h.height, : h.width]
+    with deadline(timeout), torch.no_grad():
+        y_hat, checksum = model.decode_latent([[tile.strings[0]], [tile.strings[1]]], tile.z_shape,
+                                              container.latent_shape(h))
+        if checksum != tile.checksum:  # before the synthesis: a crafted file costs no pixels
+            raise ChecksumError("decoded symbols do not match the encoder's (entropy decoder desync)")
+        check_deadline()
+        x_hat = model.synthesize(y_hat, cond, torch.tensor([h.quality - 1]), runtime=True).clamp_(0, 1)
+        check_deadline()
+    x = x_hat[0, :, : h.height, : h.width]
     pixels = (x * 255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
     return DecodeResult(pixels, h, view)
 

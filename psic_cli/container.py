@@ -51,6 +51,7 @@ PREFIX_BYTES = _PREFIX.size
 # and far above what the entropy coder emits, plus room for the header, tile records and small images.
 MAX_BYTES_PER_PIXEL = 16
 SIZE_SLACK = 1 << 20
+RANS_MIN_BYTES = 4  # an rANS string is whole 32-bit words and ends with the coder's 8-byte final state
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,28 @@ def expected_z_shape(header: Header) -> tuple[int, int]:
     """Shape of the hyper-latent ``z`` (``y`` over 4, rounded up) of a one-tile file."""
     yh, yw = latent_shape(header)
     return (-(-yh // Z_STRIDE), -(-yw // Z_STRIDE))
+
+
+def check_string(s: bytes, what: str = "entropy-coded string") -> None:
+    """Refuse an rANS string that no encoder writes: CompressAI's coder emits whole 32-bit words and
+    always flushes its 64-bit state, so a string is at least 8 bytes and a multiple of 4."""
+    if len(s) < 2 * RANS_MIN_BYTES or len(s) % RANS_MIN_BYTES:
+        raise FormatError(f"invalid {what} length {len(s)} (an rANS string is at least 8 bytes, in 4-byte words)")
+
+
+def check_geometry(f: PsicFile) -> None:
+    """Check, without a model, that the payload fits the header: one tile, its hyper-latent shape derived
+    from the image size, and a y and a z string of valid rANS length.  Raises :class:`FormatError`."""
+    h = f.header
+    if h.tile_size != 0 or len(f.tiles) != 1:
+        raise FormatError("tiled files are not supported by this psic")
+    tile = f.tiles[0]
+    if tile.z_shape != expected_z_shape(h):
+        raise FormatError(f"tile shape {tile.z_shape} does not match image size {h.width}x{h.height}")
+    if len(tile.strings) != 2:
+        raise FormatError(f"expected 2 entropy-coded strings (y, z), found {len(tile.strings)}")
+    for s, what in zip(tile.strings, ("y string", "z string"), strict=True):
+        check_string(s, what)
 
 
 def _short_str(s: str) -> bytes:

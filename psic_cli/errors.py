@@ -30,6 +30,12 @@ class InputError(PsicError):
     exit_code = ExitCode.BAD_INPUT
 
 
+class UsageError(InputError):
+    """A bad option value or combination, found before any model loads (exit 2, like Click's own)."""
+
+    exit_code = ExitCode.USAGE
+
+
 class FormatError(InputError):
     """A .psic file is corrupt, truncated or of an unsupported version."""
 
@@ -44,6 +50,10 @@ class ChecksumError(FormatError):
 
 class UnsupportedVersion(FormatError):
     pass
+
+
+class DecodeTimeout(InputError):
+    """A decode ran past its ``--timeout`` (exit 3; nothing is written)."""
 
 
 class KeyError_(PsicError):

@@ -132,10 +132,22 @@ def check_output_size(width: int, height: int, fmt: str) -> None:
                           "use --format png")
 
 
-def encode_image(pixels: np.ndarray, fmt: str, quality: int = 95) -> bytes:
-    """Encode uint8 HxWx3 pixels (no metadata is written)."""
+GRAYSCALE_SOURCES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def output_mode(source_mode: str) -> str:
+    """The mode a decoded image is written in: grayscale sources (``L``, ``LA``, ``1``, 16-bit and float
+    grayscale) go back to 8-bit grayscale ``L``; every other source (RGB, RGBA with its alpha dropped,
+    palette, CMYK, YCbCr, ...) to 8-bit RGB, as the encoder converted it."""
+    return "L" if source_mode in GRAYSCALE_SOURCES else "RGB"
+
+
+def encode_image(pixels: np.ndarray, fmt: str, quality: int = 95, mode: str = "RGB") -> bytes:
+    """Encode uint8 HxWx3 pixels (no metadata is written); ``mode`` ``L`` writes them as grayscale."""
     buf = io.BytesIO()
     im = Image.fromarray(pixels, "RGB")
+    if mode == "L":
+        im = im.convert("L")
     if fmt == "PNG":
         im.save(buf, "PNG", compress_level=6)
     elif fmt == "JPEG":

@@ -181,6 +181,7 @@ def encode_file(src: str, output: str | None = None, quality: int | None = None,
     from psic_cli.zoo import DEFAULT_MODEL
 
     check_input(src)
+    codec.check_encode_options(model, quality)  # a bad -m/-q fails (exit 2) before the model loads
     dst = _default_output(src, output, ".psic")
     if dst != "-":
         check_writable(Path(dst), force)  # fail before the expensive work
@@ -277,18 +278,72 @@ def output_suffix(fmt: str | None) -> str:
     return {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}[output_format(None, fmt)]
 
 
+def view_tag(view: str, shield: str | None) -> str:
+    """The name part of a decoded view: ``shielded``, ``strong`` (the strong shield), ``full``, ``machine``."""
+    from psic_cli.views import View
+
+    v = View(view)
+    return str(View.from_shield(shield) if shield and v is View.SHIELDED else v)
+
+
+def decoded_suffix(view: str, shield: str | None, fmt: str | None) -> str:
+    """Default suffix of a decoded image, e.g. ``.shielded.png``: a decode never takes the source's name."""
+    return f".{view_tag(view, shield)}{output_suffix(fmt)}"
+
+
+def check_not_source(src: str, dst: str) -> None:
+    """Refuse (exit 5), even with --force, to write over the image a ``.psic`` was made from: a file beside
+    ``src`` with the same stem and an image suffix that is ``dst`` itself (``os.path.samefile``)."""
+    from psic_cli.batch import IMAGE_SUFFIXES
+
+    if src == "-" or dst == "-" or not os.path.exists(dst):
+        return
+    s = Path(src)
+    for suffix in sorted(IMAGE_SUFFIXES | {x.upper() for x in IMAGE_SUFFIXES}):
+        candidate = s.with_suffix(suffix)
+        try:
+            same = candidate.exists() and os.path.samefile(candidate, dst)
+        except OSError:
+            continue
+        if same:
+            raise OutputError(f"{dst}: refusing to overwrite {candidate.name}, the image {s.name} was made from "
+                              "(choose another -o)")
+
+
+def check_output_quality(quality: int | None, pil_fmt: str) -> None:
+    """``--output-quality`` is 1..100 and applies to JPEG and WebP outputs only."""
+    from psic_cli.errors import UsageError
+
+    if quality is None:
+        return
+    if pil_fmt == "PNG":
+        raise UsageError("--output-quality applies to JPEG and WebP outputs only (PNG is lossless)")
+    if not 1 <= quality <= 100:
+        raise UsageError(f"--output-quality must be 1..100 (got {quality})")
+
+
 def decode_file(src: str, output: str | None = None, key_file: str | None = None, view: str | None = None,
                 fmt: str | None = None, force: bool = False, warn=None,
                 max_pixels: int = DEFAULT_MAX_PIXELS, shield: str | None = None,
-                seal_key_file: str | None = None) -> JobResult:
+                seal_key_file: str | None = None, timeout: float | None = None,
+                output_quality: int | None = None) -> JobResult:
+    """Decode ``src`` to an image.  The default output is ``<stem>.<view>.png`` beside the input (never
+    the source image's name), and no decode writes over the image the file was made from."""
     from psic_cli import codec, container
-    from psic_cli.imageio import check_output_size, encode_image, output_format
+    from psic_cli.imageio import check_output_size, encode_image, output_format, output_mode
     from psic_cli.keys import read_key
 
     check_input(src)
-    dst = _default_output(src, output, output_suffix(fmt))
+    the_view = codec.check_shield(shield, codec.check_view(view, key_file is not None))  # exit 2 before any work
+    if timeout is not None and not timeout > 0:
+        from psic_cli.errors import UsageError
+
+        raise UsageError(f"--timeout must be positive (got {timeout})")
+    dst = _default_output(src, output, decoded_suffix(the_view, None, fmt))
     pil_fmt = output_format(dst, fmt)
+    check_output_quality(output_quality, pil_fmt)
     if dst != "-":
+        check_not_source(src, dst)
         check_writable(Path(dst), force)
     key = read_key(key_file, warn=warn) if key_file else None
     seal_key = read_key(seal_key_file, warn=warn) if seal_key_file else key
@@ -300,10 +355,13 @@ def decode_file(src: str, output: str | None = None, key_file: str | None = None
         if header.width * header.height > max_pixels:
             raise InputError(f"{header.width}x{header.height} is over the {max_pixels}-pixel limit (--max-pixels)")
         check_output_size(header.width, header.height, pil_fmt)
-        res = codec.decode(data, key, view, shield)
+        res = codec.decode(data, key, the_view, shield, timeout=timeout)
     except (InputError, OutputError) as e:
         raise type(e)(f"{name}: {e}") from None
-    out = encode_image(res.pixels, pil_fmt)
+    quality = 95 if output_quality is None else output_quality
+    out = encode_image(res.pixels, pil_fmt, quality, mode=output_mode(header.source_mode))
+    if dst != "-":
+        check_not_source(src, dst)  # again: the source may have appeared while decoding
     _write(dst, out, force)
     return JobResult(src, dst, len(out), [])
 

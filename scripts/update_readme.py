@@ -190,6 +190,22 @@ def geometry_block() -> str:
     return "\n".join(lines)
 
 
+def fuzz_decoder_block() -> str:
+    """The decoder fuzzer's counts (``results/fuzz-decoder.json``, from ``benchmarks/fuzz_decoder.py``)."""
+    path = ROOT / "results" / "fuzz-decoder.json"
+    if not path.exists():
+        return "(no results yet: run `python benchmarks/fuzz_decoder.py`)"
+    r = json.loads(path.read_text())
+    lines = [f"{r['cases']} cases in forked children and {r['cli_cases']} through a fresh `psic decode` "
+             f"(model `{r['model']}`, seed {r['seed']}, {r['boundary_sweep_cases']} of them the every-boundary "
+             f"truncation sweep) in {r['seconds']} s; slowest case {r['slowest_case_seconds']} s.", "",
+             "| failure | count |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in r["failures"].items()]
+    lines += ["", "| mutation | outcomes |", "|---|---|"]
+    lines += [f"| {k} | " + ", ".join(f"{o} {n}" for o, n in v.items()) + " |" for k, v in r["by_mutation"].items()]
+    return "\n".join(lines)
+
+
 BLOCKS = {
     "geometry": geometry_block,
     "summary": summary_block,
@@ -200,6 +216,7 @@ BLOCKS = {
     "ablation": lambda: md_block("docs/ablation-weighting.md"),
     "bench": lambda: text_block("results/bench_batch.txt"),
     "fuzz": lambda: "```\n" + (ROOT / "results/fuzz_reader.txt").read_text().strip() + "\n```",
+    "fuzz-decoder": fuzz_decoder_block,
     "timing": timing_block,
     "kodak-rd": kodak_block,
     "kodak-rd-msh": lambda: kodak_block("kodak-rd-msh"),

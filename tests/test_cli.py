@@ -32,7 +32,7 @@ def test_encode_decode_defaults(tiny_env, photo, key_file):
     assert psic.exists() and psic.read_bytes()[:4] == b"PSIC"
     r = run("decode", psic)
     assert r.exit_code == 0, r.stderr
-    png = photo.with_suffix(".png")
+    png = photo.with_suffix(".shielded.png")  # never the source's own name
     assert Image.open(png).size == (100, 70)
     r = run("decode", psic, "--key", key_file, "-o", photo.parent / "full.webp")
     assert r.exit_code == 0, r.stderr
@@ -45,7 +45,7 @@ def test_shield_option(tiny_env, photo, tmp_path, key_file):
     r = run("decode", psic, "--shield", "strong", "-o", tmp_path / "s.png")
     assert r.exit_code == 3 and "no trained strong shield" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run("decode", psic, "--key", key_file, "--shield", "strong", "-o", tmp_path / "s.png")
-    assert r.exit_code == 3 and "shielded view only" in r.stderr
+    assert r.exit_code == 2 and "shielded view only" in r.stderr
     assert not (tmp_path / "s.png").exists()
     assert run("encode", photo, "-m", "tiny-views", "-o", tmp_path / "v.psic").exit_code == 0
     assert run("decode", tmp_path / "v.psic", "--shield", "strong", "-o", tmp_path / "s.png").exit_code == 0
@@ -88,9 +88,9 @@ def test_bad_inputs_exit_3_with_one_line(tiny_env, tmp_path):
     assert r.exit_code == 3 and len(r.stderr.strip().splitlines()) == 1
     notimg = tmp_path / "a.jpg"
     notimg.write_text("hello")
-    r = run("encode", notimg)
+    r = run("encode", notimg, "-m", "tiny-sh")  # options are checked first: the model must exist
     assert r.exit_code == 3 and "not an image" in r.stderr
-    assert run("encode", tmp_path / "missing.jpg").exit_code == 3
+    assert run("encode", tmp_path / "missing.jpg", "-m", "tiny-sh").exit_code == 3
     assert not (tmp_path / "a.psic").exists()
 
 
@@ -133,7 +133,7 @@ def test_help_does_not_import_torch():
 
 def test_quality_out_of_range(tiny_env, photo):
     r = run("encode", photo, "-m", "tiny-sh", "-q", "9")
-    assert r.exit_code == 3 and "out of range" in r.stderr
+    assert r.exit_code == 2 and "out of range" in r.stderr
     assert not photo.with_suffix(".psic").exists()
 
 
@@ -143,7 +143,7 @@ def test_decoded_pixels_close_to_api(tiny_env, photo):
     run("encode", photo, "-m", "tiny-sh")
     run("decode", photo.with_suffix(".psic"))
     api = codec.decode(photo.with_suffix(".psic").read_bytes()).pixels
-    assert np.array_equal(np.asarray(Image.open(photo.with_suffix(".png"))), api)
+    assert np.array_equal(np.asarray(Image.open(photo.with_suffix(".shielded.png"))), api)
 
 
 def _tree(root, rgb_image):
@@ -169,8 +169,8 @@ def test_batch_folder_mirrors_skips_and_reports(tiny_env, tmp_path, rgb_image, k
     r = run("decode", out, "-o", views, "--key", key_file)
     assert r.exit_code == 0, r.stderr
     assert sorted(p.relative_to(views).as_posix() for p in views.rglob("*.png")) == [
-        "a/b/three.png", "a/two.png", "one.png"]
-    assert Image.open(views / "a" / "b" / "three.png").size == (65, 33)
+        "a/b/three.full.png", "a/two.full.png", "one.full.png"]
+    assert Image.open(views / "a" / "b" / "three.full.png").size == (65, 33)
     assert not list(tmp_path.rglob("*.part"))
 
 
@@ -228,7 +228,7 @@ def test_guards_fail_before_work(tiny_env, tmp_path, photo):
     assert r.exit_code == 3 and "needs -o" in r.stderr
     # a bad option fails once for a whole folder
     r = run("encode", photo.parent, "-o", tmp_path / "o", "-q", "9", "-m", "tiny-sh")
-    assert r.exit_code == 3 and len(r.stderr.strip().splitlines()) == 1
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
     # decode's pixel limit and the output format's size limit are checked from the header
     wide = codec.encode_pixels(np.zeros((8, 17000, 3), np.uint8), "tiny-sh", 1)
     (tmp_path / "wide.psic").write_bytes(wide)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from psic_cli import codec
-from psic_cli.errors import ChecksumError, FormatError, KeyMismatch, ModelError
+from psic_cli.errors import ChecksumError, FormatError, KeyMismatch, ModelError, UsageError
 
 from .conftest import TEST_KEY
 
@@ -35,7 +35,7 @@ def test_views_differ_and_key_is_checked(tiny_env, rgb_image):
     assert not np.array_equal(a, b)
     with pytest.raises(KeyMismatch, match="does not open"):
         codec.decode(data, key=bytes(32))
-    with pytest.raises(KeyMismatch, match="needs a key"):
+    with pytest.raises(UsageError, match="needs a key"):
         codec.decode(data, view="full")
 
 

@@ -91,3 +91,19 @@ def test_quantized_latents_match_the_coding_doors(tiny_model):
     y, z = tiny_model.analysis(x, torch.tensor([1]))
     scales, means = tiny_model.hyper(torch.round(z), y.shape[-2:])
     assert scales.shape == y.shape and (means is None) == (tiny_model.cfg.arch == "scale-hyperprior")
+
+
+def test_tiled_writes_into_one_output_buffer():
+    """tiled() equals the whole-image result for up- and down-scaling, ragged edges included."""
+    from psic_cli.models.backbones import tiled
+
+    torch.manual_seed(0)
+    up = torch.nn.Sequential(torch.nn.ConvTranspose2d(4, 3, 5, stride=2, padding=2, output_padding=1),
+                             torch.nn.ReLU(), torch.nn.ConvTranspose2d(3, 2, 5, stride=2, padding=2,
+                                                                        output_padding=1)).double().eval()
+    x = torch.rand(1, 4, 37, 23, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(tiled(up, x, scale=4, tile=8, margin=6), up(x), atol=1e-12)
+        down = torch.nn.Conv2d(3, 5, 5, stride=4, padding=2).double().eval()
+        y = torch.rand(1, 3, 96, 160, dtype=torch.float64)
+        assert torch.allclose(tiled(down, y, scale=1 / 4, tile=32, margin=16), down(y), atol=1e-12)

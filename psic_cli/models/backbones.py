@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from psic_cli._compat import import_compressai_core
 from psic_cli.models.config import ModelConfig
 from psic_cli.models.layers import ConditionalSynthesis, TriggerGenerator, ste_round
+from psic_cli.models.rans_guard import guarded
 
 import_compressai_core()
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional  # noqa: E402
@@ -64,23 +65,29 @@ def tiled(fn, x: Tensor, scale: float, tile: int, margin: int) -> Tensor:
 
     Each tile is computed with ``margin`` extra input pixels on every side (at least the receptive
     field), and only its centre is kept, so the result equals ``fn(x)`` while the working set is bounded.
-    Inputs that fit in one tile are passed through unchanged.
+    Inputs that fit in one tile are passed through unchanged.  The result is allocated once and each
+    tile's centre is copied into it, so a tile's output (margins included) is freed before the next
+    tile runs and no row or column of tiles is concatenated (one copy of the output, not three).
     """
     h, w = x.shape[-2:]
     if h <= tile and w <= tile:
         return fn(x)
-    rows = []
+    result: Tensor | None = None
     for i0 in range(0, h, tile):
-        cols = []
         for j0 in range(0, w, tile):
             i1, j1 = min(i0 + tile, h), min(j0 + tile, w)
             a0, b0 = max(0, i0 - margin), max(0, j0 - margin)
             a1, b1 = min(h, i1 + margin), min(w, j1 + margin)
             out = fn(x[..., a0:a1, b0:b1])
             r0, c0 = round((i0 - a0) * scale), round((j0 - b0) * scale)
-            cols.append(out[..., r0 : r0 + round((i1 - i0) * scale), c0 : c0 + round((j1 - j0) * scale)])
-        rows.append(torch.cat(cols, -1))
-    return torch.cat(rows, -2)
+            th, tw = round((i1 - i0) * scale), round((j1 - j0) * scale)
+            if result is None:
+                result = out.new_empty((*out.shape[:-2], round(h * scale), round(w * scale)))
+            o0, p0 = round(i0 * scale), round(j0 * scale)
+            result[..., o0 : o0 + th, p0 : p0 + tw] = out[..., r0 : r0 + th, c0 : c0 + tw]
+            del out
+    assert result is not None
+    return result
 
 
 class ConditionalHyperprior(nn.Module):
@@ -251,10 +258,11 @@ class ConditionalHyperprior(nn.Module):
         """Entropy-decode to ``y_hat`` (float64) and the checksum of the decoded symbols.  ``shape`` is
         ``z``'s, ``y_shape`` is ``y``'s (``compress`` returns both; a file's header gives them through
         ``container.latent_shape``)."""
-        z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
-        scales_hat, means_hat = self._hyper(z_hat.double(), self.runtime_modules()["h_s"], y_shape)
-        indexes = self.gaussian_conditional.build_indexes(scales_hat)
-        y_sym = self.gaussian_conditional.decompress(strings[0], indexes, dtype=torch.float64)
+        with guarded(self.entropy_bottleneck, self.gaussian_conditional):  # crafted strings cannot crash us
+            z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
+            scales_hat, means_hat = self._hyper(z_hat.double(), self.runtime_modules()["h_s"], y_shape)
+            indexes = self.gaussian_conditional.build_indexes(scales_hat)
+            y_sym = self.gaussian_conditional.decompress(strings[0], indexes, dtype=torch.float64)
         z_sym = torch.round(z_hat - self.entropy_bottleneck._get_medians())
         y_hat = y_sym + (means_hat if means_hat is not None else 0.0)
         return y_hat, symbols_checksum(y_sym, z_sym)
