@@ -60,7 +60,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 10 * np.log10(255.0**2 / max(mse, 1e-12))
 
 
-def _bd_rate(anchor: dict, test: dict) -> float | None:
+def bd_rate(anchor: dict, test: dict) -> float | None:
     """BD-rate (%) of ``test`` against ``anchor`` in PSNR; None where the curves do not overlap."""
     from scipy.interpolate import PchipInterpolator
 
@@ -128,7 +128,7 @@ def measure_rd(folder: Path, model_id: str, key: bytes, limit: int | None) -> di
     return {
         "images": len(paths),
         "curves": curves,
-        "bd_rate_psnr_percent": {k: _bd_rate(v, ours) for k, v in refs.items()},
+        "bd_rate_psnr_percent": {k: bd_rate(v, ours) for k, v in refs.items()},
         "top_quality_psnr": ours["psnr"][-1],
         "top_quality_bpp": ours["bpp"][-1],
     }
@@ -246,7 +246,7 @@ def render(results: Path) -> str:
     res = json.loads(results.read_text())
     m = res["model"]
     out = ["# psic against other codecs", "",
-           f"Generated from `{results}` (measured by `{res['command']}` at revision "
+           f"Generated from `results/{results.name}` (measured by `{res['command']}` at revision "
            f"`{(res.get('git_revision') or '?')[:10]}`); do not edit by hand.", "",
            f"Model `{m['id']}` ({m.get('stage')} weights, {m.get('steps')} training steps).", ""]
     if "rd" in res:

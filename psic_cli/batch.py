@@ -123,7 +123,7 @@ def plan(kind: str, src_dir: Path, out_dir: Path, suffix: str, force: bool,
     return tasks, report
 
 
-def _missing_dirs(out_dir: Path, tasks: list[Task]) -> list[Path]:
+def missing_dirs(out_dir: Path, tasks: list[Task]) -> list[Path]:
     """Output folders (``out_dir`` included) that do not exist yet, deepest first."""
     missing: set[Path] = set()
     for t in tasks:
@@ -193,7 +193,7 @@ def run_batch(kind: str, tasks: list[Task], report: BatchReport, options: dict, 
 
     With ``out_dir`` (the output root), output paths are checked again for symlinks before each write,
     and the output folders this run made but left empty are removed at the end."""
-    made = _missing_dirs(out_dir, tasks) if out_dir is not None else []
+    made = missing_dirs(out_dir, tasks) if out_dir is not None else []
     try:
         return _run_batch(kind, tasks, report, options, jobs, on_result, out_dir)
     finally:

@@ -75,7 +75,7 @@ def _shipped_keys() -> list[bytes]:
 
 
 def is_public_key(key: bytes) -> bool:
-    """Whether ``key`` is a published one (the shipped weights' key): no secret to keep, no mode warning."""
+    """Whether ``key`` is a published one (the shipped weights' key): nothing to keep private, no mode warning."""
     return any(hmac.compare_digest(key, k) for k in _shipped_keys())
 
 

@@ -110,8 +110,8 @@ def test_missing_dirs_deepest_first(tmp_path):
     out = tmp_path / "out"
     (out / "a").mkdir(parents=True)
     tasks = [batch.Task(tmp_path / "s1", out / "a" / "b" / "c" / "x.psic"), batch.Task(tmp_path / "s2", out / "y.psic")]
-    assert batch._missing_dirs(out, tasks) == [out / "a" / "b" / "c", out / "a" / "b"]
-    assert batch._missing_dirs(tmp_path / "new", [batch.Task(tmp_path, tmp_path / "new" / "z.psic")]) == [
+    assert batch.missing_dirs(out, tasks) == [out / "a" / "b" / "c", out / "a" / "b"]
+    assert batch.missing_dirs(tmp_path / "new", [batch.Task(tmp_path, tmp_path / "new" / "z.psic")]) == [
         tmp_path / "new"]
     assert os.path.isdir(out / "a")
 

@@ -55,7 +55,7 @@ def test_shield_option(tiny_env, photo, tmp_path, key_file):
     assert run("decode", tmp_path / "v.psic", "--view", "strong", "-o", tmp_path / "s2.png").exit_code == 0
     assert Image.open(tmp_path / "s2.png").tobytes() == Image.open(tmp_path / "s.png").tobytes()
     r = run("decode", tmp_path / "v.psic", "--view", "strong", "--shield", "subtle", "-o", tmp_path / "s3.png")
-    assert r.exit_code == 3 and "contradicts" in r.stderr and not (tmp_path / "s3.png").exists()
+    assert r.exit_code == 2 and "contradicts" in r.stderr and not (tmp_path / "s3.png").exists()
 
 
 def test_never_overwrites_without_force(tiny_env, photo):

@@ -33,7 +33,7 @@ def _env(tiny_env) -> dict:
 
 def test_rans_over_read_kills_only_a_child():
     """A decoder that dies of SIGSEGV in the child is reported as a FormatError in this process."""
-    from psic_cli.models.rans_guard import _decode_in_child
+    from psic_cli.models.rans_guard import decode_in_child
 
     class Crashing:
         def decode_with_indexes(self, *args):
@@ -44,8 +44,8 @@ def test_rans_over_read_kills_only_a_child():
             return [i - 3 for i in indexes]
 
     with pytest.raises(FormatError, match="signal"):
-        _decode_in_child(Crashing(), b"\0" * 8, [0] * 10, [], [], [])
-    assert _decode_in_child(Fine(), b"\0" * 8, [1, 2, 3], [], [], []).tolist() == [-2, -1, 0]
+        decode_in_child(Crashing(), b"\0" * 8, [0] * 10, [], [], [])
+    assert decode_in_child(Fine(), b"\0" * 8, [1, 2, 3], [], [], []).tolist() == [-2, -1, 0]
 
 
 def test_rans_string_lengths_checked():

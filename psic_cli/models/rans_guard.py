@@ -47,7 +47,7 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _decode_in_child(decoder, data: bytes, indexes, cdfs, cdf_sizes, offsets) -> np.ndarray:
+def decode_in_child(decoder, data: bytes, indexes, cdfs, cdf_sizes, offsets) -> np.ndarray:
     """Run ``decoder.decode_with_indexes`` in a forked child; the symbols come back as int32."""
     n = len(indexes)
     r, w = os.pipe()
@@ -105,7 +105,7 @@ class GuardedCoder:
         data = padded(string, len(indexes))
         decoder = getattr(self._inner, "_decoder", self._inner)
         if self.isolate:
-            return _decode_in_child(decoder, data, indexes, cdfs, cdf_sizes, offsets)
+            return decode_in_child(decoder, data, indexes, cdfs, cdf_sizes, offsets)
         return decoder.decode_with_indexes(data, indexes, cdfs, cdf_sizes, offsets)
 
 

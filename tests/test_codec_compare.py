@@ -1,0 +1,33 @@
+"""benchmarks/codec_compare.py: BD-rate arithmetic, and the committed page is the JSON's rendering."""
+
+import importlib.util
+import json
+
+import pytest
+
+from .conftest import REPO
+
+SPEC = importlib.util.spec_from_file_location("codec_compare", REPO / "benchmarks" / "codec_compare.py")
+cc = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(cc)
+
+
+def test_bd_rate_sign_and_size():
+    anchor = {"bpp": [0.1, 0.2, 0.4, 0.8], "psnr": [28.0, 30.0, 32.0, 34.0]}
+    assert cc.bd_rate(anchor, anchor) == pytest.approx(0.0, abs=1e-9)
+    cheaper = {"bpp": [b * 0.8 for b in anchor["bpp"]], "psnr": anchor["psnr"]}
+    assert cc.bd_rate(anchor, cheaper) == pytest.approx(-20.0, abs=1e-6)
+    far = {"bpp": [1, 2], "psnr": [40.0, 42.0]}
+    assert cc.bd_rate(anchor, far) is None  # no overlap: no number, never a nan
+
+
+def test_committed_page_matches_results(tmp_path):
+    results = REPO / cc.RESULTS
+    if not results.exists():
+        pytest.skip("no codec comparison measured yet")
+    assert (REPO / cc.DOC).read_text() == cc.render(results)
+    edited = json.loads(results.read_text())
+    edited["speed"]["decode_ratio_psic_over_compressai"] += 1.0
+    fake = tmp_path / "edited.json"
+    fake.write_text(json.dumps(edited))
+    assert cc.render(fake) != (REPO / cc.DOC).read_text()  # an edited number shows up as drift
