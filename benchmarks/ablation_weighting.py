@@ -50,7 +50,9 @@ def score(ckpt: Path, files: list[Path], labels: list[str], quality: int, vlp, e
                 mse = ((xh - x) ** 2).flatten(1).mean(1)
                 psnr[view] += (-10 * torch.log10(mse)).tolist()
                 correct[view] += int(((vlp.encode_image(xh) @ emb.t()).argmax(1) == y[i : i + 25]).sum())
-    return {"steps": state["step"], "nu_final": state["extra"].get("nu"),
+    extra = state["extra"]
+    nu = extra["weighting"]["nu"]["shielded"] if "weighting" in extra else extra.get("nu")  # older checkpoints
+    return {"steps": state["step"], "nu_final": nu,
             **{f"{v}_top1": correct[v] / len(files) for v in correct},
             **{f"{v}_psnr": float(np.mean(psnr[v])) for v in psnr},
             "gap_db": float(np.mean(psnr["full"]) - np.mean(psnr["shielded"]))}

@@ -35,7 +35,7 @@ class TinyVLP(torch.nn.Module):
 
 
 def test_uaeo_loss_pushes_towards_wrong_classes():
-    from psic_lab.training.shield import uaeo_loss
+    from psic_lab.training.losses import uaeo_loss
 
     text = torch.nn.functional.normalize(torch.eye(4), dim=-1)
     u = text[[0, 1]]
@@ -51,7 +51,7 @@ def test_uaeo_loss_pushes_towards_wrong_classes():
 
 
 def test_margin_loss_stops_once_the_caption_decision_is_wrong():
-    from psic_lab.training.shield import margin_loss
+    from psic_lab.training.losses import margin_loss
 
     text = torch.nn.functional.normalize(torch.eye(4), dim=-1)
     u = text[[0, 1]]
@@ -155,7 +155,7 @@ def test_later_stage_trains_machine_and_strong_views(tmp_path, key_file):
 
 def test_ensemble_member_scores_a_vlp_on_the_data_captions():
     """A VLP in the ensemble is attacked on the captions of the data's classes only."""
-    from psic_lab.training.shield import EnsembleMember, ensemble_loss
+    from psic_lab.training.losses import EnsembleMember, ensemble_loss
 
     names = [f"class{i}" for i in range(20)]
     member = EnsembleMember(TinyVLP(), names, classes=[3, 7, 11])
@@ -173,7 +173,7 @@ def test_ensemble_member_scores_a_vlp_on_the_data_captions():
 
 def test_ensemble_hinge_keeps_pushing_until_the_true_class_trails_by_kappa():
     """kappa > 0: zero only once the true logit is kappa below the best other; positive (with a gradient) before."""
-    from psic_lab.training.shield import EnsembleMember, ensemble_loss
+    from psic_lab.training.losses import EnsembleMember, ensemble_loss
 
     class Fixed(torch.nn.Module):
         name = "fixed"

@@ -1,63 +1,62 @@
-"""``python -m psic_lab.training``: train a conditional codec, or export a checkpoint to weights/."""
+"""``python -m psic_lab.training``: train a conditional codec (stage ``rd``, then ``shield`` stages), or export
+a checkpoint to weights.
+
+A stage is a JSON file of options (``--config``; the shipped ones are in ``psic_lab/training/configs/``),
+and any flag overrides it, e.g. ``python -m psic_lab.training shield --config
+psic_lab/training/configs/shield/psic-sh-views10.json --threads 1``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from psic_cli._compat import ensure_torchvision_importable
+from psic_lab.training.options import COMMANDS, add_config_arguments, config_from_args
+
+HELP = {"rd": "rate-distortion training (both views reconstruct the image)",
+        "shield": "privacy stage: decoder + condition module against a VLP target"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one sub-command per stage kind (flags from its options dataclass) and ``export``."""
+    ap = argparse.ArgumentParser(prog="python -m psic_lab.training", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for cmd, cls in COMMANDS.items():
+        add_config_arguments(sub.add_parser(cmd, help=HELP[cmd], description=cls.__doc__), cls)
+    ex = sub.add_parser("export", help="checkpoint -> safetensors weights with metadata")
+    ex.add_argument("checkpoint", help="a training checkpoint (runs/<name>/checkpoint.pt)")
+    ex.add_argument("out", help="the weights file to write (.safetensors)")
+    ex.add_argument("--data-desc", required=True, help="training data, stored in the metadata")
+    ex.add_argument("--notes", default="", help="free text stored in the metadata")
+    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    ensure_torchvision_importable()
-    from psic_lab.training.train import TrainConfig
-
-    d = TrainConfig()
-    ap = argparse.ArgumentParser(prog="python -m psic_lab.training", description=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    tr = sub.add_parser("rd", help="rate-distortion training (both views reconstruct the image)")
-    for name, val in d.__dict__.items():
-        flag = "--" + name.replace("_", "-")
-        if name == "data":
-            tr.add_argument(flag, nargs="+", required=True, help="image folders (recursive)")
-        elif isinstance(val, bool):
-            tr.add_argument(flag, action="store_true")
-        else:
-            typ = type(val) if val is not None else (float if name == "max_minutes" else
-                                                      int if name == "limit_images" else str)
-            tr.add_argument(flag, type=typ, default=val, help=f"default: {val}")
-    from psic_lab.training.shield import ShieldConfig
-
-    sh = sub.add_parser("shield", help="privacy stage: decoder + condition module against a VLP target")
-    for name, val in ShieldConfig().__dict__.items():
-        flag = "--" + name.replace("_", "-")
-        if name == "data":
-            sh.add_argument(flag, nargs="+", default=val, help=f"labelled <wnid>/ folders (default: {val})")
-        elif isinstance(val, bool):
-            sh.add_argument(flag, action=argparse.BooleanOptionalAction, default=val, help=f"default: {val}")
-        else:
-            typ = type(val) if val is not None else (float if name == "max_minutes" else int)
-            sh.add_argument(flag, type=typ, default=val, help=f"default: {val}")
-    ex = sub.add_parser("export", help="checkpoint -> safetensors weights with metadata")
-    ex.add_argument("checkpoint")
-    ex.add_argument("out")
-    ex.add_argument("--data-desc", required=True, help="training data, stored in the metadata")
-    ex.add_argument("--notes", default="")
+    ap = build_parser()
     args = ap.parse_args(argv)
-    kw = {k: v for k, v in vars(args).items() if k != "cmd"}
+    if args.cmd in COMMANDS:
+        try:
+            cfg = config_from_args(COMMANDS[args.cmd], args, args.cmd)
+        except (OSError, TypeError, ValueError) as e:
+            ap.error(str(e))
+        if args.cmd == "rd" and not cfg.data:
+            ap.error("rd needs --data (or \"data\" in the --config file)")
+    from psic_cli._compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
     if args.cmd == "rd":
         from psic_lab.training.train import train
 
-        train(TrainConfig(**kw))
+        train(cfg)
     elif args.cmd == "shield":
         from psic_lab.training.shield import train_shield
 
-        train_shield(ShieldConfig(**kw))
+        train_shield(cfg)
     else:
         from psic_lab.training.export import export_weights
 
-        meta = export_weights(args.checkpoint, args.out, args.data_desc, notes=args.notes)
-        print(meta)
+        print(export_weights(args.checkpoint, args.out, args.data_desc, notes=args.notes))
     return 0
 
 

@@ -1,24 +1,22 @@
-"""The training loop: rate-distortion training of a conditional codec (resumable, DDP-ready).
+"""Stage ``rd``: rate-distortion training of a conditional codec (resumable, DDP-ready).
 
 Stage ``rd`` (this module) trains the whole model with loss ``bpp + lambda_q * 255^2 * MSE`` for a
 per-sample quality ``q``, with per-sample conditions (the model's key, no key, random wrong keys) that
 all reconstruct the image.  The privacy stages build on the checkpoints it writes.
 
-Run ``python -m psic_lab.training --help``.  Under ``torchrun`` it trains data-parallel (gloo on CPU,
-NCCL on GPU): each rank draws its own crops; gradients are averaged by DistributedDataParallel.
+Run ``python -m psic_lab.training rd --help``.  Under ``torchrun`` it trains data-parallel (gloo on CPU,
+NCCL on GPU): each rank draws its own crops; gradients are averaged by DistributedDataParallel.  The loop
+itself (resume, schedule, log, checkpoints) is :class:`psic_lab.training.trainer.Trainer`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -27,31 +25,10 @@ from psic_cli.models import build_model, load_config
 from psic_cli.models.config import ModelConfig
 from psic_cli.views import View, condition
 from psic_lab.training.data import PatchBank
+from psic_lab.training.options import TrainConfig
+from psic_lab.training.trainer import Trainer, init_distributed, log_event, read_checkpoint
 
-
-@dataclass
-class TrainConfig:
-    model_id: str = "psic-sh"
-    data: list[str] = field(default_factory=list)
-    key: str = "weights/shipped.key"
-    run_dir: str = "runs/psic-sh"
-    out: str = "weights/psic-sh.safetensors"
-    steps: int = 20000
-    batch: int = 16
-    patch: int = 128
-    lr: float = 2e-4
-    lr_final: float = 2e-5  # cosine decay to this over the last half of the run
-    aux_lr: float = 1e-3
-    clip: float = 1.0
-    threads: int = 0  # 0 = torch default
-    seed: int = 2000
-    log_every: int = 50
-    ckpt_every: int = 250
-    limit_images: int | None = None
-    init_from: str | None = None  # start from these weights: "a.safetensors[=prefix+prefix],b.pt" (see warm_start)
-    max_minutes: float | None = None  # stop (with a checkpoint) after this wall time
-    amp: str = "off"  # "bf16": the analysis and synthesis transforms in bfloat16 autocast (entropy models stay fp32)
-    compile: bool = False  # torch.compile the training step (pays off on a GPU, not on 2 CPU cores)
+__all__ = ["RDStage", "TrainConfig", "draw_conditions", "load_matching", "train", "warm_start"]
 
 
 class RDStep(nn.Module):
@@ -84,54 +61,6 @@ def draw_conditions(n: int, key_cond: torch.Tensor, gen: torch.Generator) -> tor
     return torch.where((u >= 0.75)[:, None], rand_keys, cond)
 
 
-def cosine_lr(step: int, steps: int, lr: float, lr_final: float) -> float:
-    """Constant ``lr`` for the first half of ``steps``, then cosine decay to ``lr_final``."""
-    half = steps // 2
-    if step < half:
-        return lr
-    t = (step - half) / max(1, steps - half)
-    return lr_final + 0.5 * (lr - lr_final) * (1 + math.cos(math.pi * t))
-
-
-def lr_at(step: int, tc: TrainConfig) -> float:
-    return cosine_lr(step, tc.steps, tc.lr, tc.lr_final)
-
-
-def _all_finite(loss: torch.Tensor, distributed: bool) -> bool:
-    """True when the loss is finite on every rank (one all-reduce under DDP), so all ranks skip together."""
-    ok = torch.isfinite(loss.detach()).float().reshape(1)
-    if distributed:
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-    return bool(ok.item() > 0)
-
-
-def _is_main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def log_event(run_dir: Path, rec: dict) -> None:
-    if _is_main():
-        line = json.dumps(rec)
-        print(line, flush=True)
-        with open(run_dir / "log.jsonl", "a") as f:
-            f.write(line + "\n")
-
-
-def save_checkpoint(path: Path, model, opt, aux_opt, step: int, tc: TrainConfig, extra: dict | None = None) -> None:
-    state = {
-        "model": model.state_dict(),
-        "opt": opt.state_dict(),
-        "aux_opt": aux_opt.state_dict(),
-        "step": step,
-        "model_config": model.cfg.to_json(),
-        "train_config": json.dumps(tc.__dict__),
-        "extra": extra or {},
-    }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 def load_matching(model: nn.Module, path: str) -> int:
     """Copy tensors of matching name and shape from a checkpoint/safetensors file; return the count."""
     if path.endswith(".safetensors"):
@@ -139,7 +68,7 @@ def load_matching(model: nn.Module, path: str) -> int:
 
         src = load_file(path)
     else:
-        src = torch.load(path, map_location="cpu", weights_only=False)["model"]
+        src = read_checkpoint(path)["model"]
     own = model.state_dict()
     keep = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith(
         ("entropy_bottleneck._", "gaussian_conditional._", "gaussian_conditional.scale_table"))}
@@ -157,7 +86,7 @@ def _read_source(path: str) -> tuple[dict, dict]:
         with safe_open(path, framework="pt") as f:
             meta = dict(f.metadata() or {})
         return load_file(path), meta
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = read_checkpoint(path)
     return state["model"], {"steps": str(state["step"]), "config": state["model_config"]}
 
 
@@ -219,108 +148,80 @@ def warm_start(model: nn.Module, spec: str) -> dict:
     return report
 
 
+
+
+class RDStage:
+    """The ``rd`` stage for :class:`~psic_lab.training.trainer.Trainer`: the whole model, ``bpp + lambda D``,
+    per-sample qualities and conditions; the quantiles have their own optimiser (``aux_opt``)."""
+
+    name = "rd"
+
+    def __init__(self, tc: TrainConfig, device: torch.device, rank: int = 0, distributed: bool = False) -> None:
+        self.config, self.device, self.rank = tc, device, rank
+        torch.manual_seed(tc.seed + rank)
+        self.cfg = load_config(tc.model_id)
+        self.model = build_model(self.cfg)
+        self.key = read_key(tc.key)
+        self.key_cond = torch.tensor(condition(View.FULL, self.key, self.cfg.cond_dim))
+        aux_params = [p for n, p in self.model.named_parameters() if n.endswith(".quantiles")]
+        self.clip_params = [p for n, p in self.model.named_parameters() if not n.endswith(".quantiles")]
+        self.clip = tc.clip
+        self.optimizers = {"opt": torch.optim.Adam(self.clip_params, lr=tc.lr),
+                           "aux_opt": torch.optim.Adam(aux_params, lr=tc.aux_lr)}
+        self.distributed = distributed
+
+    def fresh_start(self) -> tuple[int, dict | None]:
+        if not self.config.init_from:
+            return 0, None
+        rep = warm_start(self.model, self.config.init_from)
+        return rep["continue_step"], {"event": "init_from", "spec": self.config.init_from, **rep}
+
+    def load_state(self, extra: dict) -> None:
+        pass
+
+    def start(self, step: int) -> None:
+        tc, device = self.config, self.device
+        self.model.to(device).train()
+        self.model.transform_dtype = torch.bfloat16 if tc.amp == "bf16" else None
+        if device.type == "cuda":  # TF32 matmuls/convolutions: fp32 range, tensor-core speed
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+        stepper: nn.Module = RDStep(self.model, self.cfg).to(device)
+        if self.distributed:
+            stepper = nn.parallel.DistributedDataParallel(stepper)
+        self.stepper = torch.compile(stepper) if tc.compile else stepper
+        t_load = time.time()
+        self.bank = PatchBank([Path(d) for d in tc.data], tc.patch, seed=tc.seed + 1000 * self.rank,
+                              limit=tc.limit_images)
+        log_event(Path(tc.run_dir), {"event": "data", "images": len(self.bank),
+                                     "seconds": round(time.time() - t_load, 1)})
+        self.gen = torch.Generator().manual_seed(tc.seed + 7919 * self.rank + step)
+
+    def loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        n, device = self.config.batch, self.device
+        x = self.bank.batch(n).to(device)
+        q = torch.randint(0, self.cfg.qualities, (n,), generator=self.gen).to(device)
+        cond = draw_conditions(n, self.key_cond, self.gen).to(device)
+        out = self.stepper(x, cond, q)
+        return out["loss"] + out["aux"], {k: float(out[k].detach()) for k in ("loss", "bpp", "mse", "aux")}
+
+    def after_step(self) -> dict[str, float]:
+        return {}
+
+    def summary(self, recs: list[dict[str, float]]) -> dict[str, float]:
+        """Means over the interval, and the PSNR of the mean MSE."""
+        rec = {k: round(sum(r[k] for r in recs) / len(recs), 5) for k in recs[0]}
+        rec["psnr"] = round(10 * math.log10(1 / max(rec["mse"], 1e-10)), 3)
+        return rec
+
+    def state(self) -> dict:
+        return {"key_fingerprint": fingerprint(self.key)}
+
+
 def train(tc: TrainConfig) -> Path:
-    """Train (or resume) and return the path of the latest checkpoint."""
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    device = torch.device("cpu")
-    if distributed:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        rank = dist.get_rank()
-        if torch.cuda.is_available():
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(device)
-    else:
-        rank = 0
-        if torch.cuda.is_available():
-            device = torch.device("cuda")
+    """Train (or resume) stage ``rd`` and return the path of the latest checkpoint."""
+    distributed, rank, device = init_distributed()
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    torch.manual_seed(tc.seed + rank)
-
-    run_dir = Path(tc.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = run_dir / "checkpoint.pt"
-    cfg = load_config(tc.model_id)
-    model = build_model(cfg)
-    key = read_key(tc.key)
-    key_cond = torch.tensor(condition(View.FULL, key, cfg.cond_dim))
-
-    aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
-    main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
-    opt = torch.optim.Adam(main_params, lr=tc.lr)
-    aux_opt = torch.optim.Adam(aux_params, lr=tc.aux_lr)
-    step = 0
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if state["model_config"] != cfg.to_json():
-            raise SystemExit(f"{ckpt_path}: checkpoint is for another model config")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        aux_opt.load_state_dict(state["aux_opt"])
-        step = state["step"]
-        log_event(run_dir, {"event": "resume", "step": step})
-    elif tc.init_from:
-        rep = warm_start(model, tc.init_from)
-        step = rep["continue_step"]
-        log_event(run_dir, {"event": "init_from", "spec": tc.init_from, **rep})
-
-    model.to(device).train()
-    if tc.amp not in ("off", "bf16"):
-        raise SystemExit(f"--amp must be off or bf16, not {tc.amp!r}")
-    model.transform_dtype = torch.bfloat16 if tc.amp == "bf16" else None
-    if device.type == "cuda":  # TF32 matmuls/convolutions: fp32 range, tensor-core speed
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-    stepper: nn.Module = RDStep(model, cfg).to(device)
-    if distributed:
-        stepper = nn.parallel.DistributedDataParallel(stepper)
-    if tc.compile:
-        stepper = torch.compile(stepper)
-
-    t_load = time.time()
-    bank = PatchBank([Path(d) for d in tc.data], tc.patch, seed=tc.seed + 1000 * rank, limit=tc.limit_images)
-    log_event(run_dir, {"event": "data", "images": len(bank), "seconds": round(time.time() - t_load, 1)})
-    gen = torch.Generator().manual_seed(tc.seed + 7919 * rank + step)
-    t0, last = time.time(), time.time()
-    acc = {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "aux": 0.0, "n": 0}
-    while step < tc.steps:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, tc)
-        x = bank.batch(tc.batch).to(device)
-        q = torch.randint(0, cfg.qualities, (tc.batch,), generator=gen).to(device)
-        cond = draw_conditions(tc.batch, key_cond, gen).to(device)
-        out = stepper(x, cond, q)
-        opt.zero_grad(set_to_none=True)
-        aux_opt.zero_grad(set_to_none=True)
-        total = out["loss"] + out["aux"]
-        if not _all_finite(total, distributed):  # every rank skips together, or DDP would stall
-            log_event(run_dir, {"event": "non-finite loss, step skipped", "step": step})
-            continue
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(main_params, tc.clip)
-        opt.step()
-        aux_opt.step()
-        step += 1
-        for k in ("loss", "bpp", "mse", "aux"):
-            acc[k] += float(out[k].detach())
-        acc["n"] += 1
-        if step % tc.log_every == 0 or step == tc.steps:
-            n = acc.pop("n")
-            rec = {k: round(v / n, 5) for k, v in acc.items()}
-            rec["psnr"] = round(10 * math.log10(1 / max(rec["mse"], 1e-10)), 3)
-            rec.update(step=step, lr=round(lr_at(step, tc), 7), s_per_step=round((time.time() - last) / n, 3))
-            log_event(run_dir, rec)
-            acc = {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "aux": 0.0, "n": 0}
-            last = time.time()
-        out_of_time = tc.max_minutes is not None and (time.time() - t0) / 60 > tc.max_minutes
-        if (step % tc.ckpt_every == 0 or step == tc.steps or out_of_time) and _is_main():
-            save_checkpoint(ckpt_path, model, opt, aux_opt, step, tc, {"key_fingerprint": fingerprint(key)})
-        if out_of_time:
-            log_event(run_dir, {"event": "time limit", "step": step})
-            break
-    if distributed:
-        dist.barrier()
-        dist.destroy_process_group()
-    return ckpt_path
+    return Trainer(tc, distributed).run(RDStage(tc, device, rank, distributed))
