@@ -80,18 +80,23 @@ def _tiny_setup(tmp_path):
 
 
 @pytest.mark.slow
-def test_shield_stage_keeps_bitstream(tmp_path, key_file):
+def test_shield_stage_keeps_bitstream(tmp_path, key_file, monkeypatch):
+    """A stage file run from the command line trains the condition path, keeps the bitstream, resumes, exports."""
+    import psic_lab.vlp
     from psic_cli.zoo import bitstream_id
     from psic_lab.training.__main__ import main
-    from psic_lab.training.shield import ShieldConfig, train_shield
 
+    monkeypatch.setattr(psic_lab.vlp, "load_vlp", lambda spec: TinyVLP())
     cfg, data = _tiny_setup(tmp_path)
     rd = tmp_path / "rd"
     main(["rd", "--model-id", str(cfg), "--data", str(data), "--key", str(key_file), "--run-dir", str(rd),
           "--steps", "2", "--batch", "2", "--patch", "64"])
-    sc = ShieldConfig(init=str(rd / "checkpoint.pt"), model_id=str(cfg), data=[str(data)], key=str(key_file),
-                      run_dir=str(tmp_path / "sh"), steps=3, batch=4, patch=64, log_every=1, ckpt_every=3)
-    ckpt = train_shield(sc, vlp=TinyVLP())
+    stage = tmp_path / "stage.json"
+    stage.write_text(json.dumps({"init": str(rd / "checkpoint.pt"), "model_id": str(cfg), "data": [str(data)],
+                                 "key": str(key_file), "run_dir": str(tmp_path / "sh"), "steps": 3, "batch": 4,
+                                 "patch": 64, "log_every": 1, "ckpt_every": 3}))
+    assert main(["shield", "--config", str(stage)]) == 0
+    ckpt = tmp_path / "sh" / "checkpoint.pt"
     before = torch.load(rd / "checkpoint.pt", weights_only=False)["model"]
     after = torch.load(ckpt, weights_only=False)["model"]
     assert bitstream_id(before) == bitstream_id(after)
@@ -99,12 +104,74 @@ def test_shield_stage_keeps_bitstream(tmp_path, key_file):
     log = [json.loads(x) for x in (tmp_path / "sh" / "log.jsonl").read_text().splitlines()]
     steps = [r for r in log if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in steps)
+    nu = torch.load(ckpt, weights_only=False)["extra"]["weighting"]["nu"]["shielded"]
+    assert main(["shield", "--config", str(stage), "--steps", "4"]) == 0  # a flag overrides the file; resumes
+    log = [json.loads(x) for x in (tmp_path / "sh" / "log.jsonl").read_text().splitlines()]
+    assert {"event": "resume", "step": 3} in log and log[-1]["step"] == 4
+    assert log[-1]["nu_shielded"] != pytest.approx(1.0) and round(nu, 4) == steps[-1]["nu_shielded"]
     out = tmp_path / "w.safetensors"
     assert main(["export", str(ckpt), str(out), "--data-desc", "test"]) == 0
     from safetensors import safe_open
 
     with safe_open(str(out), framework="numpy") as f:
         assert f.metadata()["shield"] == "trained" and f.metadata()["stage"] == "shield"
+
+
+def test_checkpoints_from_before_the_weighting_object_resume(tmp_path, key_file):
+    """Older shield checkpoints kept nu and its gap average as loose keys; they load into the weighting."""
+    from psic_cli.views import View
+    from psic_lab.training.shield import ShieldConfig, ShieldStage
+
+    cfg, data = _tiny_setup(tmp_path)
+    stage = ShieldStage(ShieldConfig(init="", model_id=str(cfg), data=[str(data)], key=str(key_file),
+                                     views="full,shielded,strong", run_dir=str(tmp_path / "r")), vlp=TinyVLP())
+    stage.load_state({"nu": 2.5, "gap_ema": 0.7, "nu_strong": 4.0, "gap_ema_strong": None})
+    assert stage.weighting.nu == {View.SHIELDED: 2.5, View.STRONG: 4.0}
+    assert stage.weighting.gap_ema == {View.SHIELDED: 0.7, View.STRONG: None}
+    assert set(stage.optimizers) == {"opt"}  # no placeholder optimiser
+
+
+def test_what_the_target_sees_goes_through_the_indexer():
+    """The privacy loss of a keyless view reads the target on the indexer's output, not the raw decode."""
+    import numpy as np
+
+    from psic_cli.views import View
+    from psic_lab.training.augment import EOTConfig
+    from psic_lab.training.losses import (
+        CaptionPrivacy,
+        Published,
+        ShieldViewLoss,
+        ViewBatch,
+        get_indexer,
+        identity,
+    )
+
+    assert get_indexer("none") is identity
+    with pytest.raises(ValueError, match="registered: none"):
+        get_indexer("no-such-indexer")
+    vlp = TinyVLP()
+    seen_by_target = []
+    encode = vlp.encode_image
+    vlp.encode_image = lambda x: seen_by_target.append(x) or encode(x)
+    calls = []
+
+    def flip(x, gen):
+        calls.append(x)
+        return x.flip(-1)
+
+    text = vlp.class_embeddings(["a", "b", "c"])
+    privacy = CaptionPrivacy(vlp, text, torch.arange(3), text, [0, 1, 2])
+    x = torch.rand(2, 3, 32, 32)
+    x_hat = torch.rand(2, 3, 32, 32, requires_grad=True)
+    zeros = torch.zeros(2)
+    batch = ViewBatch(x, x_hat, x, torch.tensor([0, 2]), zeros + 1, zeros, zeros, torch.Generator())
+    terms = ShieldViewLoss(View.SHIELDED, privacy, flip)(batch)
+    assert calls[0] is x_hat and torch.equal(seen_by_target[-1], x_hat.flip(-1))
+    assert torch.equal(seen_by_target[0], x)  # the original is read as it is
+    assert terms.distortion is not None and {"d_shielded", "priv_shielded"} <= set(terms.rec)
+    none = EOTConfig(p_jpeg=0, p_resize=0, p_blur=0, p_crop=0)
+    published = Published(none, np.random.default_rng(0), flip)(x_hat, torch.Generator())
+    assert torch.equal(published, x_hat.clamp(0, 1).flip(-1))  # the published image, then the indexer
 
 
 class TinyClassifier(torch.nn.Module):

@@ -17,23 +17,26 @@ HELP = {"rd": "rate-distortion training (both views reconstruct the image)",
         "shield": "privacy stage: decoder + condition module against a VLP target"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line: one sub-command per stage kind (flags from its options dataclass) and ``export``."""
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, list[argparse.Action]]]:
+    """The command line (one sub-command per stage kind, flags from its options dataclass, and ``export``) and
+    each sub-command's arguments."""
     ap = argparse.ArgumentParser(prog="python -m psic_lab.training", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for cmd, cls in COMMANDS.items():
-        add_config_arguments(sub.add_parser(cmd, help=HELP[cmd], description=cls.__doc__), cls)
+    args = {cmd: add_config_arguments(sub.add_parser(cmd, help=HELP[cmd], description=cls.__doc__), cls)
+            for cmd, cls in COMMANDS.items()}
     ex = sub.add_parser("export", help="checkpoint -> safetensors weights with metadata")
-    ex.add_argument("checkpoint", help="a training checkpoint (runs/<name>/checkpoint.pt)")
-    ex.add_argument("out", help="the weights file to write (.safetensors)")
-    ex.add_argument("--data-desc", required=True, help="training data, stored in the metadata")
-    ex.add_argument("--notes", default="", help="free text stored in the metadata")
-    return ap
+    args["export"] = [
+        ex.add_argument("checkpoint", help="a training checkpoint (runs/<name>/checkpoint.pt)"),
+        ex.add_argument("out", help="the weights file to write (.safetensors)"),
+        ex.add_argument("--data-desc", required=True, help="training data, stored in the metadata"),
+        ex.add_argument("--notes", default="", help="free text stored in the metadata"),
+    ]
+    return ap, args
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = build_parser()
+    ap, _ = build_parser()
     args = ap.parse_args(argv)
     if args.cmd in COMMANDS:
         try:

@@ -165,11 +165,12 @@ def _base_type(hint: Any) -> Any:
     return hint
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """``--config`` and one flag per field of ``cls``; flags default to "not given" so a stage file shows through."""
-    parser.add_argument("--config", metavar="STAGE.json",
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> list[argparse.Action]:
+    """``--config`` and one flag per field of ``cls`` (returned); flags default to "not given" so that a stage
+    file's values show through."""
+    actions = [parser.add_argument("--config", metavar="STAGE.json",
                         help=f"a JSON file of these options (a stage; a bare name looks in "
-                             f"{CONFIG_DIR.name}/{{command}}/); flags given here override its values")
+                             f"{CONFIG_DIR.name}/{{command}}/); flags given here override its values")]
     helps = field_help(cls)
     for f in dataclasses.fields(cls):
         hint = _base_type(_hints(cls)[f.name])
@@ -179,13 +180,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
         flag = "--" + f.name.replace("_", "-")
         if hint is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+            kw["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(hint) is list:
-            parser.add_argument(flag, nargs="+", metavar="PATH", **kw)
+            kw.update(nargs="+", metavar="PATH")
         elif typing.get_origin(hint) is Literal:
-            parser.add_argument(flag, choices=typing.get_args(hint), **kw)
+            kw["choices"] = typing.get_args(hint)
         else:
-            parser.add_argument(flag, type=hint, **kw)
+            kw["type"] = hint
+        actions.append(parser.add_argument(flag, **kw))
+    return actions
 
 
 def resolve_config_path(spec: str, command: str) -> Path:
