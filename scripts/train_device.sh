@@ -4,12 +4,14 @@
 #   bash scripts/train_device.sh                      # on the device machine (the device tool's `run`)
 #   OUT=/tmp/out DATA=../shared/data/bsds500 STEPS=2 BATCH=2 PATCH=128 AMP=off COMPILE=0 bash scripts/train_device.sh
 #
+# The stage is psic_lab/training/configs/rd/<model>.json (CONFIG); the settings below override it for the device.
 # It continues from the committed weights (their step count is in the metadata; see training.train.warm_start)
 # or from RUN_DIR's checkpoint, trains for MINUTES or STEPS, and writes $OUT/<model>.safetensors.
 # The device machine has torch but not compressai: carry its wheel (the device README says how) in .whl/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-psic-msh2}
+CONFIG=${CONFIG:-psic_lab/training/configs/rd/$MODEL.json}
 INIT=${INIT:-lab_weights/rd/$MODEL.safetensors}
 DATA=${DATA:-.devdata/bsds500}
 RUN_DIR=${RUN_DIR:-runs/device-$MODEL}
@@ -29,11 +31,13 @@ fi
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 init=()
 if [ -f "$INIT" ] && [ ! -f "$RUN_DIR/checkpoint.pt" ]; then init=(--init-from "$INIT"); fi
-compile=()
+compile=(--no-compile)
 if [ "$COMPILE" = 1 ]; then compile=(--compile); fi
-"$PY" -m psic_lab.training rd --model-id "$MODEL" --data "$DATA" --run-dir "$RUN_DIR" --steps "$STEPS" \
-  --batch "$BATCH" --patch "$PATCH" --lr 1e-4 --max-minutes "$MINUTES" --amp "$AMP" "${compile[@]}" "${init[@]}" \
-  --log-every 100 --ckpt-every 1000 2>&1 | tee "$OUT/train.log"
+config=()
+if [ -f "$CONFIG" ]; then config=(--config "$CONFIG"); fi
+"$PY" -m psic_lab.training rd "${config[@]}" --model-id "$MODEL" --data "$DATA" --run-dir "$RUN_DIR" \
+  --steps "$STEPS" --batch "$BATCH" --patch "$PATCH" --lr 1e-4 --max-minutes "$MINUTES" --amp "$AMP" \
+  "${compile[@]}" "${init[@]}" --threads 0 --log-every 100 --ckpt-every 1000 2>&1 | tee "$OUT/train.log"
 "$PY" -m psic_lab.training export "$RUN_DIR/checkpoint.pt" "$OUT/$MODEL.safetensors" \
   --data-desc "BSDS500 train+val+test (500): random 256x256 crops with flips; never Kodak"
 cp "$RUN_DIR/log.jsonl" "$OUT/log.jsonl"
