@@ -23,7 +23,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, list[argparse.Act
     ap = argparse.ArgumentParser(prog="python -m psic_lab.training", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    args = {cmd: add_config_arguments(sub.add_parser(cmd, help=HELP[cmd], description=cls.__doc__), cls)
+    args = {cmd: add_config_arguments(sub.add_parser(cmd, help=HELP[cmd], description=cls.__doc__), cmd)
             for cmd, cls in COMMANDS.items()}
     ex = sub.add_parser("export", help="checkpoint -> safetensors weights with metadata")
     args["export"] = [

@@ -49,7 +49,7 @@ class TrainConfig:
     ckpt_every: int = 250  # write checkpoint.pt every this many steps (and at the end or the time limit)
     limit_images: int | None = None  # train on a random subset of this many images (none: all of them)
     init_from: str | None = None  # start from these weights: "a.safetensors[=prefix+prefix],b.pt" (see warm_start)
-    max_minutes: float | None = None  # stop (with a checkpoint) after this wall time
+    max_minutes: float | None = None  # stop (with a checkpoint) after this many minutes of wall time
     amp: Literal["off", "bf16"] = "off"  # bf16: analysis and synthesis in bfloat16 autocast (entropy models fp32)
     compile: bool = False  # torch.compile the training step (pays off on a GPU, not on 2 CPU cores)
 
@@ -107,7 +107,7 @@ class ShieldConfig:
     log_every: int = 20  # append a JSON line (the last step's terms) to log.jsonl every this many steps
     ckpt_every: int = 100  # write checkpoint.pt every this many steps (and at the end or the time limit)
     limit_images: int | None = None  # train on a random subset of this many images (none: all of them)
-    max_minutes: float | None = None  # stop (with a checkpoint) after this wall time
+    max_minutes: float | None = None  # stop (with a checkpoint) after this many minutes of wall time
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -165,18 +165,20 @@ def _base_type(hint: Any) -> Any:
     return hint
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> list[argparse.Action]:
+def add_config_arguments(parser: argparse.ArgumentParser, command: str) -> list[argparse.Action]:
     """``--config`` and one flag per field of ``cls`` (returned); flags default to "not given" so that a stage
     file's values show through."""
+    cls = COMMANDS[command]
     actions = [parser.add_argument("--config", metavar="STAGE.json",
-                        help=f"a JSON file of these options (a stage; a bare name looks in "
-                             f"{CONFIG_DIR.name}/{{command}}/); flags given here override its values")]
+                                   help=f"a JSON file of these options (a stage; a bare name is one of "
+                                        f"psic_lab/training/configs/{command}/); flags given here override it")]
     helps = field_help(cls)
     for f in dataclasses.fields(cls):
         hint = _base_type(_hints(cls)[f.name])
         default = _default(f)
         shown = " ".join(default) if isinstance(default, list) else "none" if default is None else default
-        text = f"{helps[f.name]} (default: {shown})".replace("%", "%%")  # argparse formats help with %
+        text = helps[f.name] + (f" (default: {shown})" if shown != "" else "")
+        text = text.replace("%", "%%")  # argparse formats help with %
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
         flag = "--" + f.name.replace("_", "-")
         if hint is bool:
