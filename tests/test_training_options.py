@@ -14,8 +14,8 @@ from psic_lab.training.options import (
     TrainConfig,
     config_from_args,
     field_help,
-    load_config,
-    read_config,
+    load_stage,
+    read_stage,
 )
 
 STAGE_FILES = sorted(CONFIG_DIR.glob("*/*.json"))
@@ -59,7 +59,7 @@ def test_shipped_stage_files_exist():
 
 @pytest.mark.parametrize("path", STAGE_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_committed_stage_file_loads(path):
-    cfg = load_config(COMMANDS[path.parent.name], path)
+    cfg = load_stage(COMMANDS[path.parent.name], path)
     assert cfg.run_dir == f"runs/{path.stem}"  # one run folder per stage, named after its file
     for p in [cfg.init if hasattr(cfg, "init") else "", getattr(cfg, "reference", "")]:
         assert not Path(p).is_absolute()
@@ -81,13 +81,13 @@ def test_unknown_or_mistyped_keys_are_errors(tmp_path, capsys):
     f = tmp_path / "bad.json"
     f.write_text(json.dumps({"steps": 10, "nu_learning_rate": 0.1}))
     with pytest.raises(ValueError, match="unknown option.*nu_learning_rate.*valid: .*nu_lr"):
-        read_config(ShieldConfig, f)
+        read_stage(ShieldConfig, f)
     with pytest.raises(SystemExit) as e:
         main(["shield", "--config", str(f)])
     assert e.value.code == 2 and "nu_learning_rate" in capsys.readouterr().err
     f.write_text(json.dumps({"steps": "many"}))
     with pytest.raises(ValueError, match="steps: expected int"):
-        read_config(ShieldConfig, f)
+        read_stage(ShieldConfig, f)
     with pytest.raises(SystemExit):
         main(["shield", "--config", "no-such-stage"])
     assert "psic-sh-views10" in capsys.readouterr().err  # the error lists the built-in stages

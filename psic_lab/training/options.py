@@ -224,7 +224,7 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     raise TypeError(f"{name}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
 
 
-def read_config(cls: type, path: str | Path) -> dict[str, Any]:
+def read_stage(cls: type, path: str | Path) -> dict[str, Any]:
     """The field values in a stage file, checked: an unknown key or a value of the wrong type is a ValueError."""
     raw = json.loads(Path(path).read_text())
     if not isinstance(raw, dict):
@@ -240,13 +240,13 @@ def read_config(cls: type, path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: {e}") from None
 
 
-def load_config(cls: type, path: str | Path, **overrides: Any) -> Any:
+def load_stage(cls: type, path: str | Path, **overrides: Any) -> Any:
     """An instance of ``cls`` from a stage file, with ``overrides`` on top."""
-    return cls(**{**read_config(cls, path), **overrides})
+    return cls(**{**read_stage(cls, path), **overrides})
 
 
 def config_from_args(cls: type, args: argparse.Namespace, command: str) -> Any:
     """Defaults < ``--config`` file < flags given, as an instance of ``cls`` (ValueError on a bad value)."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
-    base = read_config(cls, resolve_config_path(args.config, command)) if args.config else {}
+    base = read_stage(cls, resolve_config_path(args.config, command)) if args.config else {}
     return cls(**{**base, **given})

@@ -230,14 +230,10 @@ class ShieldStage:
     def load_state(self, extra: dict) -> None:
         """The weighting's state; checkpoints written before it was an object kept ``nu``, ``gap_ema``,
         ``nu_strong`` and ``gap_ema_strong``."""
-        if "weighting" in extra:
-            self.weighting.load_state_dict(extra["weighting"])
-            return
-        legacy = {"nu": {View.SHIELDED: extra.get("nu"), View.STRONG: extra.get("nu_strong")},
-                  "gap_ema": {View.SHIELDED: extra.get("gap_ema"), View.STRONG: extra.get("gap_ema_strong")}}
-        self.weighting.load_state_dict({
-            "nu": {str(v): w for v, w in legacy["nu"].items() if w is not None},
-            "gap_ema": {str(v): g for v, g in legacy["gap_ema"].items()}})
+        suffix = {View.SHIELDED: "", View.STRONG: "_strong"}
+        legacy = {"nu": {str(v): extra[f"nu{s}"] for v, s in suffix.items() if f"nu{s}" in extra},
+                  "gap_ema": {str(v): extra.get(f"gap_ema{s}") for v, s in suffix.items()}}
+        self.weighting.load_state_dict(extra.get("weighting", legacy))
 
     def start(self, step: int) -> None:
         """Freeze all but the decoder and condition path, load the target, the ensemble and the data, and
