@@ -339,7 +339,7 @@ def run(args: argparse.Namespace) -> dict:
     deadline = t_start + 60 * args.max_minutes if args.max_minutes else math.inf
     key = read_key(args.key)
     sizes = QUICK_SIZES if args.quick else tuple(args.sizes)
-    counts = QUICK_COUNTS if args.quick else COUNTS
+    counts = QUICK_COUNTS if args.quick else {**COUNTS, **args.counts}
     native_count = 2 if args.quick else args.native_count
     gallery_n = 8 if args.quick else args.gallery
     n_lab = max(counts.get(s, (0, 0))[0] for s in sizes)
@@ -541,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bsds", type=Path, default=Path("../shared/data/bsds500/test"))
     ap.add_argument("--quality", type=int, default=2)
     ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="long sides (default: %(default)s)")
+    ap.add_argument("--counts", nargs="*", default=[], metavar="SIZE:LABELLED:UNLABELLED",
+                    help="override the images per size, e.g. 64:12:6")
     ap.add_argument("--native-count", type=int, default=NATIVE_COUNT, help="unlabelled images at native size")
     ap.add_argument("--judges", nargs="*", default=list(JUDGES))
     ap.add_argument("--gallery", type=int, default=100, help="originals per retrieval gallery (default 100)")
@@ -558,6 +560,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--docs", type=Path, default=Path("docs/shield-geometry.md"))
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args.counts = {int(a): (int(b), int(c)) for a, b, c in (x.split(":") for x in args.counts)}
+    except ValueError:
+        ap.error("--counts takes SIZE:LABELLED:UNLABELLED, e.g. 64:12:6")
     if args.render_only:  # re-render the docs from an existing results file
         res = json.loads(args.out.read_text())
         args.docs.write_text(report_md(res))

@@ -77,7 +77,10 @@ def grid_score_parts(a: np.ndarray, b: np.ndarray | None = None, radius: int = 4
        ``grid8`` sums only the 8-pixel harmonics (``u``, ``v`` even), ``grid16`` the others.
 
     1 means no peak (white noise scores about 1); 2 means twice the energy the neighbouring frequencies
-    predict.  NaN when no harmonic has enough neighbours (images under about 128 pixels a side, whose
+    predict.  It measures how much a lattice stands out of the spectrum, so for a pattern of fixed amplitude
+    it grows with the pixel count (a periodic pattern's peak energy grows as the area squared, noise-like
+    content as the area): compare scores at one size, or against the full view's own (full - original).
+    NaN when no harmonic has enough neighbours (images under about 128 pixels a side, whose
     harmonics are at most 2 bins apart), or when ``d`` is zero.
     """
     d = _luma(a) - (0.0 if b is None else _luma(b))
