@@ -364,9 +364,12 @@ def run(args: argparse.Namespace) -> dict:
         "gallery_max_side": args.gallery_max_side,
         "sizes": {}, "missing": [],
     }
+    replaced: dict[str, dict] = {}
     if args.resume and args.out.exists():  # keep what an earlier run measured; measure only what it missed
         old = json.loads(args.out.read_text())
         res["sizes"] = old["sizes"]
+        # --replace: measure these sizes again (with --counts); the new one is kept only if it has more images
+        replaced = {k: res["sizes"].pop(k) for k in args.replace if k in res["sizes"]}
         res["command"] = old["command"] + " ; then " + res["command"]
         res["git_revision"] = old["git_revision"] + " ; then " + str(res["git_revision"])
         res["seconds_before"] = old.get("seconds", 0) + old.get("seconds_before", 0)
@@ -417,7 +420,12 @@ def run(args: argparse.Namespace) -> dict:
                   f"{entry['seconds']['wall']:.0f} s", file=sys.stderr, flush=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(res, indent=2))  # what is measured so far survives an interruption
-    order = [str(s) for s in sizes]
+    for k, e in replaced.items():
+        new = res["sizes"].get(k)
+        n_new = new["labelled_images"] + new["unlabelled_images"] if new else -1
+        if n_new < e["labelled_images"] + e["unlabelled_images"]:
+            res["sizes"][k] = e
+    order = [str(s) for s in sorted({*sizes, *(int(k) for k in res["sizes"] if k.isdigit())})]
     order.insert(min(2, len(order)), "native")
     res["sizes"] = {k: res["sizes"][k] for k in order if k in res["sizes"]}
     res["missing"] = [k for k in order if k in res["missing"]]
@@ -555,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a few images at three sizes (for tests)")
     ap.add_argument("--resume", action="store_true",
                     help="keep the sizes already in --out and measure only the others")
+    ap.add_argument("--replace", nargs="*", default=[], metavar="SIZE",
+                    help="with --resume: measure these sizes again (kept if the new run has more images)")
     ap.add_argument("--render-only", action="store_true", help="only re-render --docs from --out")
     ap.add_argument("--out", type=Path, default=Path("results/shield-geometry.json"))
     ap.add_argument("--docs", type=Path, default=Path("docs/shield-geometry.md"))
