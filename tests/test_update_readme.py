@@ -53,13 +53,27 @@ def test_check_fails_when_a_result_changes(copy_repo):
 
 def test_check_covers_the_docs(copy_repo):
     """Tables moved out of the README (docs/results.md) are checked the same way."""
+    p = copy_repo / "docs" / "privacy.md"
+    p.write_text(p.read_text() + "| an edited row |\n")
+    r = check(copy_repo, "--check")
+    assert r.returncode == 1 and "docs/results.md" in r.stderr and "privacy" in r.stderr, r.stderr
+    assert "README.md:" not in r.stderr
+
+
+def test_geometry_headline_is_rendered_from_its_results(copy_repo):
+    """The README's size table is the rendering of results/shield-geometry.json; a missing value is n/a."""
     p = copy_repo / "results" / "shield-geometry.json"
     res = json.loads(p.read_text())
-    res["images"] += 1
+    size, entry = next(iter(res["sizes"].items()))
+    entry["labelled_images"] += 1000
+    entry["quality"]["shielded"]["grid"] = None
     p.write_text(json.dumps(res, indent=2))
     r = check(copy_repo, "--check")
-    assert r.returncode == 1 and "docs/results.md" in r.stderr and "geometry" in r.stderr, r.stderr
-    assert "README.md:" not in r.stderr
+    assert r.returncode == 1 and "README.md" in r.stderr and "geometry" in r.stderr, r.stderr
+    assert check(copy_repo).returncode == 0
+    row = next(line for line in (copy_repo / "README.md").read_text().splitlines()
+               if line.startswith(f"| {size} |"))
+    assert f"| {entry['labelled_images']}+" in row and "n/a" in row
 
 
 def test_nan_is_never_published(copy_repo):
