@@ -3,7 +3,7 @@
     python scripts/update_readme.py           # rewrite the blocks from results/*.json and the generated docs
     python scripts/update_readme.py --check   # exit 1 when a block differs from what they render (CI)
 
-The blocks live in :data:`TARGETS` (the README keeps the headline summary; the other tables are in
+The blocks live in :data:`TARGETS` (the README keeps the headline size table; the other tables are in
 docs/results.md and docs/benchmarks.md); every block of :data:`BLOCKS` must appear in one of them.
 
 Each block is filled from a generated file (results/*.json, docs/*.md), so the README never carries a

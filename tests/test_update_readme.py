@@ -42,13 +42,14 @@ def test_check_fails_when_a_result_changes(copy_repo):
     first = next(iter(res["qualities"].values()))
     first["bpp"] += 0.5
     p.write_text(json.dumps(res, indent=2))
-    before = (copy_repo / "README.md").read_text()
+    results_md = copy_repo / "docs" / "results.md"  # the 224x224 summary lives there
+    before = results_md.read_text()
     r = check(copy_repo, "--check")
     assert r.returncode == 1 and "summary" in r.stderr, r.stderr
-    assert (copy_repo / "README.md").read_text() == before  # --check writes nothing
+    assert results_md.read_text() == before  # --check writes nothing
     assert check(copy_repo).returncode == 0  # regenerate ...
     assert check(copy_repo, "--check").returncode == 0  # ... and it is up to date again
-    assert f"{first['bpp']:.3f}" in (copy_repo / "README.md").read_text()
+    assert f"{first['bpp']:.3f}" in results_md.read_text()
 
 
 def test_check_covers_the_docs(copy_repo):
