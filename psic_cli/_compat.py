@@ -68,7 +68,7 @@ def import_compressai_core() -> None:
     sys.modules["compressai"] = pkg
 
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt(3) parameters
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # glibc's mallopt(3) parameters
 MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit systems
 
 
@@ -76,10 +76,11 @@ def tune_malloc() -> bool:
     """Let glibc's malloc keep and reuse freed memory across a decode's tiles and layers.
 
     By default glibc hands blocks over a dynamic threshold straight back to the kernel, and every large
-    tensor of the next tile or layer then page-faults its memory in again (system time).  Serving blocks
-    up to 32 MiB from the heap and never trimming it keeps that memory mapped between tiles.  Called by
-    the CLI only (a process-wide setting is not a library's to make); returns False where glibc's
-    ``mallopt`` is not available (musl, macOS, Windows)."""
+    tensor of the next tile or layer then page-faults its memory in again (system time: a quarter of a
+    6000x4000 decode).  Serving every block from the heap (no per-block ``mmap``, so tensors over 32 MiB
+    too) and never trimming it keeps that memory mapped between tiles and layers; glibc still falls back
+    to ``mmap`` when the heap cannot grow.  Called by the CLI only (a process-wide setting is not a
+    library's to make); returns False where glibc's ``mallopt`` is not available (musl, macOS, Windows)."""
     import ctypes
     import ctypes.util
 
@@ -90,4 +91,5 @@ def tune_malloc() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) == 1
+    ok = mallopt(M_MMAP_MAX, 0) == 1 and ok
     return mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1 and ok
