@@ -77,7 +77,8 @@ def model_info(model_id: str) -> ModelInfo:
     models = {m.model_id: m for m in list_models()}
     if model_id not in models:
         known = ", ".join(sorted(models)) or "none"
-        raise ModelError(f"model {model_id!r} is not installed (installed: {known}; folder {weights_dir()})")
+        hint = "" if os.environ.get("PSIC_WEIGHTS") else "; set PSIC_WEIGHTS to the folder that holds the weights"
+        raise ModelError(f"model {model_id!r} is not installed (installed: {known}; folder {weights_dir()}{hint})")
     return models[model_id]
 
 

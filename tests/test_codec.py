@@ -88,6 +88,16 @@ def test_other_weights_and_unknown_model_are_refused(tiny_env, rgb_image):
         codec.decode(container.pack(container.PsicFile(wrong, f.tiles)))
 
 
+def test_missing_weights_name_the_folder_and_the_variable(monkeypatch, tmp_path):
+    """A non-editable install has no weights beside the package: the error says where it looked and what to set."""
+    from psic_cli import zoo
+
+    monkeypatch.setattr(zoo, "weights_dir", lambda: tmp_path)
+    monkeypatch.delenv("PSIC_WEIGHTS", raising=False)
+    with pytest.raises(ModelError, match=f"folder {tmp_path}; set PSIC_WEIGHTS"):
+        zoo.model_info("psic-sh")
+
+
 def test_quality_range(tiny_env, rgb_image):
     from psic_cli.errors import InputError
 
