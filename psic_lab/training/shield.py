@@ -346,7 +346,10 @@ class ShieldStage:
         vs = draw_views(n, views, sc.p_full, gen)
         if View.FULL in views and View.FULL not in vs:
             vs[0] = View.FULL
-        if View.SHIELDED not in vs:
+        # a keyless view in every step: the shielded one, or (multi-size, whose large steps hold only two images)
+        # either keyless view, so that the strong view also trains at the large sizes
+        keyless = [v for v in SHIELD_VIEWS if v in views] if self.sizes else [View.SHIELDED]
+        if not any(v in vs for v in keyless):
             vs[-1] = View.SHIELDED
         sel = {v: torch.tensor([w == v for w in vs]) for v in views}
         cond = view_conditions(vs, self.conds, gen)
