@@ -147,7 +147,7 @@ def test_what_the_target_sees_goes_through_the_indexer():
     )
 
     assert get_indexer("none") is identity
-    with pytest.raises(ValueError, match="registered: none"):
+    with pytest.raises(ValueError, match="registered: multi, multi-strong, none"):
         get_indexer("no-such-indexer")
     vlp = TinyVLP()
     seen_by_target = []
