@@ -11,8 +11,13 @@ as they are, and numbers for the log.  With ``D(a, b) = lambda_q * 255^2 * MSE(a
 
 What the target (and the ensemble) sees of a decoded view goes through one callable, an :data:`Indexer`
 ``(x [B, 3, H, W] in [0, 1], generator) -> x'``: the preprocessing of an indexing service.  ``none`` is the
-identity; the strong shield's published-image chain (JPEG, resizes, blur, crops, low-resolution
-thumbnails: ``eot_lowres``) is :class:`Published`, which hands its output to the configured indexer.
+identity; ``multi`` and ``multi-strong`` are :class:`~psic_lab.vlp.preprocess.IndexerSampler` s (one of
+short224 / short336 / short448 / squash224 / tiles2x2 per batch; ``multi-strong`` first re-encodes or halves
+the image a third of the time).  The decoded view and its original go through the indexer *together*
+(:func:`index_pair`: one draw, the same crop, tiles and degradation), so UAEO's soft labels and the embedding
+term compare what the target reads of both under the same preprocessing.  The strong shield's
+published-image chain (JPEG, resizes, blur, crops, low-resolution thumbnails: ``eot_lowres``) is
+:class:`Published`: it transforms the decoded view only, then hands it to the configured indexer.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch.nn.functional as F
 from psic_cli.views import View
 from psic_lab.training.augment import EOTConfig, publish, texture_weights
 from psic_lab.training.machine import machine_losses
+from psic_lab.vlp.preprocess import IndexerSampler, embed_native
 
 Indexer = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -36,8 +42,13 @@ def identity(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x
 
 
-#: indexer name -> indexer; read-only here (the VLP package's preprocessing registers its pipelines here)
-INDEXERS: dict[str, Indexer] = {"none": identity}
+#: the indexers' single-image views and tiles (psic_lab.vlp.preprocess), one per batch
+MULTI = IndexerSampler(variants=("short224", "short336", "short448", "squash224", "tiles2x2"))
+#: the same, after a JPEG q75 / WebP q75 re-encode or a 0.5x downscale a third of the time (the strong shield)
+MULTI_STRONG = IndexerSampler(variants=MULTI.variants, degradations=("jpeg75", "webp75", "half"), p_degrade=1 / 3)
+
+#: indexer name -> indexer: the one registry of what the target may see of a decoded view
+INDEXERS: dict[str, Indexer] = {"none": identity, "multi": MULTI, "multi-strong": MULTI_STRONG}
 
 
 def get_indexer(name: str) -> Indexer:
@@ -61,6 +72,21 @@ class Published:
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         return self.then(publish(x, self.rng, self.eot), gen)
+
+
+def index_pair(indexer: Indexer, x_hat: torch.Tensor, x: torch.Tensor,
+               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the target sees of the decoded views ``x_hat`` and of their originals ``x``: both through one draw
+    of ``indexer`` (concatenated, so the crop, the tiles and any degradation are the same); a
+    :class:`Published` chain transforms ``x_hat`` only.  An indexer that returns ``k`` images per input
+    (tiles) returns ``k * B`` rows of each, image-major."""
+    if isinstance(indexer, Published):
+        x_hat, indexer = publish(x_hat, indexer.rng, indexer.eot), indexer.then
+    if indexer is identity:
+        return x_hat, x
+    both = indexer(torch.cat([x_hat, x.to(x_hat.dtype)]), gen)
+    half = both.shape[0] // 2
+    return both[:half], both[half:]
 
 
 def _truth(logits_u: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,11 +245,14 @@ class CaptionPrivacy:
         to_caption: ImageNet class index -> row of ``text`` (-1: none).
         text10: embeddings of the data's classes, for the logged ``top1_10way`` (None: not logged as a number).
         present: the data's ImageNet classes, in the order of ``text10``.
+        native: run the target's tower at the size of a square input (see :meth:`encode`) instead of
+            resizing it to the tower's own size.
     """
 
     def __init__(self, vlp, text: torch.Tensor, to_caption: torch.Tensor, text10: torch.Tensor | None,
-                 present: list[int], margin_weight: float | None = None, margin_kappa: float = 5.0) -> None:
-        self.vlp, self.text, self.to_caption = vlp, text, to_caption
+                 present: list[int], margin_weight: float | None = None, margin_kappa: float = 5.0,
+                 native: bool = False) -> None:
+        self.vlp, self.text, self.to_caption, self.native = vlp, text, to_caption, native
         self.text10, self.present = text10, present
         self.margin_weight, self.margin_kappa = margin_weight, margin_kappa
 
@@ -234,11 +263,22 @@ class CaptionPrivacy:
         truth = torch.tensor([self.present.index(int(y)) if int(y) in self.present else -1 for y in labels])
         return float(((z.detach() @ self.text10.t()).argmax(-1) == truth).float().mean())
 
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The target's embedding of ``x``; with ``native``, a square input of another size than the tower's is
+        seen at its own size (:func:`~psic_lab.vlp.preprocess.embed_native`: a 336- or 448-pixel tower), as
+        the geometry benchmark reads it."""
+        size = getattr(self.vlp, "image_size", None)
+        if self.native and size is not None and x.shape[-1] == x.shape[-2] and x.shape[-1] != size:
+            return embed_native(self.vlp, x)
+        return self.vlp.encode_image(x)
+
     def __call__(self, seen: torch.Tensor, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """The loss of the target seeing ``seen`` for originals ``x``, and its statistics."""
+        """The loss of the target seeing ``seen`` for originals ``x`` (preprocessed as ``seen`` was), and its
+        statistics."""
         with torch.no_grad():
-            u = self.vlp.encode_image(x)
-        z = self.vlp.encode_image(seen)
+            u = self.encode(x)
+        z = self.encode(seen)
+        self.last = (z, u)
         cap = torch.where(labels >= 0, self.to_caption[labels.clamp_min(0)], -1)
         priv, stats = uaeo_loss(z, u, self.text, cap, self.vlp.logit_scale)
         if self.margin_weight is not None:
@@ -250,14 +290,16 @@ class CaptionPrivacy:
 
 class ShieldViewLoss:
     """A keyless view (shielded, strong): its distortion (weighted by the adaptive weighting) and the privacy
-    loss of the target reading it through ``indexer``; the strong shield weights distortion by texture and
-    adds the ensemble's loss."""
+    loss of the target reading it through ``indexer`` (the original through the same draw); the strong shield
+    weights distortion by texture and adds the ensemble's loss.  ``embed_weight > 0`` adds that times the
+    mean cosine between the target's embeddings of the view and of the original (similarity search)."""
 
     def __init__(self, view: View, privacy: CaptionPrivacy, indexer: Indexer = identity, texture: bool = False,
                  ensemble: list[EnsembleMember] | None = None, ensemble_weight: float = 1.0,
-                 ensemble_kappa: float = 0.0) -> None:
+                 ensemble_kappa: float = 0.0, embed_weight: float = 0.0) -> None:
         self.view, self.privacy, self.indexer, self.texture = view, privacy, indexer, texture
         self.ensemble, self.ensemble_weight, self.ensemble_kappa = ensemble or [], ensemble_weight, ensemble_kappa
+        self.embed_weight = embed_weight
 
     def __call__(self, b: ViewBatch) -> ViewTerms:
         v = self.view
@@ -266,11 +308,17 @@ class ShieldViewLoss:
             d = (b.lam * (w * (b.x_hat - b.x) ** 2).mean(dim=(1, 2, 3))).mean()
         else:
             d = b.d_img.mean()
-        seen = self.indexer(b.x_hat, b.gen)
-        priv, stats = self.privacy(seen, b.x, b.labels)
+        seen, orig = index_pair(self.indexer, b.x_hat, b.x, b.gen)
+        labels = b.labels.repeat_interleave(len(seen) // len(b.x))  # tiles: each tile keeps its image's label
+        priv, stats = self.privacy(seen, orig, labels)
         out = ViewTerms(d, [priv])
+        if self.embed_weight > 0:
+            z, u = self.privacy.last
+            cos = (z * u).sum(-1).mean()
+            out.terms.append(self.embed_weight * cos)
+            out.rec[f"cos_{v}"] = float(cos.detach())
         if self.ensemble:
-            ens = ensemble_loss(self.ensemble, seen, b.labels, self.ensemble_kappa)
+            ens = ensemble_loss(self.ensemble, seen, labels, self.ensemble_kappa)
             out.terms.append(self.ensemble_weight * ens)
             out.rec[f"ens_{v}"] = float(ens.detach())
         top1_10way = stats.pop("top1_10way")

@@ -88,7 +88,12 @@ class ShieldConfig:
     margin_kappa: float = 5.0  # logit units: push the true caption this far below the best other one
     codec_pad: bool = False  # pad each batch as the codec does (replicate, to 16 in format 2), crop back
     eot_lowres: float = 0.0  # strong shield: share of EOT samples seen at 48-96 px (low-resolution models)
-    indexer: str = "none"  # preprocessing of the image the target and the ensemble see (registered name; none: as is)
+    indexer: str = "none"  # what the target sees (registered in losses.INDEXERS): none (as is), multi, multi-strong
+    strong_indexer: str = ""  # the strong view's indexer, after its publication chain (empty: the same as indexer)
+    sizes: str = ""  # shorter sides of the decoded images, one drawn per step, e.g. 160,224,448 (empty: patch crops)
+    aspects: str = "1:1,3:2,2:3"  # width:height ratios drawn per step with sizes (sides rounded to multiples of 16)
+    min_batch: int = 2  # with sizes: images per step = batch * patch^2 / (height * width), at least this many
+    embed_weight: float = 0.0  # weight of cos(target embedding of the keyless view, of the original) (0: off)
     captions: Literal["data", "imagenet"] = "data"  # UAEO's text set: the data's class captions, or ImageNet's 1000
     reset_trigger: bool = True  # re-initialise CLTG and zero the trigger projections at the start
     trigger_lr_mult: float = 10.0  # learning-rate multiplier of the condition path (CLTG, P, S)
@@ -114,6 +119,33 @@ class ShieldConfig:
         parse_views(self.preserve, "preserve")
         if View.SHIELDED not in parse_views(self.views):
             raise ValueError(f"views must include {View.SHIELDED}: {self.views!r}")
+        parse_sizes(self.sizes)
+        parse_aspects(self.aspects)
+
+
+def parse_sizes(spec: str) -> list[int]:
+    """``"160,224,448"`` -> ``[160, 224, 448]`` (empty: none); ValueError unless each is a multiple of 16 >= 32."""
+    sizes = [int(t) for t in spec.split(",") if t.strip()]
+    if any(s < 32 or s % 16 for s in sizes):
+        raise ValueError(f"sizes must be multiples of 16 of at least 32, got {spec!r}")
+    return sizes
+
+
+def parse_aspects(spec: str) -> list[float]:
+    """``"1:1,3:2"`` -> ``[1.0, 1.5]`` (width / height); ValueError on a malformed or non-positive ratio."""
+    out = []
+    for t in (t.strip() for t in spec.split(",") if t.strip()):
+        w, sep, h = t.partition(":")
+        try:
+            r = float(w) / float(h) if sep else float("nan")
+        except (ValueError, ZeroDivisionError):
+            r = float("nan")
+        if not r > 0:
+            raise ValueError(f"aspects are width:height ratios such as 3:2, got {t!r}")
+        out.append(r)
+    if not out:
+        raise ValueError("aspects must name at least one ratio")
+    return out
 
 
 COMMANDS: dict[str, type] = {"rd": TrainConfig, "shield": ShieldConfig}

@@ -66,12 +66,13 @@ from psic_lab.training.losses import (
     ViewLoss,
     get_indexer,
 )
-from psic_lab.training.options import ShieldConfig, parse_views
+from psic_lab.training.options import ShieldConfig, parse_aspects, parse_sizes, parse_views
 from psic_lab.training.train import load_matching
 from psic_lab.training.trainer import Trainer, log_event
 from psic_lab.training.weighting import DualAscentWeighting
 
-__all__ = ["LabelledBank", "ShieldConfig", "ShieldStage", "check_seen", "draw_views", "parse_qualities",
+__all__ = ["LabelledBank", "ShieldConfig", "ShieldStage", "check_seen", "draw_geometry", "draw_views",
+           "parse_qualities",
            "parse_views", "reset_trigger", "train_shield", "view_conditions"]
 
 def imagenet_classes() -> tuple[list[str], dict[str, int]]:
@@ -108,6 +109,40 @@ class LabelledBank:
             ys.append(self.labels[k])
         x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float().div_(255.0)
         return x, torch.tensor(ys)
+
+    def batch_at(self, n: int, height: int, width: int, min_frac: float = 0.6) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` images at ``height x width``: per image a random crop of the aspect ``width / height`` (between
+        ``min_frac`` and all of the largest such crop's side), resized with Pillow's bicubic (upscaling a small
+        photo, as the geometry benchmark prepares its labelled images), flipped half of the time."""
+        from PIL import Image
+
+        xs, ys = [], []
+        for _ in range(n):
+            k = self.rng.integers(len(self.images))
+            img = self.images[k]
+            h0, w0 = img.shape[:2]
+            a = width / height
+            ch, cw = (h0, h0 * a) if w0 / h0 >= a else (w0 / a, w0)
+            t = self.rng.uniform(min_frac, 1.0)
+            ch, cw = max(8, min(h0, round(ch * t))), max(8, min(w0, round(cw * t)))
+            i, j = self.rng.integers(h0 - ch + 1), self.rng.integers(w0 - cw + 1)
+            im = Image.fromarray(np.ascontiguousarray(img[i : i + ch, j : j + cw])).resize((width, height),
+                                                                                          Image.BICUBIC)
+            arr = np.asarray(im)
+            xs.append(np.ascontiguousarray(arr[:, ::-1] if self.rng.random() < 0.5 else arr))
+            ys.append(self.labels[k])
+        x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float().div_(255.0)
+        return x, torch.tensor(ys)
+
+
+def draw_geometry(sizes: list[int], aspects: list[float], gen: torch.Generator) -> tuple[int, int]:
+    """One decoded size ``(height, width)`` for the next step: a shorter side from ``sizes`` and a
+    width:height ratio from ``aspects``, the longer side rounded to a multiple of 16."""
+    side = sizes[int(torch.randint(len(sizes), (1,), generator=gen))]
+    a = aspects[int(torch.randint(len(aspects), (1,), generator=gen))]
+    if a >= 1:
+        return side, max(side, 16 * round(side * a / 16))
+    return max(side, 16 * round(side / a / 16)), side
 
 
 def draw_views(n: int, views: list[View], p_full: float, gen: torch.Generator) -> list[View]:
@@ -195,6 +230,8 @@ class ShieldStage:
         self.views = parse_views(sc.views)
         self.preserve = set(parse_views(sc.preserve, "preserve"))
         self.indexer = get_indexer(sc.indexer)
+        self.strong_indexer = get_indexer(sc.strong_indexer or sc.indexer)
+        self.sizes, self.aspects = parse_sizes(sc.sizes), parse_aspects(sc.aspects)
         torch.manual_seed(sc.seed)
         cfg = load_config(sc.model_id)
         self.qualities = torch.tensor(parse_qualities(sc.qualities, cfg.qualities))
@@ -281,14 +318,15 @@ class ShieldStage:
         bank.rng = np.random.default_rng(sc.seed + 1 + step)
         aug_rng = np.random.default_rng(sc.seed + 2 + step)  # EOT chain and machine-view crops, one stream
         privacy = CaptionPrivacy(vlp, u_text, to_caption, text[present] if present else None, present,
-                                 sc.margin_weight if sc.privacy_loss == "uaeo+margin" else None, sc.margin_kappa)
+                                 sc.margin_weight if sc.privacy_loss == "uaeo+margin" else None, sc.margin_kappa,
+                                 native=sc.indexer != "none" or (sc.strong_indexer or "none") != "none")
         losses: dict[View, ViewLoss] = {
             View.FULL: FullViewLoss(sc.anchor_weight, sc.semantic_weight, vlp),
-            View.SHIELDED: ShieldViewLoss(View.SHIELDED, privacy, self.indexer),
+            View.SHIELDED: ShieldViewLoss(View.SHIELDED, privacy, self.indexer, embed_weight=sc.embed_weight),
             View.STRONG: ShieldViewLoss(View.STRONG, privacy, Published(EOTConfig(p_lowres=sc.eot_lowres), aug_rng,
-                                                                        self.indexer), texture=True,
+                                                                        self.strong_indexer), texture=True,
                                         ensemble=ensemble, ensemble_weight=sc.ensemble_weight,
-                                        ensemble_kappa=sc.ensemble_kappa),
+                                        ensemble_kappa=sc.ensemble_kappa, embed_weight=sc.embed_weight),
             View.MACHINE: MachineViewLoss(vlp, aug_rng, sc.machine_weight, sc.machine_dist_weight),
         }
         for v in self.preserve:
@@ -297,12 +335,21 @@ class ShieldStage:
 
     def loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         sc, views, gen = self.config, self.views, self.gen
-        x, labels = self.bank.batch(sc.batch)
-        q = self.qualities[torch.randint(0, len(self.qualities), (sc.batch,), generator=gen)]
-        vs = draw_views(sc.batch, views, sc.p_full, gen)
+        if self.sizes:  # multi-size: one decoded size per step, fewer images when they are larger
+            height, width = draw_geometry(self.sizes, self.aspects, gen)
+            n = max(sc.min_batch, min(sc.batch, round(sc.batch * sc.patch**2 / (height * width))))
+            x, labels = self.bank.batch_at(n, height, width)
+        else:
+            x, labels = self.bank.batch(sc.batch)
+        n = len(x)
+        q = self.qualities[torch.randint(0, len(self.qualities), (n,), generator=gen)]
+        vs = draw_views(n, views, sc.p_full, gen)
         if View.FULL in views and View.FULL not in vs:
             vs[0] = View.FULL
-        if View.SHIELDED not in vs:
+        # a keyless view in every step: the shielded one, or (multi-size, whose large steps hold only two images)
+        # either keyless view, so that the strong view also trains at the large sizes
+        keyless = [v for v in SHIELD_VIEWS if v in views] if self.sizes else [View.SHIELDED]
+        if not any(v in vs for v in keyless):
             vs[-1] = View.SHIELDED
         sel = {v: torch.tensor([w == v for w in vs]) for v in views}
         cond = view_conditions(vs, self.conds, gen)
@@ -332,6 +379,8 @@ class ShieldStage:
                 loss = loss + t
             rec.update(terms.rec)
         self._measured = (x, x_ref, x_hat.detach(), sel)
+        if self.sizes:
+            rec.update(height=float(height), width=float(width))
         return loss, {"loss": float(loss.detach()), **rec}
 
     def after_step(self) -> dict[str, float]:

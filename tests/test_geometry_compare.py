@@ -1,0 +1,40 @@
+"""The old-against-new geometry tables are rendered from two results files, never typed."""
+
+import copy
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _mod():
+    spec = importlib.util.spec_from_file_location("geometry_compare", ROOT / "scripts" / "geometry_compare.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_tables_show_old_and_new_and_paste_between_markers(tmp_path):
+    mod = _mod()
+    old = json.loads((ROOT / "results" / "shield-geometry.json").read_text())
+    new = copy.deepcopy(old)
+    new["sizes"]["224"]["top1"]["target/short224"]["shielded"] = 0.125
+    new["sizes"]["224"]["retrieval_r1"]["target"]["shielded"] = 0.0
+    md = mod.compare_md(old, new, "A", "B")
+    row = next(line for line in md.splitlines() if line.startswith("| 224 | short224 |"))
+    assert "56% → 12%" in row
+    assert any(line.startswith("| 224 |") and "| target |" in line and "43% → 0%" in line for line in md.splitlines())
+    assert "subtle gap" in md and "strong grid" in md
+    doc = tmp_path / "d.md"
+    doc.write_text(f"intro\n{mod.START}\nstale\n{mod.END}\noutro\n")
+    mod.paste(doc, md)
+    text = doc.read_text()
+    assert "stale" not in text and "56% → 12%" in text and text.startswith("intro") and text.endswith("outro\n")
+    mod.paste(doc, md)
+    assert doc.read_text() == text  # idempotent
+    (tmp_path / "e.md").write_text("no markers")
+    with pytest.raises(ValueError, match="markers"):
+        mod.paste(tmp_path / "e.md", md)
