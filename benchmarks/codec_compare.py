@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -87,17 +86,6 @@ def _pillow(img: np.ndarray, fmt: str, q: int) -> tuple[float, float]:
 def _mean(points: list[list[tuple[float, float]]]) -> dict:
     arr = np.asarray(points).mean(0)
     return {"bpp": arr[:, 0].round(5).tolist(), "psnr": arr[:, 1].round(4).tolist()}
-
-
-def _install(weights: Path, tmp: Path) -> str:
-    """Point the zoo at a folder holding only ``weights``; return its model id."""
-    from safetensors import safe_open
-
-    with safe_open(str(weights), framework="numpy") as f:
-        meta = f.metadata() or {}
-    shutil.copy(weights, tmp / weights.name)
-    os.environ["PSIC_WEIGHTS"] = str(tmp)
-    return meta["model_id"]
 
 
 def measure_rd(folder: Path, model_id: str, key: bytes, limit: int | None) -> dict:
@@ -217,7 +205,9 @@ def measure(args: argparse.Namespace) -> None:
     except OSError:
         res["git_revision"] = None
     with tempfile.TemporaryDirectory() as tmp:
-        model_id = _install(args.weights, Path(tmp)) if args.weights else args.model
+        from psic_lab.evaluation.weights import install_weights
+
+        model_id = install_weights(args.weights, Path(tmp)) if args.weights else args.model
         from psic_cli.zoo import load_model
 
         lm = load_model(model_id)

@@ -40,7 +40,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -185,17 +184,6 @@ class Indexers:
                     results[i][f"emb/{model}"] = e[o]
                 o += n
         return results
-
-
-def weights_model(weights: Path, tmp: Path) -> str:
-    """Point the zoo at a folder holding only ``weights``; return its model id."""
-    from safetensors import safe_open
-
-    with safe_open(str(weights), framework="numpy") as f:
-        meta = f.metadata() or {}
-    shutil.copy(weights, tmp / weights.name)
-    os.environ["PSIC_WEIGHTS"] = str(tmp)
-    return meta["model_id"]
 
 
 def measure_image(px: np.ndarray, model_id: str, key: bytes, quality: int, idx: Indexers, extras: bool) -> dict:
@@ -374,7 +362,9 @@ def run(args: argparse.Namespace) -> dict:
         res["git_revision"] = old["git_revision"] + " ; then " + str(res["git_revision"])
         res["seconds_before"] = old.get("seconds", 0) + old.get("seconds_before", 0)
     with tempfile.TemporaryDirectory() as tmp:
-        model_id = weights_model(args.weights, Path(tmp))
+        from psic_lab.evaluation.weights import install_weights
+
+        model_id = install_weights(args.weights, Path(tmp))
         lm = load_model(model_id)
         res["model"] = {"id": model_id, "weights": str(args.weights), "weights_sha256": lm.weights_sha256,
                         **{k: lm.info.metadata.get(k) for k in ("steps", "stage", "shield_levels")}}
