@@ -60,7 +60,7 @@ def symbols_checksum(*arrays: Tensor) -> int:
     return crc
 
 
-def tiled(fn, x: Tensor, scale: float, tile: int, margin: int) -> Tensor:
+def tiled(fn, x: Tensor, scale: float, tile: int, margin: int, region: bool = False) -> Tensor:
     """Apply a fully convolutional ``fn`` (output size = input size x ``scale``) in overlapping tiles.
 
     Each tile is computed with ``margin`` extra input pixels on every side (at least the receptive
@@ -68,17 +68,18 @@ def tiled(fn, x: Tensor, scale: float, tile: int, margin: int) -> Tensor:
     Inputs that fit in one tile are passed through unchanged.  The result is allocated once and each
     tile's centre is copied into it, so a tile's output (margins included) is freed before the next
     tile runs and no row or column of tiles is concatenated (one copy of the output, not three).
+    With ``region`` ``fn`` also gets the tile's input rows and columns, ``(r0, r1, c0, c1)``.
     """
     h, w = x.shape[-2:]
     if h <= tile and w <= tile:
-        return fn(x)
+        return fn(x, (0, h, 0, w)) if region else fn(x)
     result: Tensor | None = None
     for i0 in range(0, h, tile):
         for j0 in range(0, w, tile):
             i1, j1 = min(i0 + tile, h), min(j0 + tile, w)
             a0, b0 = max(0, i0 - margin), max(0, j0 - margin)
             a1, b1 = min(h, i1 + margin), min(w, j1 + margin)
-            out = fn(x[..., a0:a1, b0:b1])
+            out = fn(x[..., a0:a1, b0:b1], (a0, a1, b0, b1)) if region else fn(x[..., a0:a1, b0:b1])
             r0, c0 = round((i0 - a0) * scale), round((j0 - b0) * scale)
             th, tw = round((i1 - i0) * scale), round((j1 - j0) * scale)
             if result is None:
@@ -128,7 +129,7 @@ class ConditionalHyperprior(nn.Module):
         self.gaussian_conditional = GaussianConditional(None)
         self.cltg = TriggerGenerator(cfg.cond_dim, cfg.trigger_width)
         self.g_s = ConditionalSynthesis(N, M, cfg.trigger_width, cfg.last_width, cfg.trigger_scale,
-                                         cfg.trigger_head)
+                                         cfg.trigger_head, cfg.scale_grid)
         # log-gain per quality and channel; higher lambda -> finer quantisation (larger gain)
         lam = torch.tensor(cfg.lambdas, dtype=torch.float32)
         init = 0.5 * torch.log(lam / lam.max())
@@ -202,11 +203,15 @@ class ConditionalHyperprior(nn.Module):
             rt = self.runtime_modules()
             y = (y_hat.double() / torch.exp(self.log_gain.detach().double()[q])[:, :, None, None]).float()
             tau = rt["cltg"](cond.float())
+            g_s = rt["g_s"]
+            maps = g_s.scale_maps(y, tau)  # from the whole latent, before tiling: the grid follows the image
+            h, w = y.shape[-2:]
 
-            def run(t: Tensor) -> Tensor:
-                return rt["g_s"](t.contiguous(memory_format=torch.channels_last), tau).contiguous()
+            def run(t: Tensor, region: tuple[int, int, int, int]) -> Tensor:
+                t = t.contiguous(memory_format=torch.channels_last)
+                return g_s(t, tau, maps, (h, w, *region)).contiguous()
 
-            return tiled(run, y, scale=16, tile=self.tile_latent, margin=8)
+            return tiled(run, y, scale=16, tile=self.tile_latent, margin=8, region=True)
         with self._autocast(y_hat):
             return self.g_s(y_hat / self.gain(q), self.cltg(cond))
 

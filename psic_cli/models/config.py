@@ -25,6 +25,8 @@ class ModelConfig:
     downsampling: int = 64  # total spatial stride of z (format 1 padded inputs to a multiple of it)
     trigger_scale: bool = False  # the trigger also scales decoder features (FiLM), not only biases them
     trigger_head: bool = False  # one more conditional block at the decoder's last stage (identity at init)
+    scale_grid: int = 0  # > 0: a condition branch on the latent pooled to this many cells a side, whose bias
+    # maps follow the image's scale, not the pixel's (ScaleBranch; docs/shield-design.md); 0: none
 
     @property
     def qualities(self) -> int:

@@ -8,6 +8,8 @@ switch, not a lock: anyone with the weights can drive the decoder with any condi
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -66,6 +68,63 @@ class CondResBlock(nn.Module):
         return h + self.p2(tau)[:, :, None, None] + self.skip(f)
 
 
+def interp_matrix(n_out: int, n_in: int, start: int, stop: int, dtype: torch.dtype) -> Tensor:
+    """Rows ``start:stop`` of the ``n_out x n_in`` matrix of 1-D bilinear upsampling (half-pixel centres, edges
+    clamped: ``F.interpolate(..., mode="bilinear", align_corners=False)``), so a tile can take its own rows."""
+    src = ((torch.arange(start, stop, dtype=torch.float64) + 0.5) * n_in / n_out - 0.5).clamp(0, n_in - 1)
+    i0 = src.floor().long().clamp(max=n_in - 1)
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    frac = src - i0
+    m = torch.zeros(stop - start, n_in, dtype=torch.float64)
+    rows = torch.arange(stop - start)
+    m[rows, i0] += 1 - frac
+    m[rows, i1] += frac
+    return m.to(dtype)
+
+
+class ScaleBranch(nn.Module):
+    """A condition path at the indexer's scale: bias maps on a fixed grid of cells, whatever the image size.
+
+    The latent is average-pooled to ``grid x grid`` cells; with the image's log size (from the latent's size)
+    and the trigger ``tau`` a small network makes one bias map per conditional block of ``g_s``, which is
+    upsampled bilinearly to that block's resolution and added to its output.  A pattern on this grid has a
+    fixed size *relative to the image*, so an indexer's resize to 224 pixels keeps it at every image size,
+    where the per-pixel triggers make a pattern of fixed pixel size that a resize averages away.  The output
+    convolutions start at zero: a fresh branch changes nothing, and weights without it load unchanged.
+    """
+
+    def __init__(self, M: int, trigger_width: int, channels: list[int], grid: int, width: int = 64):
+        super().__init__()
+        self.grid = grid
+        self.inp = nn.Conv2d(M + 2, width, 3, padding=1)
+        self.t1 = nn.Linear(trigger_width, width)
+        self.mid = nn.Conv2d(width, width, 3, padding=1)
+        self.t2 = nn.Linear(trigger_width, width)
+        self.heads = nn.ModuleList(nn.Conv2d(width, c, 1) for c in channels)
+        for head in self.heads:
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def forward(self, y: Tensor, tau: Tensor) -> list[Tensor]:
+        """Bias maps ``(B, C_k, grid, grid)`` from the *whole* latent ``y`` (never a tile of it)."""
+        b, _, h, w = y.shape
+        g = self.grid
+        pooled = F.adaptive_avg_pool2d(y, g)
+        size = torch.tensor([math.log(h * 16 / 224), math.log(w * 16 / 224)], dtype=y.dtype, device=y.device)
+        geo = size[None, :, None, None].expand(b, 2, g, g)
+        f = F.gelu(self.inp(torch.cat([pooled, geo], 1)) + self.t1(tau)[:, :, None, None])
+        f = F.gelu(self.mid(f) + self.t2(tau)[:, :, None, None])
+        return [head(f) for head in self.heads]
+
+
+def upsample_region(m: Tensor, full: tuple[int, int], region: tuple[int, int, int, int]) -> Tensor:
+    """Rows ``region[0]:region[1]``, columns ``region[2]:region[3]`` of ``m`` upsampled bilinearly to ``full``."""
+    r0, r1, c0, c1 = region
+    a = interp_matrix(full[0], m.shape[-2], r0, r1, m.dtype).to(m.device)
+    b = interp_matrix(full[1], m.shape[-1], c0, c1, m.dtype).to(m.device)
+    return torch.einsum("ig,bcgh,jh->bcij", a, m, b)
+
+
 class ConditionalSynthesis(nn.Module):
     """g_s: ``CRB(M->N), [RBUp x2, CRB] x3, subpel conv (->3, x2)``; total upsampling 16.
 
@@ -78,7 +137,7 @@ class ConditionalSynthesis(nn.Module):
     """
 
     def __init__(self, N: int, M: int, trigger_width: int, last_width: int, trigger_scale: bool = False,
-                 trigger_head: bool = False):
+                 trigger_head: bool = False, scale_grid: int = 0):
         super().__init__()
         tw, ts = trigger_width, trigger_scale
         self.blocks = nn.ModuleList(
@@ -98,11 +157,39 @@ class ConditionalSynthesis(nn.Module):
             nn.init.zeros_(head.conv2.bias)
             self.blocks.append(head)
         self.out = subpel_conv3x3(last_width, 3, 2)
-
-    def forward(self, y_hat: Tensor, tau: Tensor) -> Tensor:
-        h = y_hat
+        # each conditional block's stride relative to the latent and width, for the scale branch's maps
+        self._stages, stride = [], 1
         for block in self.blocks:
-            h = block(h, tau) if isinstance(block, CondResBlock) else block(h)
+            if isinstance(block, CondResBlock):
+                self._stages.append((stride, block.conv2.out_channels))
+            else:
+                stride *= 2
+        self.scale_branch = (ScaleBranch(M, trigger_width, [c for _, c in self._stages], scale_grid)
+                             if scale_grid else None)
+
+    def scale_maps(self, y_hat: Tensor, tau: Tensor) -> list[Tensor] | None:
+        """The scale branch's bias maps for the whole latent (None without a branch)."""
+        return None if self.scale_branch is None else self.scale_branch(y_hat, tau)
+
+    def forward(self, y_hat: Tensor, tau: Tensor, maps: list[Tensor] | None = None,
+                latent: tuple[int, int, int, int, int, int] | None = None) -> Tensor:
+        """``maps`` (from :meth:`scale_maps`) and ``latent`` = ``(H, W, r0, r1, c0, c1)``, the whole latent's
+        size and this tile's rows and columns in it, let a tile take its part of the whole image's maps;
+        without them the maps are computed from ``y_hat`` itself (the whole image)."""
+        if maps is None:
+            maps = self.scale_maps(y_hat, tau)
+            latent = (*y_hat.shape[-2:], 0, y_hat.shape[-2], 0, y_hat.shape[-1])
+        h, k = y_hat, 0
+        for block in self.blocks:
+            if isinstance(block, CondResBlock):
+                h = block(h, tau)
+                if maps is not None:
+                    s = self._stages[k][0]
+                    H, W, r0, r1, c0, c1 = latent
+                    h = h + upsample_region(maps[k], (H * s, W * s), (r0 * s, r1 * s, c0 * s, c1 * s)).to(h.dtype)
+                k += 1
+            else:
+                h = block(h)
         return self.out(h)
 
 

@@ -94,6 +94,7 @@ class ShieldConfig:
     aspects: str = "1:1,3:2,2:3"  # width:height ratios drawn per step with sizes (sides rounded to multiples of 16)
     min_batch: int = 2  # with sizes: images per step = batch * patch^2 / (height * width), at least this many
     embed_weight: float = 0.0  # weight of cos(target embedding of the keyless view, of the original) (0: off)
+    scale_grid: int = 0  # > 0: give the decoder a scale branch with this many cells a side (ScaleBranch); 0: as init
     captions: Literal["data", "imagenet"] = "data"  # UAEO's text set: the data's class captions, or ImageNet's 1000
     reset_trigger: bool = True  # re-initialise CLTG and zero the trigger projections at the start
     trigger_lr_mult: float = 10.0  # learning-rate multiplier of the condition path (CLTG, P, S)

@@ -38,6 +38,7 @@ the data, the draw of views and conditions per sample, and :class:`ShieldStage`,
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from dataclasses import asdict
@@ -182,8 +183,9 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _is_trigger(name: str) -> bool:
-    """The condition path: CLTG and the per-block trigger projections (bias P, scale S)."""
-    return name.startswith("cltg.") or (name.startswith("g_s.") and name.split(".")[-2] in ("p1", "p2", "s1", "s2"))
+    """The condition path: CLTG, the per-block trigger projections (bias P, scale S) and the scale branch."""
+    return name.startswith(("cltg.", "g_s.scale_branch.")) or (
+        name.startswith("g_s.") and name.split(".")[-2] in ("p1", "p2", "s1", "s2"))
 
 
 def reset_trigger(model, seed: int) -> None:
@@ -202,9 +204,14 @@ def reset_trigger(model, seed: int) -> None:
                 m.weight.uniform_(-bound, bound, generator=g)
                 m.bias.uniform_(-bound, bound, generator=g)
     for name, p in model.named_parameters():
-        if _is_trigger(name) and not name.startswith("cltg."):
+        if _is_trigger(name) and not name.startswith(("cltg.", "g_s.scale_branch.")):
             with torch.no_grad():
                 p.zero_()
+    if model.g_s.scale_branch is not None:  # its output convolutions, as at construction
+        for head in model.g_s.scale_branch.heads:
+            with torch.no_grad():
+                head.weight.zero_()
+                head.bias.zero_()
 
 
 def check_seen(models: list) -> None:
@@ -234,6 +241,8 @@ class ShieldStage:
         self.sizes, self.aspects = parse_sizes(sc.sizes), parse_aspects(sc.aspects)
         torch.manual_seed(sc.seed)
         cfg = load_config(sc.model_id)
+        if sc.scale_grid:
+            cfg = dataclasses.replace(cfg, scale_grid=sc.scale_grid)
         self.qualities = torch.tensor(parse_qualities(sc.qualities, cfg.qualities))
         self.lambdas = torch.tensor(cfg.lambdas)
         self.model = model = build_model(cfg)
