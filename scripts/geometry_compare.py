@@ -2,6 +2,7 @@
 
     python scripts/geometry_compare.py results/shield-geometry-geo1-old.json results/shield-geometry-geo1.json
     python scripts/geometry_compare.py OLD.json NEW.json --docs docs/shield-design.md   # paste between markers
+    python scripts/geometry_compare.py OLD.json NEW.json --docs docs/shield-design.md --section geo2
 
 Every cell is ``old → new``.  The tables: the target's 10-way top-1 on the labelled images under each
 preprocessing (and the strong view after re-encoding, downscaling and tiling), the unseen judges' top-1 after
@@ -21,6 +22,13 @@ from pathlib import Path
 VIEWS = ("full", "shielded", "strong")
 NAMES = {"full": "full", "shielded": "subtle", "strong": "strong"}
 START, END = "<!-- geometry-compare:start -->", "<!-- geometry-compare:end -->"
+
+
+def markers(section: str = "") -> tuple[str, str]:
+    """The start and end markers of a named section (``""``: the unnamed one)."""
+    if not section:
+        return START, END
+    return f"<!-- geometry-compare:{section}:start -->", f"<!-- geometry-compare:{section}:end -->"
 
 
 def _pct(v) -> str:
@@ -93,26 +101,39 @@ def compare_md(old: dict, new: dict, old_name: str = "old", new_name: str = "new
     return "\n".join(lines) + "\n"
 
 
-def paste(doc: Path, block: str) -> None:
-    """Replace the text between the markers in ``doc`` by ``block``; ValueError when the markers are missing."""
+def pasted(doc: Path, section: str = "") -> str:
+    """The block now between the markers of ``section`` in ``doc``; ValueError when the markers are missing."""
+    start, end = markers(section)
     text = doc.read_text()
-    if START not in text or END not in text:
-        raise ValueError(f"{doc}: no {START} ... {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    doc.write_text(f"{head}{START}\n{block}{END}{tail}")
+    if start not in text or end not in text:
+        raise ValueError(f"{doc}: no {start} ... {end} markers")
+    return text.split(start, 1)[1].split(end, 1)[0].removeprefix("\n")
+
+
+def paste(doc: Path, block: str, section: str = "") -> None:
+    """Replace the text between the markers of ``section`` in ``doc`` by ``block``; ValueError when they are
+    missing."""
+    start, end = markers(section)
+    text = doc.read_text()
+    if start not in text or end not in text:
+        raise ValueError(f"{doc}: no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(f"{head}{start}\n{block}{end}{tail}")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("old", type=Path, help="results of the weights compared against")
     ap.add_argument("new", type=Path, help="results of the new weights (same sizes and counts)")
-    ap.add_argument("--names", nargs=2, default=("psic-sh", "psic-sh-geo1"), metavar=("OLD", "NEW"))
+    ap.add_argument("--names", nargs=2, default=("psic-sh", "psic-sh-geo1"), metavar=("OLD", "NEW"),
+                    help="what to call the two weights in the tables")
     ap.add_argument("--docs", type=Path, help="paste the tables between the markers of this file")
+    ap.add_argument("--section", default="", help="use the markers <!-- geometry-compare:SECTION:start/end -->")
     args = ap.parse_args(argv)
     block = compare_md(json.loads(args.old.read_text()), json.loads(args.new.read_text()), *args.names)
     if args.docs:
-        paste(args.docs, block)
+        paste(args.docs, block, args.section)
     else:
         sys.stdout.write(block)
     return 0

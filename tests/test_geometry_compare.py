@@ -38,3 +38,28 @@ def test_tables_show_old_and_new_and_paste_between_markers(tmp_path):
     (tmp_path / "e.md").write_text("no markers")
     with pytest.raises(ValueError, match="markers"):
         mod.paste(tmp_path / "e.md", md)
+
+
+def test_named_sections_are_pasted_apart(tmp_path):
+    mod = _mod()
+    s2, e2 = mod.markers("geo2")
+    doc = tmp_path / "d.md"
+    doc.write_text(f"{mod.START}\nA\n{mod.END}\n{s2}\nB\n{e2}\n")
+    mod.paste(doc, "new\n", "geo2")
+    assert mod.pasted(doc) == "A\n" and mod.pasted(doc, "geo2") == "new\n"
+
+
+# the tables in docs/shield-design.md, each rendered from two committed results files
+DESIGN_TABLES = [
+    ("", "shield-geometry-geo1-old.json", "shield-geometry-geo1.json", ("psic-sh", "psic-sh-geo1")),
+]
+
+
+@pytest.mark.parametrize(("section", "old", "new", "names"), DESIGN_TABLES)
+def test_design_doc_tables_match_their_results(section, old, new, names):
+    mod = _mod()
+    res = ROOT / "results"
+    block = mod.compare_md(json.loads((res / old).read_text()), json.loads((res / new).read_text()), *names)
+    assert mod.pasted(ROOT / "docs" / "shield-design.md", section) == block, (
+        f"docs/shield-design.md is stale: python scripts/geometry_compare.py results/{old} results/{new} "
+        f"--names {' '.join(names)} --docs docs/shield-design.md" + (f" --section {section}" if section else ""))
