@@ -1,12 +1,13 @@
 """The training loop on a toy stage: schedule, log, checkpoint, resume, skipped steps, time limit."""
 
+import dataclasses
 import json
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import pytest
 import torch
 
+from psic_cli.models.config import load_config
 from psic_lab.training.trainer import Trainer, cosine_lr, read_checkpoint
 
 
@@ -30,7 +31,7 @@ class ToyStage:
     def __init__(self, cfg: ToyConfig, bad_steps=()) -> None:
         self.config = cfg
         self.model = torch.nn.Linear(1, 1, bias=False)
-        self.model.cfg = SimpleNamespace(to_json=lambda: '{"toy": 1}')
+        self.model.cfg = load_config("psic-sh")
         self.optimizers = {"opt": torch.optim.SGD(self.model.parameters(), lr=cfg.lr)}
         self.clip_params = list(self.model.parameters())
         self.bad = set(bad_steps)
@@ -113,6 +114,20 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
     cfg = ToyConfig(run_dir=str(tmp_path / "run"), steps=1)
     Trainer(cfg).run(ToyStage(cfg))
     other = ToyStage(ToyConfig(run_dir=cfg.run_dir, steps=2))
-    other.model.cfg = SimpleNamespace(to_json=lambda: '{"toy": 2}')
+    other.model.cfg = dataclasses.replace(other.model.cfg, N=other.model.cfg.N + 1)
     with pytest.raises(SystemExit, match="another model config"):
         Trainer(other.config).run(other)
+
+
+def test_checkpoint_from_before_a_new_config_field_resumes(tmp_path):
+    """A checkpoint written before ``scale_grid`` existed (field absent) resumes: it has the default."""
+    cfg = ToyConfig(run_dir=str(tmp_path / "run"), steps=1)
+    ckpt = Trainer(cfg).run(ToyStage(cfg))
+    state = read_checkpoint(ckpt)
+    old = json.loads(state["model_config"])
+    del old["scale_grid"]
+    state["model_config"] = json.dumps(old)
+    torch.save(state, ckpt)
+    more = ToyConfig(run_dir=cfg.run_dir, steps=2)
+    Trainer(more).run(ToyStage(more))
+    assert read_checkpoint(ckpt)["step"] == 2

@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from psic_cli.models.config import ModelConfig
+
 
 class Stage(Protocol):
     """What the trainer needs from a training stage."""
@@ -132,7 +134,8 @@ class Trainer:
                 self.log(event)
             return step
         state = read_checkpoint(self.checkpoint)
-        if state["model_config"] != stage.model.cfg.to_json():
+        # Compare as configs, not strings: a field added later with its default matches an older checkpoint.
+        if ModelConfig.from_dict(json.loads(state["model_config"])) != stage.model.cfg:
             raise SystemExit(f"{self.checkpoint}: checkpoint is for another model config")
         stage.model.load_state_dict(state["model"])
         for name, opt in stage.optimizers.items():
