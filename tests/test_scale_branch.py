@@ -95,3 +95,17 @@ def test_shield_stage_trains_the_branch(tmp_path, key_file):
     _excite(stage.model)
     reset_trigger(stage.model, 0)
     assert all(h.weight.abs().sum() == 0 for h in heads)
+
+
+def test_branch_lr_mult_gives_the_branch_its_own_rate(tmp_path, key_file):
+    from psic_lab.training.shield import ShieldConfig, ShieldStage
+
+    cfg, data = _tiny_setup(tmp_path)
+    sc = ShieldConfig(init="", model_id=str(cfg), data=[str(data)], key=str(key_file), run_dir=str(tmp_path / "r"),
+                      batch=2, patch=48, scale_grid=4, reset_trigger=False, branch_lr_mult=50.0)
+    stage = ShieldStage(sc, vlp=TinyVLP())
+    groups = stage.optimizers["opt"].param_groups
+    branch = {id(p) for p in stage.model.g_s.scale_branch.parameters()}
+    assert len(groups) == 3 and groups[2]["lr_mult"] == 50.0
+    assert {id(p) for p in groups[2]["params"]} == branch
+    assert not any(id(p) in branch for p in groups[1]["params"])  # not also in the trigger group

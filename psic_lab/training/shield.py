@@ -257,10 +257,14 @@ class ShieldStage:
         self.conds = {v: torch.tensor(condition(v, self.key, cfg.cond_dim)) for v in View}
         named = list(model.named_parameters())
         self.clip_params = [p for n, p in named if n.startswith(("g_s.", "cltg."))]
-        trigger = [p for n, p in named if _is_trigger(n)]
+        own_branch = sc.branch_lr_mult > 0 and model.g_s.scale_branch is not None
+        branch = [p for n, p in named if own_branch and n.startswith("g_s.scale_branch.")]
+        trigger = [p for n, p in named if _is_trigger(n) and not (own_branch and n.startswith("g_s.scale_branch."))]
         others = [p for n, p in named if n.startswith("g_s.") and not _is_trigger(n)]
-        self.optimizers = {"opt": torch.optim.Adam([{"params": others, "lr_mult": 1.0},
-                                                    {"params": trigger, "lr_mult": sc.trigger_lr_mult}], lr=sc.lr)}
+        groups = [{"params": others, "lr_mult": 1.0}, {"params": trigger, "lr_mult": sc.trigger_lr_mult}]
+        if own_branch:  # a fresh module in a low-lr fine-tune: it gets its own rate
+            groups.append({"params": branch, "lr_mult": sc.branch_lr_mult})
+        self.optimizers = {"opt": torch.optim.Adam(groups, lr=sc.lr)}
         trained = [v for v in SHIELD_VIEWS if v in self.views]
         self.weighting = DualAscentWeighting(
             {v: {View.SHIELDED: sc.nu, View.STRONG: sc.strong_nu}[v] for v in trained},
