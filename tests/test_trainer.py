@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import os
+import signal
 from dataclasses import dataclass
 
 import pytest
@@ -131,3 +133,19 @@ def test_checkpoint_from_before_a_new_config_field_resumes(tmp_path):
     more = ToyConfig(run_dir=cfg.run_dir, steps=2)
     Trainer(more).run(ToyStage(more))
     assert read_checkpoint(ckpt)["step"] == 2
+
+
+def test_sigterm_stops_with_a_checkpoint(tmp_path):
+    """``kill`` between checkpoints loses nothing: the step finishes, a checkpoint is written, run returns."""
+
+    class Killed(ToyStage):
+        def loss(self, step):
+            if step == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().loss(step)
+
+    cfg = ToyConfig(run_dir=str(tmp_path / "run"), steps=100, ckpt_every=50)
+    Trainer(cfg).run(Killed(cfg))
+    assert read_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 2
+    assert _log(tmp_path / "run")[-1] == {"event": "stopped by SIGTERM", "step": 2}
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed afterwards

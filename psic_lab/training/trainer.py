@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -159,10 +160,33 @@ class Trainer:
         os.replace(tmp, self.checkpoint)
 
     def run(self, stage: Stage) -> Path:
-        """Train to ``steps`` (or the time limit) and return the checkpoint's path."""
-        cfg = self.cfg
+        """Train to ``steps`` (or the time limit, or a SIGTERM) and return the checkpoint's path."""
         step = self.resume(stage)
         stage.start(step)
+        stop: dict[str, str | None] = {"signal": None}
+        restore = self._catch_sigterm(stop)
+        try:
+            self._loop(stage, step, stop)
+        finally:
+            restore()
+        if self.distributed:
+            dist.barrier()
+            dist.destroy_process_group()
+        return self.checkpoint
+
+    def _catch_sigterm(self, stop: dict):
+        """On SIGTERM (``kill``), finish the step, write a checkpoint and return, instead of dying between
+        checkpoints.  Single-process runs only: under DDP the ranks could stop at different steps."""
+        if self.distributed:
+            return lambda: None
+        try:
+            previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal="SIGTERM"))
+        except ValueError:  # not the main thread
+            return lambda: None
+        return lambda: signal.signal(signal.SIGTERM, previous)
+
+    def _loop(self, stage: Stage, step: int, stop: dict) -> None:
+        cfg = self.cfg
         main_opt = stage.optimizers["opt"]
         t0 = last = time.time()
         recs: list[dict[str, float]] = []
@@ -182,16 +206,13 @@ class Trainer:
             step += 1
             recs.append({**rec, **stage.after_step()})
             out_of_time = cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes
+            halt = out_of_time or stop["signal"] is not None
             if step % cfg.log_every == 0 or step == cfg.steps:
                 self.log({"step": step, **stage.summary(recs), "lr": round(self.lr_at(step), 8),
                           "s_per_step": round((time.time() - last) / len(recs), 3)})
                 recs, last = [], time.time()
-            if (step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time) and is_main():
+            if (step % cfg.ckpt_every == 0 or step == cfg.steps or halt) and is_main():
                 self.save(stage, step)
-            if out_of_time:
-                self.log({"event": "time limit", "step": step})
+            if halt:
+                self.log({"event": "time limit" if out_of_time else f"stopped by {stop['signal']}", "step": step})
                 break
-        if self.distributed:
-            dist.barrier()
-            dist.destroy_process_group()
-        return self.checkpoint
