@@ -64,6 +64,8 @@ VIEWS = ("full", "shielded", "strong")
 TARGET_PREPS = ("short224", "short336", "short448", "squash224")
 EXTRAS = ("jpeg75", "webp75", "half", "tiles2x2")
 JUDGES = ("effnet-lite2", "judge-scratch")
+OUT = Path("results/shield-geometry.json")  # the shipped weights' results and page
+DOCS = Path("docs/shield-geometry.md")
 PROMPT_1000 = ("a photo of a {}.",)
 
 
@@ -556,15 +558,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replace", nargs="*", default=[], metavar="SIZE",
                     help="with --resume: measure these sizes again (kept if the new run has more images)")
     ap.add_argument("--render-only", action="store_true", help="only re-render --docs from --out")
-    ap.add_argument("--out", type=Path, default=Path("results/shield-geometry.json"))
-    ap.add_argument("--docs", type=Path, default=Path("docs/shield-geometry.md"))
+    ap.add_argument("--out", type=Path, default=OUT, help=f"results JSON to write (default: {OUT})")
+    ap.add_argument("--docs", type=Path, default=None,
+                    help=f"markdown page to render (default: {DOCS} when --out is {OUT}, else none, so "
+                         "measuring lab weights never overwrites the shipped weights' page)")
     args = ap.parse_args(argv)
+    if args.docs is None and args.out == OUT:
+        args.docs = DOCS
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args.counts = {int(a): (int(b), int(c)) for a, b, c in (x.split(":") for x in args.counts)}
     except ValueError:
         ap.error("--counts takes SIZE:LABELLED:UNLABELLED, e.g. 64:12:6")
     if args.render_only:  # re-render the docs from an existing results file
+        if args.docs is None:
+            ap.error("--render-only needs --docs when --out is not the default")
         res = json.loads(args.out.read_text())
         args.docs.write_text(report_md(res))
         print(headline_md(res))
@@ -574,8 +582,9 @@ def main(argv: list[str] | None = None) -> int:
     res = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2))
-    args.docs.parent.mkdir(parents=True, exist_ok=True)
-    args.docs.write_text(report_md(res))
+    if args.docs is not None:
+        args.docs.parent.mkdir(parents=True, exist_ok=True)
+        args.docs.write_text(report_md(res))
     print(headline_md(res))
     return 0
 

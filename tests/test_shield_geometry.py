@@ -127,3 +127,15 @@ def test_committed_page_is_the_rendering_of_the_results():
     assert sg.report_md(res) == md
     assert not re.search(r"\bnan\b", md, re.I)
     assert set(res["sizes"]) | set(res["missing"]) >= {str(s) for s in sg.SIZES}
+
+
+def test_lab_results_never_render_over_the_shipped_page(tmp_path, monkeypatch):
+    """With another --out, the shipped weights' page is left alone unless --docs names a page."""
+    monkeypatch.chdir(tmp_path)
+    lab = tmp_path / "lab.json"
+    lab.write_text((REPO / "results" / "shield-geometry.json").read_text())
+    with pytest.raises(SystemExit) as e:
+        sg.main(["--render-only", "--out", str(lab)])
+    assert e.value.code == 2 and not (tmp_path / "docs").exists()
+    assert sg.main(["--render-only", "--out", str(lab), "--docs", str(tmp_path / "lab.md")]) == 0
+    assert (tmp_path / "lab.md").read_text() == (REPO / "docs" / "shield-geometry.md").read_text()
