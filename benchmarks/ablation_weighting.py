@@ -24,6 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from psic_cli.views import View  # noqa: E402 (after the path)
+
 
 def score(ckpt: Path, files: list[Path], labels: list[str], quality: int, vlp, emb, key_cond) -> dict:
     from PIL import Image
@@ -36,26 +38,26 @@ def score(ckpt: Path, files: list[Path], labels: list[str], quality: int, vlp, e
     model.eval()
     wnids = sorted(set(labels))
     y = torch.tensor([wnids.index(w) for w in labels])
-    psnr = {"full": [], "shielded": []}
-    correct = {"full": 0, "shielded": 0}
+    psnr: dict[View, list[float]] = {View.FULL: [], View.SHIELDED: []}
+    correct = {View.FULL: 0, View.SHIELDED: 0}
     with torch.no_grad():
         for i in range(0, len(files), 25):
             x = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files[i : i + 25]]))
             x = x.permute(0, 3, 1, 2).float() / 255
             q = torch.full((len(x),), quality - 1)
             y_hat = model.quantized_latents(torch.nn.functional.pad(x, (16, 16, 16, 16), mode="reflect"), q)
-            for view, cond in (("full", key_cond), ("shielded", torch.zeros_like(key_cond))):
+            for view, cond in ((View.FULL, key_cond), (View.SHIELDED, torch.zeros_like(key_cond))):
                 xh = model.synthesize(y_hat, cond[None].expand(len(x), -1), q).clamp(0, 1)[..., 16:-16, 16:-16]
                 xh = (xh * 255).round() / 255
                 mse = ((xh - x) ** 2).flatten(1).mean(1)
                 psnr[view] += (-10 * torch.log10(mse)).tolist()
                 correct[view] += int(((vlp.encode_image(xh) @ emb.t()).argmax(1) == y[i : i + 25]).sum())
     extra = state["extra"]
-    nu = extra["weighting"]["nu"]["shielded"] if "weighting" in extra else extra.get("nu")  # older checkpoints
+    nu = extra["weighting"]["nu"][View.SHIELDED] if "weighting" in extra else extra.get("nu")  # older checkpoints
     return {"steps": state["step"], "nu_final": nu,
             **{f"{v}_top1": correct[v] / len(files) for v in correct},
             **{f"{v}_psnr": float(np.mean(psnr[v])) for v in psnr},
-            "gap_db": float(np.mean(psnr["full"]) - np.mean(psnr["shielded"]))}
+            "gap_db": float(np.mean(psnr[View.FULL]) - np.mean(psnr[View.SHIELDED]))}
 
 
 def _fixed_name(nu: float) -> str:

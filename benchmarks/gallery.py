@@ -22,6 +22,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from psic_cli.views import SHIELD_LEVELS, View  # noqa: E402 (after the path)
+
 CROP = 160  # pixels of the 1:1 crop (and of each 2x tile: the centre CROP/2 pixels doubled)
 
 
@@ -40,7 +42,7 @@ REGIONS = (
     Region("print-kodim10", "kodim10.png", 130, 30, "small print (sail numbers)"),
     Region("sky-kodim21", "kodim21.png", 40, 10, "flat sky"),
 )
-VIEWS = (("original", None), ("full", "full"), ("subtle", "shielded"), ("strong", "strong"))
+VIEWS = (("original", None), *((str(v.shield_level or v), v) for v in (View.FULL, View.SHIELDED, View.STRONG)))
 
 
 def _label(tile: np.ndarray, text: str) -> np.ndarray:
@@ -114,14 +116,14 @@ def main(argv: list[str] | None = None) -> int:
             data = codec.encode_pixels(px, args.model, args.quality)
             views = {"original": px}
             for name, v in VIEWS[1:]:
-                views[name] = codec.decode(data, key if v == "full" else None, v).pixels
+                views[name] = codec.decode(data, key if v.needs_key else None, v).pixels
             decoded[r.image] = views
         views = decoded[r.image]
         crops = {n: np.ascontiguousarray(views[n][r.y : r.y + CROP, r.x : r.x + CROP]) for n, _ in VIEWS}
         path = args.out / f"{r.name}.png"
         Image.fromarray(strip(crops)).save(path, optimize=True)
         stats = ", ".join(f"{n} {psnr(views['original'], views[n]):.2f} dB"
-                          + (f" (grid {grid_score(views[n], views['full']):.1f})" if n in ("subtle", "strong") else "")
+                          + (f" (grid {grid_score(views[n], views[View.FULL]):.1f})" if n in SHIELD_LEVELS else "")
                           for n, _ in VIEWS[1:])
         link = os.path.relpath(path, args.md.parent)
         lines += [f"## {r.what}: `{r.image}` at ({r.x}, {r.y})", "", f"![{r.name}]({link})", "",

@@ -52,6 +52,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from psic_cli.views import View  # noqa: E402 (after the path)
+
 SIZES = (64, 224, 512, 768, 1024, 2048, 4096, 6000)
 #: images per long side (labelled, unlabelled): sized so the whole run takes about half an hour on one
 #: thread (decoding one view costs about 3.2 us per pixel on the project's CPU)
@@ -60,7 +62,7 @@ COUNTS = {64: (16, 8), 224: (16, 8), 512: (16, 8), 768: (8, 4), 1024: (6, 3), 20
 NATIVE_COUNT = 4
 QUICK_SIZES = (64, 224, 512)
 QUICK_COUNTS = {64: (3, 2), 224: (3, 2), 512: (2, 1)}
-VIEWS = ("full", "shielded", "strong")
+VIEWS = (View.FULL, View.SHIELDED, View.STRONG)
 TARGET_PREPS = ("short224", "short336", "short448", "squash224")
 EXTRAS = ("jpeg75", "webp75", "half", "tiles2x2")
 JUDGES = ("effnet-lite2", "judge-scratch")
@@ -192,7 +194,6 @@ def measure_image(px: np.ndarray, model_id: str, key: bytes, quality: int, idx: 
     """Code one image, decode every view, prepare each for every indexer (:meth:`Indexers.prepare`) and
     score its quality; only the indexers' small inputs are kept (:func:`read_records` runs the towers)."""
     from psic_cli import codec
-    from psic_cli.views import View
     from psic_lab.evaluation.metrics import grid_score_parts, ms_ssim, psnr
 
     rec: dict = {"size": [int(px.shape[1]), int(px.shape[0])]}
@@ -204,11 +205,11 @@ def measure_image(px: np.ndarray, model_id: str, key: bytes, quality: int, idx: 
     full = None
     for v in VIEWS:
         t0 = time.perf_counter()
-        out = codec.decode(data, key if View(v).needs_key else None, v).pixels
+        out = codec.decode(data, key if v.needs_key else None, v).pixels
         rec[f"decode_s/{v}"] = time.perf_counter() - t0
-        rec[v] = idx.prepare(out, extras and v == "strong")
+        rec[v] = idx.prepare(out, extras and v == View.STRONG)
         q = {"psnr": psnr(px, out), "ms_ssim": ms_ssim(px, out)}
-        if v == "full":
+        if v == View.FULL:
             full = out
             q.update({f"{k}_vs_original": s for k, s in grid_score_parts(out, px).items()})
         else:
@@ -261,7 +262,7 @@ def summarise(recs: list[dict], labels: list[int], labelled: list[bool], gallery
             top1[m] = {v: _mean(r[v][m][0][0] == yi for r, yi in zip(lab, y, strict=True)) for v in views}
         for e in EXTRAS:
             top1[f"target/{e}"] = {}
-            for v in ("strong",):
+            for v in (View.STRONG,):
                 hits = [p == yi for r, yi in zip(lab, y, strict=True) for p in r[v][f"target/{e}"][0]]
                 top1[f"target/{e}"][v] = _mean(hits)
         res["top1"] = top1
@@ -279,8 +280,8 @@ def summarise(recs: list[dict], labels: list[int], labelled: list[bool], gallery
     for v in VIEWS:
         qs = [r[f"quality/{v}"] for r in recs]
         qual[v] = {k: _mean(q.get(k) for q in qs) for k in qs[0]}
-        if v != "full":
-            qual[v]["psnr_gap_to_full"] = _mean(q["psnr"] - r["quality/full"]["psnr"] for q, r in zip(qs, recs,
+        if v != View.FULL:
+            qual[v]["psnr_gap_to_full"] = _mean(q["psnr"] - r[f"quality/{View.FULL}"]["psnr"] for q, r in zip(qs, recs,
                                                                                                        strict=True))
     res["quality"] = qual
     return res
@@ -498,7 +499,7 @@ def report_md(res: dict, command: str | None = None) -> str:
         for ex in EXTRAS:
             t = e.get("top1", {}).get(f"target/{ex}")
             if t:
-                lines.append(f"| {name} | {ex} | {pct(t['strong'])} |")
+                lines.append(f"| {name} | {ex} | {pct(t[View.STRONG])} |")
     lines += ["", "## Unlabelled: 1000-way top-1 agreement with the original", "",
               "Share of images whose 1000-way top-1 on the view equals the same indexer's top-1 on the original "
               "(target and scratch judge: zero-shot over the 1000 ImageNet class prompts; Lite2: its own head).", "",
@@ -524,7 +525,7 @@ def report_md(res: dict, command: str | None = None) -> str:
     for name, e in res["sizes"].items():
         for v in VIEWS:
             q = e["quality"][v]
-            sfx = "_vs_original" if v == "full" else ""
+            sfx = "_vs_original" if v == View.FULL else ""
             lines.append(f"| {_size_label(name, e)} | {v} | {fmt(q['psnr'], '.2f')} | "
                          f"{fmt(q.get('psnr_gap_to_full'), '+.2f')} | {fmt(q['ms_ssim'], '.4f')} | "
                          f"{fmt(q.get('grid' + sfx), '.2f')} | {fmt(q.get('grid16' + sfx), '.2f')} | "

@@ -87,12 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         entry: dict = {"steps": steps}
         for v, imgs in views.items():
             entry[v] = {"top1": {s: top1(vl, emb[s], imgs, y) for s, vl in vlps.items()},
-                        "psnr_vs_full": None if v == "full" else float(np.mean(
-                            [psnr(a, b) for a, b in zip(views["full"], imgs, strict=True)])),
+                        "psnr_vs_full": None if v == View.FULL else float(np.mean(
+                            [psnr(a, b) for a, b in zip(views[View.FULL], imgs, strict=True)])),
                         "psnr_vs_original": float(np.mean([psnr(a, b) for a, b in zip(originals, imgs, strict=True)]))}
             e = entry[v]
             # the cost the issue bounds: how much lower the view's PSNR is than the full view's (both vs original)
-            e["psnr_cost_db"] = None if v == "full" else (entry["full"]["psnr_vs_original"]
+            e["psnr_cost_db"] = None if v == View.FULL else (entry[View.FULL]["psnr_vs_original"]
                                                            - e["psnr_vs_original"])
             vs_full = "-" if e["psnr_vs_full"] is None else f"{e['psnr_vs_full']:.2f}"
             cost = "-" if e["psnr_cost_db"] is None else f"{e['psnr_cost_db']:.2f}"

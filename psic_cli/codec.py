@@ -30,7 +30,7 @@ from psic_cli.errors import (
     UsageError,
 )
 from psic_cli.imageio import DEFAULT_MAX_PIXELS, load_image
-from psic_cli.keys import SHIELD_LEVELS, fingerprint
+from psic_cli.keys import fingerprint
 from psic_cli.views import View, condition, trained_views
 from psic_cli.zoo import DEFAULT_MODEL, load_model
 
@@ -190,13 +190,15 @@ def check_shield(shield: str | None, view: View) -> View:
     only a keyless view has a shield level."""
     if shield is None:
         return view
-    if shield not in SHIELD_LEVELS:
-        raise UsageError(f"unknown shield level {shield!r}; choose one of {', '.join(SHIELD_LEVELS)}")
+    try:
+        wanted = View.from_shield(shield)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if view.shield_level is None:
         raise UsageError(f"--shield applies to the shielded view only (this decode gives the {view} view)")
-    if view is not View.SHIELDED and view.shield_level != shield:
+    if view is not View.SHIELDED and view is not wanted:
         raise UsageError(f"--shield {shield} contradicts --view {view}")
-    return View.from_shield(shield)
+    return wanted
 
 
 _deadlines = threading.local()  # per thread: monotonic deadlines of the decodes in progress (innermost last)

@@ -8,14 +8,15 @@ A key is 32 random bytes.  On disk it is armoured text::
 
 written with mode 0600.  From a key, HKDF-SHA256 (RFC 5869, salt ``b"psic"``) derives
 
-- the **condition** of a view: ``info = b"psic/condition/v1/<view>"``, ``cond_dim // 8`` bytes, each bit
-  mapped to +1 (set) or -1 (clear), most significant bit first;
+- a **condition** under a label (``views.condition`` passes a keyed view's name, ``full`` or ``machine``):
+  ``info = b"psic/condition/v1/<label>"``, ``cond_dim // 8`` bytes, each bit mapped to +1 (set) or -1
+  (clear), most significant bit first;
 - the **fingerprint**: ``info = b"psic/fingerprint/v1"``, 8 bytes, shown as 16 hex digits.  Models store
   the fingerprint of the key that opens their full view, so a wrong key is refused before decoding.
 
-The shielded view's condition does not need a key: ``subtle`` (the default) is the all-zeros vector;
-``strong`` is a public +-1 vector, derived the same way from the published constant
-:data:`PUBLIC_SHIELD_SEED` with ``info = b"psic/condition/v1/shield/strong"``.
+A **public condition** needs no key: it is derived the same way from the published constant
+:data:`PUBLIC_SHIELD_SEED` with ``info = b"psic/condition/v1/shield/<label>"`` (the strong shield's; the
+subtle shield's condition is all zeros).  Which view gets which condition is decided in ``psic_cli.views``.
 """
 
 from __future__ import annotations
@@ -33,8 +34,6 @@ KEY_BYTES = 32
 _BEGIN = "-----BEGIN PSIC KEY-----"
 _END = "-----END PSIC KEY-----"
 MAX_KEY_FILE = 4096
-VIEWS_WITH_KEY = ("full", "machine")
-SHIELD_LEVELS = ("subtle", "strong")
 PUBLIC_SHIELD_SEED = b"psic public shield levels"
 
 
@@ -127,20 +126,21 @@ def _plus_minus_one(raw: bytes) -> list[float]:
     return [1.0 if (byte >> (7 - i)) & 1 else -1.0 for byte in raw for i in range(8)]
 
 
-def condition_bits(key: bytes, cond_dim: int, view: str = "full") -> list[float]:
-    """The +-1 condition vector of ``view`` for ``key`` (length ``cond_dim``, a multiple of 8)."""
+def _label(label: str) -> bytes:
+    if not label or not label.isascii() or not label.isalnum():
+        raise ValueError(f"condition label must be a short ASCII word, not {label!r}")
+    return label.encode("ascii")
+
+
+def condition_bits(key: bytes, cond_dim: int, label: str) -> list[float]:
+    """The +-1 condition vector derived from ``key`` under ``label`` (length ``cond_dim``, a multiple of 8)."""
     if cond_dim % 8:
         raise ValueError("cond_dim must be a multiple of 8")
-    if view not in VIEWS_WITH_KEY:
-        raise ValueError(f"unknown keyed view {view!r}")
-    return _plus_minus_one(_hkdf(key, b"psic/condition/v1/" + view.encode("ascii"), cond_dim // 8))
+    return _plus_minus_one(_hkdf(key, b"psic/condition/v1/" + _label(label), cond_dim // 8))
 
 
-def shield_condition(cond_dim: int, level: str = "subtle") -> list[float]:
-    """The condition vector of a shield level (no key needed; see the module docstring)."""
-    if level == "subtle":
-        return [0.0] * cond_dim
-    if level not in SHIELD_LEVELS:
-        raise ValueError(f"unknown shield level {level!r}")
-    return _plus_minus_one(_hkdf(PUBLIC_SHIELD_SEED, b"psic/condition/v1/shield/" + level.encode("ascii"),
-                                 cond_dim // 8))
+def public_condition(cond_dim: int, label: str) -> list[float]:
+    """A +-1 condition vector anyone can derive, without a key (see the module docstring)."""
+    if cond_dim % 8:
+        raise ValueError("cond_dim must be a multiple of 8")
+    return _plus_minus_one(_hkdf(PUBLIC_SHIELD_SEED, b"psic/condition/v1/shield/" + _label(label), cond_dim // 8))

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from enum import Enum
 
-from psic_cli.keys import condition_bits, shield_condition
+from psic_cli.keys import condition_bits, public_condition
 
 
 class View(str, Enum):
@@ -44,23 +44,26 @@ class View(str, Enum):
     @classmethod
     def from_shield(cls, level: str) -> View:
         """The keyless view of a shield level (``subtle`` or ``strong``); ValueError otherwise."""
-        for v in (cls.SHIELDED, cls.STRONG):
+        for v in SHIELD_VIEWS:
             if v.shield_level == level:
                 return v
-        raise ValueError(f"unknown shield level {level!r}; choose one of subtle, strong")
+        raise ValueError(f"unknown shield level {level!r}; choose one of {', '.join(SHIELD_LEVELS)}")
 
 
 #: the keyless views (shield levels) and the keyed ones
 SHIELD_VIEWS = (View.SHIELDED, View.STRONG)
 KEY_VIEWS = (View.FULL, View.MACHINE)
+#: the ``--shield`` names of the keyless views, in order
+SHIELD_LEVELS = tuple(v.shield_level for v in SHIELD_VIEWS)
 
 
 def condition(view: View | str, key: bytes | None, cond_dim: int) -> list[float]:
     """The decoder's condition vector (length ``cond_dim``) for ``view``; a keyed view needs ``key``."""
     view = View(view)
-    level = view.shield_level
-    if level is not None:
-        return shield_condition(cond_dim, level)
+    if view is View.SHIELDED:  # the default decode: no trigger at all
+        return [0.0] * cond_dim
+    if view is View.STRONG:  # public, so that anyone can decode the strong shield
+        return public_condition(cond_dim, view.value)
     if key is None:
         raise ValueError(f"the {view} view needs a key")
     return condition_bits(key, cond_dim, view.value)
@@ -85,4 +88,4 @@ def views_metadata(views: Iterable[View | str]) -> dict[str, str]:
     return meta
 
 
-__all__ = ["View", "SHIELD_VIEWS", "KEY_VIEWS", "condition", "trained_views", "views_metadata"]
+__all__ = ["View", "SHIELD_VIEWS", "KEY_VIEWS", "SHIELD_LEVELS", "condition", "trained_views", "views_metadata"]

@@ -19,8 +19,10 @@ import math
 import sys
 from pathlib import Path
 
-VIEWS = ("full", "shielded", "strong")
-NAMES = {"full": "full", "shielded": "subtle", "strong": "strong"}
+from psic_cli.views import View
+
+VIEWS = (View.FULL, View.SHIELDED, View.STRONG)
+NAMES = {v: str(v.shield_level or v) for v in VIEWS}  # the table headers: subtle, not shielded
 START, END = "<!-- geometry-compare:start -->", "<!-- geometry-compare:end -->"
 
 
@@ -41,6 +43,11 @@ def _num(v, spec: str) -> str:
 
 def _pair(a, b, f) -> str:
     return f"{f(a)} → {f(b)}"
+
+
+def _cell(old_q: dict, new_q: dict, view: View, key: str, spec: str) -> str:
+    """One quality cell: ``old -> new`` of ``key`` of ``view``."""
+    return _pair(old_q[view].get(key), new_q[view].get(key), lambda v: _num(v, spec))
 
 
 def compare_md(old: dict, new: dict, old_name: str = "old", new_name: str = "new") -> str:
@@ -93,11 +100,10 @@ def compare_md(old: dict, new: dict, old_name: str = "old", new_name: str = "new
               "|---|---|---|---|---|---|"]
     for s in sizes:
         oq, nq = old["sizes"][s]["quality"], new["sizes"][s]["quality"]
-        lines.append(f"| {s} | {_pair(oq['full']['psnr'], nq['full']['psnr'], lambda v: _num(v, '.2f'))} | "
-                     f"{_pair(oq['shielded']['psnr_gap_to_full'], nq['shielded']['psnr_gap_to_full'], lambda v: _num(v, '+.2f'))} | "  # noqa: E501
-                     f"{_pair(oq['strong']['psnr_gap_to_full'], nq['strong']['psnr_gap_to_full'], lambda v: _num(v, '+.2f'))} | "  # noqa: E501
-                     f"{_pair(oq['shielded'].get('grid'), nq['shielded'].get('grid'), lambda v: _num(v, '.1f'))} | "
-                     f"{_pair(oq['strong'].get('grid'), nq['strong'].get('grid'), lambda v: _num(v, '.1f'))} |")
+        cells = [_cell(oq, nq, View.FULL, "psnr", ".2f"), _cell(oq, nq, View.SHIELDED, "psnr_gap_to_full", "+.2f"),
+                 _cell(oq, nq, View.STRONG, "psnr_gap_to_full", "+.2f"), _cell(oq, nq, View.SHIELDED, "grid", ".1f"),
+                 _cell(oq, nq, View.STRONG, "grid", ".1f")]
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -120,6 +120,8 @@ def md_block(path: str) -> str:
 
 def summary_block() -> str:
     """The headline numbers, from results/privacy.json and results/attacks.json."""
+    from psic_cli.views import SHIELD_VIEWS
+
     p = ROOT / "results" / "privacy.json"
     if not p.exists():
         return "_not generated yet: run the privacy evaluation (below)_"
@@ -165,7 +167,7 @@ def summary_block() -> str:
     if a.exists():
         ar = json.loads(a.read_text())
         for q, e in ar["qualities"].items():
-            for v in ("shielded", "strong"):
+            for v in SHIELD_VIEWS:
                 if v in e["views"]:
                     t = e["views"][v]["top1"]
                     lines.append(f"After JPEG q75 re-encoding (quality {q}), the target reads the {v} view "
@@ -182,6 +184,8 @@ def pct(v: float | None) -> str:
 def geometry_headline(r: dict) -> str:
     """The shield at every size (``results/shield-geometry.json``, from ``benchmarks/shield_geometry.py``):
     target top-1 under short224, retrieval R@1, the grid score and the PSNR gap, per long side."""
+    from psic_cli.views import View
+
     lines = ["| long side | images | target top-1: original | full | shielded | strong | R@1 (target / Lite2): "
              "shielded | strong | grid: shielded | strong | PSNR gap to full: shielded | strong |",
              "|---" * 12 + "|"]
@@ -192,13 +196,13 @@ def geometry_headline(r: dict) -> str:
         label = f"{name} ({', '.join(e['sizes'])})" if name == "native" else name
         lines.append(
             f"| {label} | {e['labelled_images']}+{e['unlabelled_images']} | {pct(t.get('original'))} | "
-            f"{pct(t.get('full'))} | {pct(t.get('shielded'))} | {pct(t.get('strong'))} | "
-            f"{pct(ret['target']['shielded'])} / {pct(lite.get('shielded'))} | "
-            f"{pct(ret['target']['strong'])} / {pct(lite.get('strong'))} | "
-            f"{num(q['shielded']['grid'], '.1f').replace(MISSING, 'n/a')} | "
-            f"{num(q['strong']['grid'], '.1f').replace(MISSING, 'n/a')} | "
-            f"{num(q['shielded']['psnr_gap_to_full'], '+.2f').replace(MISSING, 'n/a')} | "
-            f"{num(q['strong']['psnr_gap_to_full'], '+.2f').replace(MISSING, 'n/a')} |")
+            f"{pct(t.get(View.FULL))} | {pct(t.get(View.SHIELDED))} | {pct(t.get(View.STRONG))} | "
+            f"{pct(ret['target'][View.SHIELDED])} / {pct(lite.get(View.SHIELDED))} | "
+            f"{pct(ret['target'][View.STRONG])} / {pct(lite.get(View.STRONG))} | "
+            f"{num(q[View.SHIELDED]['grid'], '.1f').replace(MISSING, 'n/a')} | "
+            f"{num(q[View.STRONG]['grid'], '.1f').replace(MISSING, 'n/a')} | "
+            f"{num(q[View.SHIELDED]['psnr_gap_to_full'], '+.2f').replace(MISSING, 'n/a')} | "
+            f"{num(q[View.STRONG]['psnr_gap_to_full'], '+.2f').replace(MISSING, 'n/a')} |")
     gal = sorted({n for e in r["sizes"].values() for n in e["retrieval_r1"]["gallery"].values()})
     m = r["model"]
     lines += ["", f"Images: labelled (Imagenette val as 3:2 photos; 10-way zero-shot top-1 after the standard CLIP "

@@ -27,12 +27,14 @@ def test_round_trip_and_derivation_is_pinned(tmp_path):
     assert keys.read_key(p) == TEST_KEY
     # known answers: the derivation is part of the file contract (keys must keep opening models)
     assert keys.fingerprint(TEST_KEY) == KNOWN_FINGERPRINT
-    bits = keys.condition_bits(TEST_KEY, 16)
-    assert set(bits) == {1.0, -1.0} and len(bits) == 16
-    assert bits == keys.condition_bits(TEST_KEY, 16)
-    assert keys.condition_bits(TEST_KEY, 16, "machine") != bits
+    bits = keys.condition_bits(TEST_KEY, 16, "full")
+    assert bits == KNOWN_FULL_BITS
+    assert keys.condition_bits(TEST_KEY, 16, "machine") == KNOWN_MACHINE_BITS
 
 
+KNOWN_FULL_BITS = [1.0, -1.0, 1.0, 1.0, 1.0, -1.0, -1.0, 1.0, 1.0, 1.0, -1.0, -1.0, -1.0, 1.0, -1.0, 1.0]
+KNOWN_MACHINE_BITS = [-1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0, -1.0, 1.0, 1.0, -1.0, 1.0, -1.0, 1.0]
+KNOWN_STRONG_BITS = [-1.0, 1.0, -1.0, 1.0, 1.0, 1.0, -1.0, 1.0, -1.0, 1.0, 1.0, -1.0, 1.0, 1.0, -1.0, -1.0]
 KNOWN_FINGERPRINT = "19bb5b4ae16f01b1"  # HKDF-SHA256(bytes 0..31, salt "psic", info "psic/fingerprint/v1")
 
 
@@ -62,14 +64,13 @@ def test_missing_and_world_readable(tmp_path):
     assert warnings and "readable by other users" in warnings[0]
 
 
-def test_shield_conditions_are_public_and_pinned():
-    subtle = keys.shield_condition(16, "subtle")
-    strong = keys.shield_condition(16, "strong")
-    assert subtle == [0.0] * 16
-    assert set(strong) == {-1.0, 1.0} and strong == keys.shield_condition(16, "strong")
-    assert strong != keys.condition_bits(TEST_KEY, 16, "full")
-    with pytest.raises(ValueError):
-        keys.shield_condition(16, "medium")
+def test_public_conditions_are_pinned_and_labels_checked():
+    assert keys.public_condition(16, "strong") == KNOWN_STRONG_BITS
+    for bad in ("", "a/b", "full\n", "\u00e9"):
+        with pytest.raises(ValueError):
+            keys.condition_bits(TEST_KEY, 16, bad)
+        with pytest.raises(ValueError):
+            keys.public_condition(16, bad)
 
 
 def test_no_mode_warning_for_the_public_shipped_key(tmp_path):
