@@ -109,3 +109,26 @@ def test_branch_lr_mult_gives_the_branch_its_own_rate(tmp_path, key_file):
     assert len(groups) == 3 and groups[2]["lr_mult"] == 50.0
     assert {id(p) for p in groups[2]["params"]} == branch
     assert not any(id(p) in branch for p in groups[1]["params"])  # not also in the trigger group
+
+
+def test_keyless_only_branch_leaves_every_keyed_view_untouched():
+    """With scale_keyless_only the maps act for the two public shield conditions and are exactly zero for any
+    other condition (a key's views, a wrong key), in the runtime and in the training path, per image."""
+    from psic_cli.views import View, condition
+
+    from .conftest import TEST_KEY
+
+    torch.manual_seed(0)
+    gated = build_model(dataclasses.replace(load_config("psic-sh"), scale_grid=14, scale_keyless_only=True)).eval()
+    _excite(gated)
+    plain = _model(0)
+    plain.load_state_dict(gated.state_dict(), strict=False)
+    assert set(gated.state_dict()) == set(plain.state_dict()) | {k for k in gated.state_dict() if "scale_branch" in k}
+    conds = torch.tensor([condition(v, TEST_KEY, 64) for v in (View.SHIELDED, View.STRONG, View.FULL, View.MACHINE)]
+                         + [torch.randn(64).sign().tolist()])
+    y, q = torch.randn(5, 128, 6, 7), torch.full((5,), 1)
+    with torch.no_grad():
+        for runtime in (True, False):
+            a, b = gated.synthesize(y, conds, q, runtime=runtime), plain.synthesize(y, conds, q, runtime=runtime)
+            same = [(a[i] - b[i]).abs().max().item() < 1e-5 for i in range(5)]
+            assert same == [False, False, True, True, True]

@@ -31,6 +31,7 @@ from psic_cli._compat import import_compressai_core
 from psic_cli.models.config import ModelConfig
 from psic_cli.models.layers import ConditionalSynthesis, TriggerGenerator, ste_round
 from psic_cli.models.rans_guard import guarded
+from psic_cli.views import SHIELD_VIEWS, condition
 
 import_compressai_core()
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional  # noqa: E402
@@ -134,6 +135,11 @@ class ConditionalHyperprior(nn.Module):
         lam = torch.tensor(cfg.lambdas, dtype=torch.float32)
         init = 0.5 * torch.log(lam / lam.max())
         self.log_gain = nn.Parameter(init[:, None].repeat(1, M).contiguous())
+        if cfg.scale_grid and cfg.scale_keyless_only:  # the conditions the scale branch acts for (not saved)
+            public = torch.tensor([condition(v, None, cfg.cond_dim) for v in SHIELD_VIEWS])
+            self.register_buffer("branch_conditions", public, persistent=False)
+        else:
+            self.branch_conditions = None
         self._runtime: dict[str, nn.Module] | None = None
         self.transform_dtype: torch.dtype | None = None  # training only: autocast g_a / g_s (see _autocast)
         self.tile_latent = 64  # g_a / g_s run in overlapping tiles of 64x64 latents (1024x1024 pixels)
@@ -150,6 +156,16 @@ class ConditionalHyperprior(nn.Module):
             scales, means = params.chunk(2, 1)
             return scales, means
         return params, None
+
+    def scale_maps(self, g_s: nn.Module, y: Tensor, tau: Tensor, cond: Tensor) -> list[Tensor] | None:
+        """The scale branch's maps for the whole latent ``y``; with ``scale_keyless_only`` they are zero for
+        every image whose condition is not one of the public keyless ones."""
+        maps = g_s.scale_maps(y, tau)
+        if maps is None or self.branch_conditions is None:
+            return maps
+        public = self.branch_conditions.to(cond.dtype)
+        on = (cond[:, None, :] == public[None]).all(-1).any(-1)  # (B,)
+        return [m * on.to(m.dtype)[:, None, None, None] for m in maps]
 
     def _autocast(self, x: Tensor):
         """Training-time autocast of the big transforms (``transform_dtype``, e.g. bfloat16), else a no-op."""
@@ -204,7 +220,7 @@ class ConditionalHyperprior(nn.Module):
             y = (y_hat.double() / torch.exp(self.log_gain.detach().double()[q])[:, :, None, None]).float()
             tau = rt["cltg"](cond.float())
             g_s = rt["g_s"]
-            maps = g_s.scale_maps(y, tau)  # from the whole latent, before tiling: the grid follows the image
+            maps = self.scale_maps(g_s, y, tau, cond.float())  # the whole latent's, before tiling (see layers)
             h, w = y.shape[-2:]
 
             def run(t: Tensor, region: tuple[int, int, int, int]) -> Tensor:
@@ -213,7 +229,9 @@ class ConditionalHyperprior(nn.Module):
 
             return tiled(run, y, scale=16, tile=self.tile_latent, margin=8, region=True)
         with self._autocast(y_hat):
-            return self.g_s(y_hat / self.gain(q), self.cltg(cond))
+            y, tau = y_hat / self.gain(q), self.cltg(cond)
+            maps = self.scale_maps(self.g_s, y, tau, cond)
+            return self.g_s(y, tau, maps, (*y.shape[-2:], 0, y.shape[-2], 0, y.shape[-1]))
 
     def aux_loss(self) -> Tensor:
         return self.entropy_bottleneck.loss()

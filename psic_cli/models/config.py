@@ -27,6 +27,8 @@ class ModelConfig:
     trigger_head: bool = False  # one more conditional block at the decoder's last stage (identity at init)
     scale_grid: int = 0  # > 0: a condition branch on the latent pooled to this many cells a side, whose bias
     # maps follow the image's scale, not the pixel's (ScaleBranch; docs/shield-design.md); 0: none
+    scale_keyless_only: bool = False  # the scale branch acts only for the public keyless conditions (the shields):
+    # for any other condition (a key's full or machine view, a wrong key) its maps are exactly zero
 
     @property
     def qualities(self) -> int:

@@ -242,7 +242,7 @@ class ShieldStage:
         torch.manual_seed(sc.seed)
         cfg = load_config(sc.model_id)
         if sc.scale_grid:
-            cfg = dataclasses.replace(cfg, scale_grid=sc.scale_grid)
+            cfg = dataclasses.replace(cfg, scale_grid=sc.scale_grid, scale_keyless_only=sc.scale_keyless_only)
         self.qualities = torch.tensor(parse_qualities(sc.qualities, cfg.qualities))
         self.lambdas = torch.tensor(cfg.lambdas)
         self.model = model = build_model(cfg)
