@@ -1,0 +1,131 @@
+"""Is the codec's top quality capped by its rate or by its transforms?  Measure the transforms' own ceiling.
+
+For each quality, the full view's PSNR on Kodak two ways, in process and in float32:
+
+- **coded**: the quantised latent the bitstream carries (``quantized_latents``), decoded by ``g_s``;
+- **unquantised**: the analysis output ``g_a(x) * gain`` itself, decoded by ``g_s`` (no rounding at all; the
+  gain cancels, so this ceiling is the same at every quality).
+
+If ``coded`` approaches the ceiling at the top qualities, spending more bits cannot raise the quality: the
+analysis/synthesis pair is what caps it (its width, or its training).  Writes JSON, then renders a page::
+
+    python benchmarks/transform_ceiling.py --weights lab_weights/rd/psic-msh2.safetensors --limit 6
+    python benchmarks/transform_ceiling.py --render-only    # re-render the page from the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+OUT = Path("results/transform-ceiling.json")
+DOCS = Path("docs/transform-ceiling.md")
+
+
+def _psnr(a, b) -> float:
+    mse = float(((a - b) ** 2).mean())
+    return float(-10 * np.log10(max(mse, 1e-12)))
+
+
+def measure(args: argparse.Namespace) -> dict:
+    import torch
+    from PIL import Image
+    from safetensors import safe_open
+
+    from psic_cli.codec import pad_to_multiple
+    from psic_cli.container import FORMAT_VERSION, PAD_MULTIPLE
+    from psic_cli.keys import read_key
+    from psic_cli.models import ModelConfig, build_model
+    from psic_cli.views import View, condition
+    from psic_lab.training.train import load_matching
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with safe_open(str(args.weights), framework="numpy") as f:
+        meta = f.metadata() or {}
+    cfg = ModelConfig.from_dict(json.loads(meta["config"]))
+    model = build_model(cfg).eval()
+    load_matching(model, str(args.weights))
+    cond = torch.tensor([condition(View.FULL, read_key(args.key), cfg.cond_dim)])
+    paths = sorted(p for p in args.folder.iterdir() if p.suffix.lower() == ".png")[: args.limit]
+    qualities = args.qualities or list(range(1, cfg.qualities + 1))
+    coded: dict[int, list[float]] = {q: [] for q in qualities}
+    ceiling: list[float] = []
+    with torch.no_grad():
+        for p in paths:
+            x = torch.from_numpy(np.asarray(Image.open(p).convert("RGB")).copy()).permute(2, 0, 1)[None].float() / 255
+            h, w = x.shape[-2:]
+            xp = pad_to_multiple(x, PAD_MULTIPLE[FORMAT_VERSION])
+
+            def view(lat, qt, x=x, h=h, w=w):
+                xh = model.synthesize(lat, cond, qt).clamp(0, 1)[..., :h, :w]
+                return _psnr((xh * 255).round() / 255, x)
+
+            top = torch.tensor([cfg.qualities - 1])
+            ceiling.append(view(model.analysis(xp, top)[0], top))
+            for q in qualities:
+                qt = torch.tensor([q - 1])
+                coded[q].append(view(model.quantized_latents(xp, qt), qt))
+            print(f"{p.name}: ceiling {ceiling[-1]:.2f}, " + ", ".join(f"q{q} {coded[q][-1]:.2f}" for q in qualities),
+                  file=sys.stderr, flush=True)
+    git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    return {
+        "command": "python benchmarks/transform_ceiling.py " + " ".join(args.argv),
+        "git_revision": git,
+        "model": {"id": meta.get("model_id"), "weights": str(args.weights), "steps": meta.get("steps"),
+                  "N": cfg.N, "M": cfg.M, "last_width": cfg.last_width},
+        "images": [p.name for p in paths],
+        "ceiling_psnr": round(float(np.mean(ceiling)), 3),
+        "coded_psnr": {str(q): round(float(np.mean(v)), 3) for q, v in coded.items()},
+    }
+
+
+def render(res: dict) -> str:
+    m = res["model"]
+    lines = ["# The transforms' ceiling", "",
+             f"Generated from `{OUT}` (measured by `{res['command']}` at revision `{res['git_revision'][:10]}`); "
+             "do not edit by hand.", "",
+             f"Model `{m['id']}` ({m['steps']} steps; N={m['N']}, M={m['M']}, last stage {m['last_width']} "
+             f"channels), full view, mean PSNR (dB) over {len(res['images'])} Kodak images "
+             f"({', '.join(res['images'])}). *Coded*: the quantised latent the bitstream carries. *Ceiling*: the "
+             "analysis output itself, decoded with no rounding (the same at every quality): "
+             f"**{res['ceiling_psnr']:.2f} dB**. Where a quality meets the ceiling, more bits cannot buy quality: "
+             "the transforms cap it.", "",
+             "| quality | coded | below the ceiling |", "|---|---|---|"]
+    for q, v in res["coded_psnr"].items():
+        lines.append(f"| {q} | {v:.2f} | {res['ceiling_psnr'] - v:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", type=Path, default=Path("lab_weights/rd/psic-msh2.safetensors"),
+                    help="weights file to measure (its metadata holds the model config)")
+    ap.add_argument("--folder", type=Path, default=Path("../shared/data/kodak"), help="evaluation images (Kodak)")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N images (sorted by name)")
+    ap.add_argument("--qualities", type=int, nargs="*", default=None, help="qualities to measure (default: all)")
+    ap.add_argument("--key", type=Path, default=Path("weights/shipped.key"), help="key whose full view is decoded")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--render-only", action="store_true", help=f"only re-render {DOCS} from {OUT}")
+    ap.add_argument("--check", action="store_true", help=f"exit 1 if {DOCS} differs from the rendering of {OUT}")
+    args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.check:
+        return 0 if (ROOT / DOCS).read_text() == render(json.loads((ROOT / OUT).read_text())) else 1
+    if not args.render_only:
+        (ROOT / OUT).write_text(json.dumps(measure(args), indent=2) + "\n")
+    (ROOT / DOCS).write_text(render(json.loads((ROOT / OUT).read_text())))
+    print(f"wrote {DOCS}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
