@@ -53,6 +53,7 @@ def test_named_sections_are_pasted_apart(tmp_path):
 DESIGN_TABLES = [
     ("", "shield-geometry-geo1-old.json", "shield-geometry-geo1.json", ("psic-sh", "psic-sh-geo1")),
     ("geo2", "shield-geometry-geo1.json", "shield-geometry-geo2.json", ("psic-sh-geo1", "psic-sh-geo2")),
+    ("geo3", "shield-geometry-geo1.json", "shield-geometry-geo3.json", ("psic-sh-geo1", "psic-sh-geo3")),
 ]
 
 
