@@ -30,30 +30,25 @@ OUT = Path("results/transform-ceiling.json")
 DOCS = Path("docs/transform-ceiling.md")
 
 
-def _psnr(a, b) -> float:
-    mse = float(((a - b) ** 2).mean())
-    return float(-10 * np.log10(max(mse, 1e-12)))
-
-
 def measure(args: argparse.Namespace) -> dict:
+    import tempfile
+
     import torch
     from PIL import Image
-    from safetensors import safe_open
 
     from psic_cli.codec import pad_to_multiple
     from psic_cli.container import FORMAT_VERSION, PAD_MULTIPLE
     from psic_cli.keys import read_key
-    from psic_cli.models import ModelConfig, build_model
     from psic_cli.views import View, condition
-    from psic_lab.training.train import load_matching
+    from psic_cli.zoo import load_model
+    from psic_lab.evaluation.metrics import psnr
+    from psic_lab.evaluation.weights import install_weights
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    with safe_open(str(args.weights), framework="numpy") as f:
-        meta = f.metadata() or {}
-    cfg = ModelConfig.from_dict(json.loads(meta["config"]))
-    model = build_model(cfg).eval()
-    load_matching(model, str(args.weights))
+    with tempfile.TemporaryDirectory() as tmp:  # loaded as the runtime loads any weights file
+        lm = load_model(install_weights(args.weights, Path(tmp)))
+    model, cfg, meta = lm.model, lm.model.cfg, lm.info.metadata
     cond = torch.tensor([condition(View.FULL, read_key(args.key), cfg.cond_dim)])
     paths = sorted(p for p in args.folder.iterdir() if p.suffix.lower() == ".png")[: args.limit]
     qualities = args.qualities or list(range(1, cfg.qualities + 1))
@@ -61,13 +56,14 @@ def measure(args: argparse.Namespace) -> dict:
     ceiling: list[float] = []
     with torch.no_grad():
         for p in paths:
-            x = torch.from_numpy(np.asarray(Image.open(p).convert("RGB")).copy()).permute(2, 0, 1)[None].float() / 255
-            h, w = x.shape[-2:]
-            xp = pad_to_multiple(x, PAD_MULTIPLE[FORMAT_VERSION])
+            img = np.asarray(Image.open(p).convert("RGB"))
+            h, w = img.shape[:2]
+            xp = pad_to_multiple(torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 255,
+                                 PAD_MULTIPLE[FORMAT_VERSION])
 
-            def view(lat, qt, x=x, h=h, w=w):
-                xh = model.synthesize(lat, cond, qt).clamp(0, 1)[..., :h, :w]
-                return _psnr((xh * 255).round() / 255, x)
+            def view(lat, qt, img=img, h=h, w=w):
+                xh = model.synthesize(lat, cond, qt).clamp(0, 1)[0, :, :h, :w]
+                return psnr(img, (xh.permute(1, 2, 0) * 255).round().byte().numpy())
 
             top = torch.tensor([cfg.qualities - 1])
             ceiling.append(view(model.analysis(xp, top)[0], top))

@@ -258,8 +258,9 @@ class ShieldStage:
         named = list(model.named_parameters())
         self.clip_params = [p for n, p in named if n.startswith(("g_s.", "cltg."))]
         own_branch = sc.branch_lr_mult > 0 and model.g_s.scale_branch is not None
-        branch = [p for n, p in named if own_branch and n.startswith("g_s.scale_branch.")]
-        trigger = [p for n, p in named if _is_trigger(n) and not (own_branch and n.startswith("g_s.scale_branch."))]
+        in_branch = {n for n, _ in named if own_branch and n.startswith("g_s.scale_branch.")}
+        branch = [p for n, p in named if n in in_branch]
+        trigger = [p for n, p in named if _is_trigger(n) and n not in in_branch]
         others = [p for n, p in named if n.startswith("g_s.") and not _is_trigger(n)]
         groups = [{"params": others, "lr_mult": 1.0}, {"params": trigger, "lr_mult": sc.trigger_lr_mult}]
         if own_branch:  # a fresh module in a low-lr fine-tune: it gets its own rate
