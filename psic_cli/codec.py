@@ -282,9 +282,10 @@ def decode(data: bytes, key: bytes | None = None, view: str | None = None,
         if checksum != tile.checksum:  # before the synthesis: a crafted file costs no pixels
             raise ChecksumError("decoded symbols do not match the encoder's (entropy decoder desync)")
         check_deadline()
-        x_hat = model.synthesize(y_hat, cond, torch.tensor([h.quality - 1]), runtime=True).clamp_(0, 1)
+        x_hat = model.synthesize(y_hat, cond, torch.tensor([h.quality - 1]), runtime=True)
+        x_hat = model.finish(x_hat[..., : h.height, : h.width], cond)
         check_deadline()
-    x = x_hat[0, :, : h.height, : h.width]
+    x = x_hat[0]
     pixels = (x * 255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
     return DecodeResult(pixels, h, view)
 

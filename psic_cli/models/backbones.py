@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from psic_cli._compat import import_compressai_core
 from psic_cli.models.config import ModelConfig
-from psic_cli.models.layers import ConditionalSynthesis, TriggerGenerator, ste_round
+from psic_cli.models.layers import ConditionalSynthesis, IndexerResidual, TriggerGenerator, ste_round
 from psic_cli.models.rans_guard import guarded
 from psic_cli.views import SHIELD_VIEWS, condition
 
@@ -140,6 +140,11 @@ class ConditionalHyperprior(nn.Module):
             self.register_buffer("branch_conditions", public, persistent=False)
         else:
             self.branch_conditions = None
+        self.indexer_residual = None
+        if cfg.indexer_residual:  # the shields' residual at the indexer's scale, for their public conditions only
+            self.indexer_residual = IndexerResidual(cfg.indexer_residual, len(SHIELD_VIEWS))
+            public = torch.tensor([condition(v, None, cfg.cond_dim) for v in SHIELD_VIEWS])
+            self.register_buffer("residual_conditions", public, persistent=False)
         self._runtime: dict[str, nn.Module] | None = None
         self.transform_dtype: torch.dtype | None = None  # training only: autocast g_a / g_s (see _autocast)
         self.tile_latent = 64  # g_a / g_s run in overlapping tiles of 64x64 latents (1024x1024 pixels)
@@ -166,6 +171,29 @@ class ConditionalHyperprior(nn.Module):
         public = self.branch_conditions.to(cond.dtype)
         on = (cond[:, None, :] == public[None]).all(-1).any(-1)  # (B,)
         return [m * on.to(m.dtype)[:, None, None, None] for m in maps]
+
+    def shield_index(self, cond: Tensor) -> Tensor:
+        """Per image, the index of its condition among the public shield conditions (``SHIELD_VIEWS``), or -1."""
+        public = self.residual_conditions.to(cond.dtype)
+        hit = (cond[:, None, :] == public[None]).all(-1)  # (B, views)
+        return torch.where(hit.any(-1), hit.float().argmax(-1), torch.full_like(hit[:, 0], -1, dtype=torch.long))
+
+    def trigger(self, cltg: nn.Module, cond: Tensor) -> Tensor:
+        """The trigger ``tau`` of each condition.  With an indexer residual the shield conditions get ``tau = 0``:
+        their picture starts from the decoder's neutral output (close to the full view; the geometry table gives
+        the shields' PSNR against it), and the residual (:meth:`finish`) is their whole shield."""
+        tau = cltg(cond)
+        if self.indexer_residual is not None:
+            tau = tau * (self.shield_index(cond) < 0).to(tau.dtype)[:, None]
+        return tau
+
+    def finish(self, x_hat: Tensor, cond: Tensor) -> Tensor:
+        """The view from the decoded image at its true size (the codec's padding cropped off): with an
+        :class:`~psic_cli.models.layers.IndexerResidual`, the shield conditions add their residual, made on the
+        whole image; then the pixels are clamped to [0, 1].  Other conditions only clamp."""
+        if self.indexer_residual is not None:
+            x_hat = self.indexer_residual(x_hat.clamp(0, 1), self.shield_index(cond.to(x_hat.dtype)))
+        return x_hat.clamp(0, 1)
 
     def _autocast(self, x: Tensor):
         """Training-time autocast of the big transforms (``transform_dtype``, e.g. bfloat16), else a no-op."""
@@ -218,7 +246,7 @@ class ConditionalHyperprior(nn.Module):
         if runtime:
             rt = self.runtime_modules()
             y = (y_hat.double() / torch.exp(self.log_gain.detach().double()[q])[:, :, None, None]).float()
-            tau = rt["cltg"](cond.float())
+            tau = self.trigger(rt["cltg"], cond.float())
             g_s = rt["g_s"]
             maps = self.scale_maps(g_s, y, tau, cond.float())  # the whole latent's, before tiling (see layers)
             h, w = y.shape[-2:]
@@ -229,7 +257,7 @@ class ConditionalHyperprior(nn.Module):
 
             return tiled(run, y, scale=16, tile=self.tile_latent, margin=8, region=True)
         with self._autocast(y_hat):
-            y, tau = y_hat / self.gain(q), self.cltg(cond)
+            y, tau = y_hat / self.gain(q), self.trigger(self.cltg, cond)
             maps = self.scale_maps(self.g_s, y, tau, cond)
             return self.g_s(y, tau, maps, (*y.shape[-2:], 0, y.shape[-2], 0, y.shape[-1]))
 
@@ -292,9 +320,14 @@ class ConditionalHyperprior(nn.Module):
 
     @torch.no_grad()
     def decompress(self, strings: list[list[bytes]], shape: tuple[int, int], cond: Tensor, q: int,
-                   y_shape: tuple[int, int]) -> dict:
+                   y_shape: tuple[int, int], size: tuple[int, int] | None = None) -> dict:
+        """Decode to the view of ``cond``; ``size`` (the image's height and width) crops the codec's padding
+        first, as a file's header does (without it the view is made on the padded image)."""
         y_hat, checksum = self.decode_latent(strings, shape, y_shape)
-        x_hat = self.synthesize(y_hat, cond, torch.tensor([q]), runtime=True).clamp_(0, 1)
+        x_hat = self.synthesize(y_hat, cond, torch.tensor([q]), runtime=True)
+        if size is not None:
+            x_hat = x_hat[..., : size[0], : size[1]]
+        x_hat = self.finish(x_hat, cond)
         return {"x_hat": x_hat, "checksum": checksum}
 
     # ------------------------------------------------------------------ state

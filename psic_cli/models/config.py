@@ -27,6 +27,8 @@ class ModelConfig:
     trigger_head: bool = False  # one more conditional block at the decoder's last stage (identity at init)
     scale_grid: int = 0  # > 0: a condition branch on the latent pooled to this many cells a side, whose bias
     # maps follow the image's scale, not the pixel's (ScaleBranch; docs/shield-design.md); 0: none
+    indexer_residual: int = 0  # > 0: the shields add a residual made on a thumbnail this many pixels a side of
+    # the whole decoded image and resized to it (IndexerResidual; docs/shield-design.md); 0: none
     scale_keyless_only: bool = False  # the scale branch acts only for the public keyless conditions (the shields):
     # for any other condition (a key's full or machine view, a wrong key) its maps are exactly zero
 

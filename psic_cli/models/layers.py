@@ -117,6 +117,59 @@ class ScaleBranch(nn.Module):
         return [head(f) for head in self.heads]
 
 
+class IndexerResidual(nn.Module):
+    """A shield made where an indexer looks: an additive residual computed on a fixed-size thumbnail of the whole
+    decoded image and resized to the image.
+
+    An indexer resizes every photo to about 224 pixels before it reads it, which averages away a pattern of
+    fixed *pixel* size (the decoder's per-pixel triggers) on any photo much larger than that.  This module sees
+    the decoded image squashed to ``side x side`` (antialiased), makes a residual at that resolution with a
+    small U-Net (one input plane per view), and resizes it bicubically to the image's true size before adding
+    it: the pattern is fixed *relative to the image*, so every indexer preprocessing of every size meets the
+    same pattern at about the scale it was made for.  The output convolution starts at zero, so a fresh module
+    changes nothing.  ``view`` selects the residual per image (index into the public shield views); ``-1``
+    adds nothing (keyed views and any other condition stay exactly as the decoder made them).
+    """
+
+    def __init__(self, side: int = 224, views: int = 2, width: int = 32):
+        super().__init__()
+        self.side, self.views = side, views
+        w = width
+        self.e1 = nn.Conv2d(3 + views, w, 3, padding=1)
+        self.e2 = nn.Conv2d(w, 2 * w, 3, stride=2, padding=1)
+        self.e3 = nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1)
+        self.e4 = nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1)
+        self.d3 = nn.Conv2d(4 * w, 2 * w, 3, padding=1)
+        self.d2 = nn.Conv2d(4 * w, w, 3, padding=1)
+        self.d1 = nn.Conv2d(2 * w, w, 3, padding=1)
+        self.out = nn.Conv2d(w, 3, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def residual(self, x: Tensor, view: Tensor) -> Tensor:
+        """The residual at thumbnail resolution ``(B, 3, side, side)`` for images ``x`` in [0, 1]."""
+        s = self.side
+        thumb = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+        planes = F.one_hot(view.clamp_min(0), self.views).to(x.dtype)[:, :, None, None].expand(-1, -1, s, s)
+        f1 = F.gelu(self.e1(torch.cat([thumb * 2 - 1, planes], 1)))
+        f2 = F.gelu(self.e2(f1))
+        f3 = F.gelu(self.e3(f2))
+        f4 = F.gelu(self.e4(f3))
+        up = lambda t, ref: F.interpolate(t, size=ref.shape[-2:], mode="bilinear", align_corners=False)  # noqa: E731
+        g3 = F.gelu(self.d3(torch.cat([up(f4, f3), f3], 1)))
+        g2 = F.gelu(self.d2(torch.cat([up(g3, f2), f2], 1)))
+        g1 = F.gelu(self.d1(torch.cat([up(g2, f1), f1], 1)))
+        return 0.25 * torch.tanh(self.out(g1))
+
+    def forward(self, x: Tensor, view: Tensor) -> Tensor:
+        """``x`` plus each selected view's residual at ``x``'s size (rows whose ``view`` is -1 unchanged)."""
+        on = view >= 0
+        if not bool(on.any()):
+            return x
+        r = F.interpolate(self.residual(x, view), size=x.shape[-2:], mode="bicubic", align_corners=False)
+        return x + r * on.to(x.dtype)[:, None, None, None]
+
+
 def upsample_region(m: Tensor, full: tuple[int, int], region: tuple[int, int, int, int]) -> Tensor:
     """Rows ``region[0]:region[1]``, columns ``region[2]:region[3]`` of ``m`` upsampled bilinearly to ``full``."""
     r0, r1, c0, c1 = region

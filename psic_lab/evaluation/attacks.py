@@ -96,7 +96,8 @@ def _synth(model, y_hat: torch.Tensor, q: int, space: str, v: torch.Tensor) -> t
     n = y_hat.shape[0]
     qt = torch.full((n,), q - 1)
     if space == "cond":
-        return model.synthesize(y_hat, v[None].expand(n, -1), qt)
+        cond = v[None].expand(n, -1)
+        return model.finish(model.synthesize(y_hat, cond, qt), cond)
     return model.g_s(y_hat / model.gain(qt), v[None].expand(n, -1))
 
 

@@ -170,7 +170,7 @@ def _random_keys(model, datas: list[bytes], y: np.ndarray, vlp, class_emb, key: 
     def view(bits) -> torch.Tensor:
         cond = torch.tensor(bits, dtype=torch.float32)[None].expand(len(datas), -1)
         with torch.no_grad():
-            return model.synthesize(y_hat, cond, qt).clamp(0, 1)[..., :h, :w]
+            return model.finish(model.synthesize(y_hat, cond, qt)[..., :h, :w], cond)
 
     def top1(x: torch.Tensor) -> float:
         with torch.no_grad():

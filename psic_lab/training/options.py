@@ -95,6 +95,9 @@ class ShieldConfig:
     min_batch: int = 2  # with sizes: images per step = batch * patch^2 / (height * width), at least this many
     embed_weight: float = 0.0  # weight of cos(target embedding of the keyless view, of the original) (0: off)
     scale_grid: int = 0  # > 0: give the decoder a scale branch with this many cells a side (ScaleBranch); 0: as init
+    indexer_residual: int = 0  # > 0: give the model an IndexerResidual on thumbnails this many pixels a side
+    train_part: Literal["decoder", "residual"] = "decoder"  # what trains: the decoder and condition path, or only
+    # the indexer residual (the decoder frozen: keyed views exactly as they were)
     scale_keyless_only: bool = False  # with scale_grid: the branch acts for the shields' public conditions only
     captions: Literal["data", "imagenet"] = "data"  # UAEO's text set: the data's class captions, or ImageNet's 1000
     reset_trigger: bool = True  # re-initialise CLTG and zero the trigger projections at the start

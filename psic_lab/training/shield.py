@@ -155,12 +155,13 @@ def draw_views(n: int, views: list[View], p_full: float, gen: torch.Generator) -
             for ui, ki in zip(u, k, strict=True)]
 
 
-def view_conditions(views: list[View], conds: dict[View, torch.Tensor], gen: torch.Generator) -> torch.Tensor:
+def view_conditions(views: list[View], conds: dict[View, torch.Tensor], gen: torch.Generator,
+                    wrong_keys: bool = True) -> torch.Tensor:
     """Condition vectors (``conds``: :func:`psic_cli.views.condition` of each view); the shielded view gets
-    its own (no key) or a random wrong key, half each, so a guessed key never unlocks."""
+    its own (no key) or, with ``wrong_keys``, a random wrong key, half each, so a guessed key never unlocks."""
     out = []
     for v in views:
-        if v is View.SHIELDED and torch.rand(1, generator=gen).item() >= 0.5:
+        if wrong_keys and v is View.SHIELDED and torch.rand(1, generator=gen).item() >= 0.5:
             out.append(torch.randint(0, 2, conds[v].shape, generator=gen).float() * 2 - 1)
         else:
             out.append(conds[v])
@@ -243,6 +244,10 @@ class ShieldStage:
         cfg = load_config(sc.model_id)
         if sc.scale_grid:
             cfg = dataclasses.replace(cfg, scale_grid=sc.scale_grid, scale_keyless_only=sc.scale_keyless_only)
+        if sc.indexer_residual:
+            cfg = dataclasses.replace(cfg, indexer_residual=sc.indexer_residual)
+        if sc.train_part == "residual" and not cfg.indexer_residual:
+            raise ValueError("train_part residual needs a model with an indexer residual (indexer_residual > 0)")
         self.qualities = torch.tensor(parse_qualities(sc.qualities, cfg.qualities))
         self.lambdas = torch.tensor(cfg.lambdas)
         self.model = model = build_model(cfg)
@@ -256,7 +261,6 @@ class ShieldStage:
         self.key = read_key(sc.key)
         self.conds = {v: torch.tensor(condition(v, self.key, cfg.cond_dim)) for v in View}
         named = list(model.named_parameters())
-        self.clip_params = [p for n, p in named if n.startswith(("g_s.", "cltg."))]
         own_branch = sc.branch_lr_mult > 0 and model.g_s.scale_branch is not None
         in_branch = {n for n, _ in named if own_branch and n.startswith("g_s.scale_branch.")}
         branch = [p for n, p in named if n in in_branch]
@@ -265,6 +269,12 @@ class ShieldStage:
         groups = [{"params": others, "lr_mult": 1.0}, {"params": trigger, "lr_mult": sc.trigger_lr_mult}]
         if own_branch:  # a fresh module in a low-lr fine-tune: it gets its own rate
             groups.append({"params": branch, "lr_mult": sc.branch_lr_mult})
+        if sc.train_part == "residual":  # the decoder is frozen; only the residual learns
+            self.trained_prefix = ("indexer_residual.",)
+            groups = [{"params": [p for n, p in named if n.startswith(self.trained_prefix)], "lr_mult": 1.0}]
+        else:
+            self.trained_prefix = ("g_s.", "cltg.")
+        self.clip_params = [p for n, p in named if n.startswith(self.trained_prefix)]
         self.optimizers = {"opt": torch.optim.Adam(groups, lr=sc.lr)}
         trained = [v for v in SHIELD_VIEWS if v in self.views]
         self.weighting = DualAscentWeighting(
@@ -292,7 +302,7 @@ class ShieldStage:
         sc, views = self.config, self.views
         run_dir = Path(sc.run_dir)
         for n, p in self.model.named_parameters():
-            p.requires_grad_(n.startswith(("g_s.", "cltg.")))
+            p.requires_grad_(n.startswith(self.trained_prefix))
         self.model.eval()  # frozen parts (GDN, entropy models) in inference mode; g_s has no batch-dependent layers
         if self.vlp is None:
             from psic_lab.vlp import load_vlp
@@ -366,7 +376,7 @@ class ShieldStage:
         if not any(v in vs for v in keyless):
             vs[-1] = View.SHIELDED
         sel = {v: torch.tensor([w == v for w in vs]) for v in views}
-        cond = view_conditions(vs, self.conds, gen)
+        cond = view_conditions(vs, self.conds, gen, wrong_keys=sc.train_part != "residual")
         height, width = x.shape[-2:]
         # the decoder sees the borders it sees at run time: the codec pads the encoder's input
         x_in = pad_to_multiple(x, PAD_MULTIPLE[FORMAT_VERSION]) if sc.codec_pad else x
@@ -376,7 +386,9 @@ class ShieldStage:
             t_cond = torch.stack([c if v in self.preserve else self.conds[View.FULL]
                                   for v, c in zip(vs, cond, strict=True)])
             x_ref = self.teacher.synthesize(y_hat, t_cond, q).clamp(0, 1)[..., :height, :width]
-        x_hat = self.model.synthesize(y_hat, cond, q).clamp(0, 1)[..., :height, :width]
+        with torch.set_grad_enabled(sc.train_part != "residual"):
+            x_hat = self.model.synthesize(y_hat, cond, q).clamp(0, 1)[..., :height, :width]
+        x_hat = self.model.finish(x_hat, cond)  # the view as the codec makes it at this size (indexer residual)
         lam = self.lambdas[q] * 255**2
         d_img = lam * F.mse_loss(x_hat, x, reduction="none").flatten(1).mean(1)
         d_ref = lam * F.mse_loss(x_hat, x_ref, reduction="none").flatten(1).mean(1)

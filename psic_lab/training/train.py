@@ -61,20 +61,24 @@ def draw_conditions(n: int, key_cond: torch.Tensor, gen: torch.Generator) -> tor
     return torch.where((u >= 0.75)[:, None], rand_keys, cond)
 
 
-def load_matching(model: nn.Module, path: str) -> int:
-    """Copy tensors of matching name and shape from a checkpoint/safetensors file; return the count."""
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+def load_matching(model: nn.Module, spec: str) -> int:
+    """Copy tensors of matching name and shape from weights files or checkpoints; return the count.
 
-        src = load_file(path)
-    else:
-        src = read_checkpoint(path)["model"]
+    ``spec`` is a comma-separated list of ``path`` or ``path=prefix+prefix`` (only tensors under those
+    prefixes); later sources override earlier ones (e.g. shipped weights, then one module from a run)."""
     own = model.state_dict()
-    keep = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith(
-        ("entropy_bottleneck._", "gaussian_conditional._", "gaussian_conditional.scale_table"))}
-    own.update(keep)
+    count = 0
+    for source in [s for s in spec.split(",") if s]:
+        path, _, prefixes = source.partition("=")
+        src, _ = _read_source(path)
+        pre = tuple(prefixes.split("+")) if prefixes else ("",)
+        keep = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape and k.startswith(pre)
+                and not k.startswith(("entropy_bottleneck._", "gaussian_conditional._",
+                                      "gaussian_conditional.scale_table"))}
+        own.update(keep)
+        count += len(keep)
     model.load_state_dict(own)
-    return len(keep)
+    return count
 
 
 def _read_source(path: str) -> tuple[dict, dict]:
