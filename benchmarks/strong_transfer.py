@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 hh, ww = x.shape[-2:]
                 lat = model.quantized_latents(pad_to_multiple(x, PAD_MULTIPLE[FORMAT_VERSION]), q)
                 for v, c in conds.items():
-                    xh = model.synthesize(lat, c[None], q).clamp(0, 1)[0, :, :hh, :ww]
+                    xh = model.finish(model.synthesize(lat, c[None], q)[..., :hh, :ww], c[None])[0]
                     views[v].append((xh.permute(1, 2, 0) * 255).round().byte().numpy())
         entry: dict = {"steps": steps}
         for v, imgs in views.items():
