@@ -168,3 +168,19 @@ def test_init_spec_takes_one_module_from_another_source(tmp_path):
             assert torch.equal(v, b.state_dict()[k]), k
         elif not k.startswith(("entropy_bottleneck._", "gaussian_conditional.")):
             assert torch.equal(v, a.state_dict()[k]), k
+
+
+def test_residual_stage_keeps_the_init_weights_views(tmp_path, key_file):
+    """Only the residual trains, so the exported weights keep every view the init weights had (machine)."""
+    from psic_cli.views import View
+    from psic_lab.training.shield import ShieldConfig, ShieldStage
+
+    from .conftest import make_tiny_weights
+
+    cfg, data = _tiny_setup(tmp_path)
+    init = make_tiny_weights(tmp_path, extra={"machine_view": "trained"})
+    sc = ShieldConfig(init=str(init), model_id=str(cfg), data=[str(data)], key=str(key_file),
+                      run_dir=str(tmp_path / "r"), indexer_residual=16, train_part="residual", views="shielded,strong")
+    assert set(ShieldStage(sc, vlp=TinyVLP()).kept_views()) == {View.SHIELDED, View.STRONG, View.FULL, View.MACHINE}
+    plain = dataclasses.replace(sc, train_part="decoder")
+    assert set(ShieldStage(plain, vlp=TinyVLP()).kept_views()) == {View.SHIELDED, View.STRONG}

@@ -52,7 +52,7 @@ from psic_cli.codec import pad_to_multiple
 from psic_cli.container import FORMAT_VERSION, PAD_MULTIPLE
 from psic_cli.keys import fingerprint, read_key
 from psic_cli.models import build_model, load_config
-from psic_cli.views import SHIELD_VIEWS, View, condition
+from psic_cli.views import SHIELD_VIEWS, View, condition, trained_views
 from psic_lab.training.augment import EOTConfig
 from psic_lab.training.data import load_rgb_at_least, random_crop
 from psic_lab.training.losses import (
@@ -433,7 +433,20 @@ class ShieldStage:
 
     def state(self) -> dict:
         return {"key_fingerprint": fingerprint(self.key), "weighting": self.weighting.state_dict(),
-                "views": ",".join(self.views), "shield_config": json.dumps(asdict(self.config))}
+                "views": ",".join(self.kept_views()), "shield_config": json.dumps(asdict(self.config))}
+
+    def kept_views(self) -> list[View]:
+        """The views the exported weights have: those trained here, and, when only the residual trains (the
+        decoder frozen), every view the first init weights file had (its metadata)."""
+        views = list(self.views)
+        first = self.config.init.split(",")[0].partition("=")[0]
+        if self.config.train_part == "residual" and first.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(first, framework="pt") as f:
+                meta = dict(f.metadata() or {})
+            views += [v for v in trained_views(meta) if v not in views]
+        return views
 
 
 def train_shield(sc: ShieldConfig, vlp=None, ensemble: list | None = None) -> Path:
