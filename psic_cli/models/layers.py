@@ -166,7 +166,9 @@ class IndexerResidual(nn.Module):
         on = view >= 0
         if not bool(on.any()):
             return x
-        r = F.interpolate(self.residual(x, view), size=x.shape[-2:], mode="bicubic", align_corners=False)
+        h, w = x.shape[-2:]
+        shrink = h < self.side or w < self.side  # a thumbnail-sized image or smaller: filter before decimating
+        r = F.interpolate(self.residual(x, view), size=(h, w), mode="bicubic", align_corners=False, antialias=shrink)
         return x + r * on.to(x.dtype)[:, None, None, None]
 
 
