@@ -124,11 +124,12 @@ class IndexerResidual(nn.Module):
     An indexer resizes every photo to about 224 pixels before it reads it, which averages away a pattern of
     fixed *pixel* size (the decoder's per-pixel triggers) on any photo much larger than that.  This module sees
     the decoded image squashed to ``side x side`` (antialiased), makes a residual at that resolution with a
-    small U-Net (one input plane per view), and resizes it bicubically to the image's true size before adding
-    it: the pattern is fixed *relative to the image*, so every indexer preprocessing of every size meets the
-    same pattern at about the scale it was made for.  The output convolution starts at zero, so a fresh module
-    changes nothing.  ``view`` selects the residual per image (index into the public shield views); ``-1``
-    adds nothing (keyed views and any other condition stay exactly as the decoder made them).
+    small U-Net (one input plane per view) plus a learned pattern per view, and resizes it bicubically to the
+    image's true size before adding it: the pattern is fixed *relative to the image*, so every indexer
+    preprocessing of every size meets the same pattern at about the scale it was made for.  The output
+    convolution and the patterns start at zero, so a fresh module changes nothing.  ``view`` selects the
+    residual per image (index into the public shield views); ``-1`` adds nothing (keyed views and any other
+    condition stay exactly as the decoder made them).
     """
 
     def __init__(self, side: int = 224, views: int = 2, width: int = 32):
@@ -145,6 +146,9 @@ class IndexerResidual(nn.Module):
         self.out = nn.Conv2d(w, 3, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        # one image-independent pattern per view, added before the tanh: a universal perturbation learns from
+        # every image's gradient at once, where the U-Net's image-dependent part learns slowly
+        self.pattern = nn.Parameter(torch.zeros(views, 3, side, side))
 
     def residual(self, x: Tensor, view: Tensor) -> Tensor:
         """The residual at thumbnail resolution ``(B, 3, side, side)`` for images ``x`` in [0, 1]."""
@@ -159,7 +163,7 @@ class IndexerResidual(nn.Module):
         g3 = F.gelu(self.d3(torch.cat([up(f4, f3), f3], 1)))
         g2 = F.gelu(self.d2(torch.cat([up(g3, f2), f2], 1)))
         g1 = F.gelu(self.d1(torch.cat([up(g2, f1), f1], 1)))
-        return 0.25 * torch.tanh(self.out(g1))
+        return 0.25 * torch.tanh(self.out(g1) + self.pattern[view.clamp_min(0)])
 
     def forward(self, x: Tensor, view: Tensor) -> Tensor:
         """``x`` plus each selected view's residual at ``x``'s size (rows whose ``view`` is -1 unchanged)."""
