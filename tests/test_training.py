@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import TINY
+from .conftest import TINY  # noqa: F811
 
 
 @pytest.fixture()
@@ -68,3 +68,25 @@ def test_torchrun_two_cpu_processes(train_setup, tmp_path):
     log = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [1, 2]  # rank 0 logs once per step
     assert (run_dir / "checkpoint.pt").exists()
+
+
+def test_committed_weights_continue_even_when_the_config_gained_a_field(tmp_path):
+    """``--init-from`` weights of this very config continue from their step count, also when they were written
+    before a (defaulted) config field existed: the configs are compared as configs, not as JSON strings."""
+    import json as _json
+
+    from safetensors.torch import save_file
+
+    from psic_cli.models import ModelConfig, build_model
+    from psic_lab.training.train import warm_start
+
+    from .conftest import TINY  # noqa: F811
+
+    cfg = ModelConfig.from_dict(TINY)
+    model = build_model(cfg)
+    old = _json.loads(cfg.to_json())
+    old.pop("indexer_residual")  # as weights exported before the field was added
+    path = tmp_path / "old.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+              metadata={"config": _json.dumps(old, sort_keys=True), "steps": "7"})
+    assert warm_start(build_model(cfg), str(path))["continue_step"] == 7

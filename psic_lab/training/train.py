@@ -146,7 +146,8 @@ def warm_start(model: nn.Module, spec: str) -> dict:
             elif own[k].dim() == v.dim() and all(a >= b for a, b in zip(own[k].shape, v.shape, strict=True)):
                 own[k] = _widen(own[k], v)
                 report["widened"] = report.get("widened", 0) + 1
-        if len(sources) == 1 and not prefixes and meta.get("config") == cfg.to_json():
+        if len(sources) == 1 and not prefixes and "config" in meta and \
+                ModelConfig.from_dict(json.loads(meta["config"])) == cfg:  # fields added since default alike
             report["continue_step"] = int(meta.get("steps", "0"))
     model.load_state_dict(own)
     return report
