@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import TINY  # noqa: F811
+from .conftest import TINY
 
 
 @pytest.fixture()
@@ -80,7 +80,6 @@ def test_committed_weights_continue_even_when_the_config_gained_a_field(tmp_path
     from psic_cli.models import ModelConfig, build_model
     from psic_lab.training.train import warm_start
 
-    from .conftest import TINY  # noqa: F811
 
     cfg = ModelConfig.from_dict(TINY)
     model = build_model(cfg)
