@@ -10,7 +10,8 @@ short224/336/448, squash224, tiles), with a margin loss on the true caption amon
 is the target's 10-way top-1 on the result under short224, squash224 and short448 (the tower at 448), with
 the original's for reference.  A decoder-side residual made by a network (``IndexerResidual``) sees no labels
 and one forward pass per image, so these numbers are what it could reach at most, not what it reaches.
-Writes ``--out`` (JSON).  The base image is the original, not a decoded view: the bound is about the shield.
+Writes ``--out`` (JSON) and the table in ``docs/shield-design.md``.  The base image is the original, not a
+decoded view: the bound is about the shield.
 """
 
 from __future__ import annotations
@@ -25,6 +26,41 @@ import torch
 import torch.nn.functional as F
 
 PREPROC = ("short224", "squash224", "short448")
+DOC = Path("docs/shield-design.md")
+START, END = "<!-- residual-bound:start -->", "<!-- residual-bound:end -->"
+
+
+def render_md(res: dict) -> str:
+    """The table of ``res`` (this script's JSON) as Markdown, between the page's markers."""
+    w, h = res["size"]
+    s = res["summary"]
+    lines = [START, "", "| residual | PSNR to the image (dB) | short224 | squash224 | short448 |",
+             "|---|---|---|---|---|",
+             "| none (the image) | n/a | " + " | ".join(f"{s['original'][p]:.0%}" for p in PREPROC) + " |"]
+    for key, row in s.items():
+        if key == "original":
+            continue
+        thumb, rms = key.removeprefix("thumb").split("_rms")
+        lines.append(f"| {thumb}x{thumb}, RMS {rms} levels | {row['psnr']:.1f} | "
+                     + " | ".join(f"{row[p]:.0%}" for p in PREPROC) + " |")
+    n = len(res["rows"])
+    lines += ["", f"Target 10-way top-1 on {n} labelled Imagenette val images at {w}x{h}, each residual optimised for "
+              f"its image ({res['steps']} Adam steps through random indexer preprocessings); "
+              f"`results/residual-bound.json`, made by `{res['command']}`.", "", END]
+    return "\n".join(lines)
+
+
+def pasted(page: Path) -> str:
+    """What lies between the markers in ``page`` (markers included)."""
+    text = page.read_text()
+    return text[text.index(START): text.index(END) + len(END)]
+
+
+def render(out: Path, page: Path) -> None:
+    """Replace the table between the markers of ``page`` with the one rendered from ``out``."""
+    text = page.read_text()
+    block = render_md(json.loads(out.read_text()))
+    page.write_text(text[: text.index(START)] + block + text[text.index(END) + len(END):])
 
 
 def main() -> int:
@@ -38,7 +74,11 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--seed", type=int, default=0, help="random seed (start, preprocessing draws)")
     ap.add_argument("--out", type=Path, default=Path("results/residual-bound.json"), help="JSON to write")
+    ap.add_argument("--render-only", action="store_true", help=f"only re-render the table in {DOC} from --out")
     args = ap.parse_args()
+    if args.render_only:
+        render(args.out, DOC)
+        return 0
 
     from PIL import Image
 
@@ -108,11 +148,12 @@ def main() -> int:
             summary[key] = {p: float(np.mean([r[key][p] for r in rows])) for p in (*PREPROC, "psnr")}
     res = {"command": "python benchmarks/residual_bound.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items() if k not in ("out",)),
+        for k, v in vars(args).items() if k not in ("out", "render_only")),
         "size": [w, h], "steps": args.steps, "seconds": round(time.time() - t0, 1), "summary": summary, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(summary, indent=1))
+    render(args.out, DOC)
     return 0
 
 

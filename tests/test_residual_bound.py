@@ -1,0 +1,33 @@
+"""The white-box residual bound in docs/shield-design.md is the one rendered from its committed JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _mod():
+    spec = importlib.util.spec_from_file_location("residual_bound", ROOT / "benchmarks" / "residual_bound.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_design_doc_table_matches_results():
+    mod = _mod()
+    res = json.loads((ROOT / "results" / "residual-bound.json").read_text())
+    assert mod.pasted(ROOT / "docs" / "shield-design.md") == mod.render_md(res), (
+        "docs/shield-design.md is stale: python benchmarks/residual_bound.py --render-only")
+
+
+def test_render_shows_every_measured_residual():
+    mod = _mod()
+    res = {"size": [64, 43], "steps": 2, "command": "c", "rows": [{}],
+           "summary": {"original": {"short224": 1.0, "squash224": 1.0, "short448": 0.5},
+                       "thumb224_rms4": {"short224": 0.25, "squash224": 0.0, "short448": 1.0, "psnr": 36.1}}}
+    md = mod.render_md(res)
+    assert "| 224x224, RMS 4 levels | 36.1 | 25% | 0% | 100% |" in md
+    assert md.startswith(mod.START) and md.endswith(mod.END)
