@@ -54,6 +54,7 @@ DESIGN_TABLES = [
     ("", "shield-geometry-geo1-old.json", "shield-geometry-geo1.json", ("psic-sh", "psic-sh-geo1")),
     ("geo2", "shield-geometry-geo1.json", "shield-geometry-geo2.json", ("psic-sh-geo1", "psic-sh-geo2")),
     ("geo3", "shield-geometry-geo1.json", "shield-geometry-geo3.json", ("psic-sh-geo1", "psic-sh-geo3")),
+    ("ir2", "shield-geometry-geo1.json", "shield-geometry-ir2.json", ("psic-sh-geo1", "psic-sh-ir2")),
 ]
 
 
