@@ -22,7 +22,8 @@ def test_bd_rate_sign_and_size():
     assert cc.bd_rate(anchor, far) is None  # no overlap: no number, never a nan
 
 
-PAGES = [(cc.RESULTS, cc.DOC), (Path("results/codec-large-psic-sh.json"), Path("docs/codec-large-psic-sh.md"))]
+PAGES = [(cc.RESULTS, cc.DOC), (Path("results/codec-large-psic-sh.json"), Path("docs/codec-large-psic-sh.md")),
+         (Path("results/codec-large-psic-msh2.json"), Path("docs/codec-large-psic-msh2.md"))]
 
 
 @pytest.mark.parametrize(("results_rel", "doc_rel"), PAGES, ids=lambda p: Path(p).name)
