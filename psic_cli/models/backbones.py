@@ -135,16 +135,12 @@ class ConditionalHyperprior(nn.Module):
         lam = torch.tensor(cfg.lambdas, dtype=torch.float32)
         init = 0.5 * torch.log(lam / lam.max())
         self.log_gain = nn.Parameter(init[:, None].repeat(1, M).contiguous())
-        if cfg.scale_grid and cfg.scale_keyless_only:  # the conditions the scale branch acts for (not saved)
-            public = torch.tensor([condition(v, None, cfg.cond_dim) for v in SHIELD_VIEWS])
-            self.register_buffer("branch_conditions", public, persistent=False)
-        else:
-            self.branch_conditions = None
+        # the public shield conditions, which the gated scale branch and the indexer residual act for (not saved)
+        public = torch.tensor([condition(v, None, cfg.cond_dim) for v in SHIELD_VIEWS])
+        self.register_buffer("shield_conditions", public, persistent=False)
         self.indexer_residual = None
         if cfg.indexer_residual:  # the shields' residual at the indexer's scale, for their public conditions only
             self.indexer_residual = IndexerResidual(cfg.indexer_residual, len(SHIELD_VIEWS))
-            public = torch.tensor([condition(v, None, cfg.cond_dim) for v in SHIELD_VIEWS])
-            self.register_buffer("residual_conditions", public, persistent=False)
         self._runtime: dict[str, nn.Module] | None = None
         self.transform_dtype: torch.dtype | None = None  # training only: autocast g_a / g_s (see _autocast)
         self.tile_latent = 64  # g_a / g_s run in overlapping tiles of 64x64 latents (1024x1024 pixels)
@@ -166,15 +162,14 @@ class ConditionalHyperprior(nn.Module):
         """The scale branch's maps for the whole latent ``y``; with ``scale_keyless_only`` they are zero for
         every image whose condition is not one of the public keyless ones."""
         maps = g_s.scale_maps(y, tau)
-        if maps is None or self.branch_conditions is None:
+        if maps is None or not self.cfg.scale_keyless_only:
             return maps
-        public = self.branch_conditions.to(cond.dtype)
-        on = (cond[:, None, :] == public[None]).all(-1).any(-1)  # (B,)
+        on = self.shield_index(cond) >= 0  # (B,)
         return [m * on.to(m.dtype)[:, None, None, None] for m in maps]
 
     def shield_index(self, cond: Tensor) -> Tensor:
         """Per image, the index of its condition among the public shield conditions (``SHIELD_VIEWS``), or -1."""
-        public = self.residual_conditions.to(cond.dtype)
+        public = self.shield_conditions.to(cond.dtype)
         hit = (cond[:, None, :] == public[None]).all(-1)  # (B, views)
         return torch.where(hit.any(-1), hit.float().argmax(-1), torch.full_like(hit[:, 0], -1, dtype=torch.long))
 

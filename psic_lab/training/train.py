@@ -61,6 +61,18 @@ def draw_conditions(n: int, key_cond: torch.Tensor, gen: torch.Generator) -> tor
     return torch.where((u >= 0.75)[:, None], rand_keys, cond)
 
 
+#: tensors never copied between weights: the entropy models' derived tables (rebuilt by ``update``)
+_NOT_COPIED = ("entropy_bottleneck._", "gaussian_conditional._", "gaussian_conditional.scale_table")
+
+
+def _sources(spec: str):
+    """Each source of a ``path[=prefix+prefix],...`` spec: ``(tensors, metadata, prefixes)``, in order."""
+    for source in [s for s in spec.split(",") if s]:
+        path, _, prefixes = source.partition("=")
+        src, meta = _read_source(path)
+        yield src, meta, tuple(prefixes.split("+")) if prefixes else ()
+
+
 def load_matching(model: nn.Module, spec: str) -> int:
     """Copy tensors of matching name and shape from weights files or checkpoints; return the count.
 
@@ -68,13 +80,9 @@ def load_matching(model: nn.Module, spec: str) -> int:
     prefixes); later sources override earlier ones (e.g. shipped weights, then one module from a run)."""
     own = model.state_dict()
     count = 0
-    for source in [s for s in spec.split(",") if s]:
-        path, _, prefixes = source.partition("=")
-        src, _ = _read_source(path)
-        pre = tuple(prefixes.split("+")) if prefixes else ("",)
-        keep = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape and k.startswith(pre)
-                and not k.startswith(("entropy_bottleneck._", "gaussian_conditional._",
-                                      "gaussian_conditional.scale_table"))}
+    for src, _, prefixes in _sources(spec):
+        keep = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape
+                and k.startswith(prefixes or ("",)) and not k.startswith(_NOT_COPIED)}
         own.update(keep)
         count += len(keep)
     model.load_state_dict(own)
@@ -127,14 +135,10 @@ def warm_start(model: nn.Module, spec: str) -> dict:
     own = model.state_dict()
     cfg = model.cfg
     report = {"tensors": 0, "continue_step": 0}
-    sources = [s for s in spec.split(",") if s]
-    for source in sources:
-        path, _, prefixes = source.partition("=")
-        src, meta = _read_source(path)
-        pre = tuple(prefixes.split("+")) if prefixes else ("",)
+    sources = list(_sources(spec))
+    for src, meta, prefixes in sources:
         for k, v in src.items():
-            if k not in own or not k.startswith(pre) or k.startswith(
-                    ("entropy_bottleneck._", "gaussian_conditional._", "gaussian_conditional.scale_table")):
+            if k not in own or not k.startswith(prefixes or ("",)) or k.startswith(_NOT_COPIED):
                 continue
             if own[k].shape == v.shape:
                 own[k] = v
