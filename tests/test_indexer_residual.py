@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -111,8 +112,6 @@ def test_residual_stage_trains_only_the_residual(tmp_path, key_file):
 
 
 def test_residual_stage_needs_a_residual(tmp_path, key_file):
-    import pytest
-
     from psic_lab.training.shield import ShieldConfig, ShieldStage
 
     cfg, data = _tiny_setup(tmp_path)
@@ -184,3 +183,60 @@ def test_residual_stage_keeps_the_init_weights_views(tmp_path, key_file):
     assert set(ShieldStage(sc, vlp=TinyVLP()).kept_views()) == {View.SHIELDED, View.STRONG, View.FULL, View.MACHINE}
     plain = dataclasses.replace(sc, train_part="decoder")
     assert set(ShieldStage(plain, vlp=TinyVLP()).kept_views()) == {View.SHIELDED, View.STRONG}
+
+
+def test_budgeted_residual_has_exactly_its_rms_per_view():
+    """With ``rms``, each view's residual at thumbnail resolution has exactly that RMS (8-bit levels), whatever
+    the network outputs: the budget is fixed and training only picks the direction."""
+    module = IndexerResidual(side=32, views=2, rms=(4.5, 9.0)).eval()
+    _excite(module)
+    x, view = torch.rand(3, 3, 40, 60), torch.tensor([0, 1, 0])
+    with torch.no_grad():
+        r = module.residual(x, view)
+    rms = r.pow(2).mean(dim=(1, 2, 3)).sqrt() * 255
+    assert torch.allclose(rms, torch.tensor([4.5, 9.0, 4.5]), rtol=1e-4)
+    with torch.no_grad():  # a fresh budgeted module already adds its budget (a small random pattern, not zero)
+        fresh = IndexerResidual(side=32, views=2, rms=(4.5, 9.0)).eval()
+        assert float(fresh.residual(x, view)[0].pow(2).mean().sqrt() * 255) > 4.4
+    with pytest.raises(ValueError, match="RMS budgets"):
+        IndexerResidual(side=32, views=2, rms=(4.5,))
+
+
+def test_budget_is_part_of_the_model_config():
+    """The budget round-trips through the weights' config JSON; configs without it load as before."""
+    from psic_cli.models.config import ModelConfig
+
+    cfg = dataclasses.replace(load_config("psic-sh"), indexer_residual=32, indexer_residual_rms=(4.5, 9.0))
+    back = ModelConfig.from_dict(__import__("json").loads(cfg.to_json()))
+    assert back == cfg and back.indexer_residual_rms == (4.5, 9.0)
+    model = build_model(back)
+    assert model.indexer_residual.rms.numel() == 2
+    assert load_config("psic-sh").indexer_residual_rms == ()
+
+
+def test_residual_on_originals_skips_the_codec(tmp_path, key_file, monkeypatch):
+    """``residual_input original``: the residual is added to the original images; the codec never runs."""
+    from psic_cli.models import backbones
+    from psic_lab.training.shield import ShieldConfig, ShieldStage
+
+    def no_codec(*a, **k):
+        raise AssertionError("the codec ran")
+
+    monkeypatch.setattr(backbones.ConditionalHyperprior, "quantized_latents", no_codec)
+    cfg, data = _tiny_setup(tmp_path)
+    sc = ShieldConfig(init="", model_id=str(cfg), data=[str(data)], key=str(key_file), run_dir=str(tmp_path / "r"),
+                      batch=2, patch=48, indexer_residual=16, indexer_residual_rms="4,8", train_part="residual",
+                      residual_input="original", views="shielded,strong", p_full=0.0, reset_trigger=False,
+                      ensemble="", weighting="fixed", nu=0.0, strong_nu=0.0)
+    stage = ShieldStage(sc, vlp=TinyVLP())
+    assert stage.model.cfg.indexer_residual_rms == (4.0, 8.0)
+    (tmp_path / "r").mkdir()
+    stage.start(0)
+    before = stage.model.indexer_residual.pattern.detach().clone()
+    loss, rec = stage.loss(0)
+    stage.optimizers["opt"].zero_grad()
+    loss.backward()
+    stage.optimizers["opt"].step()
+    assert not torch.equal(before, stage.model.indexer_residual.pattern)
+    with pytest.raises(ValueError, match="needs train_part residual"):
+        ShieldStage(dataclasses.replace(sc, train_part="decoder"), vlp=TinyVLP())

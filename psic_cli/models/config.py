@@ -29,6 +29,8 @@ class ModelConfig:
     # maps follow the image's scale, not the pixel's (ScaleBranch; docs/shield-design.md); 0: none
     indexer_residual: int = 0  # > 0: the shields add a residual made on a thumbnail this many pixels a side of
     # the whole decoded image and resized to it (IndexerResidual; docs/shield-design.md); 0: none
+    indexer_residual_rms: tuple[float, ...] = ()  # per shield view (shielded, strong), the residual's exact RMS in
+    # 8-bit levels at thumbnail resolution (a fixed budget); empty: bounded by a tanh instead (0.25 at most)
     scale_keyless_only: bool = False  # the scale branch acts only for the public keyless conditions (the shields):
     # for any other condition (a key's full or machine view, a wrong key) its maps are exactly zero
 
@@ -47,6 +49,7 @@ class ModelConfig:
             raise ValueError(f"unknown model config fields: {sorted(unknown)}")
         data = dict(data)
         data["lambdas"] = tuple(float(v) for v in data["lambdas"])
+        data["indexer_residual_rms"] = tuple(float(v) for v in data.get("indexer_residual_rms", ()))
         cfg = cls(**data)
         if cfg.arch not in ARCHS:
             raise ValueError(f"unknown arch {cfg.arch!r}; expected one of {ARCHS}")

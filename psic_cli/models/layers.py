@@ -130,11 +130,18 @@ class IndexerResidual(nn.Module):
     convolution and the patterns start at zero, so a fresh module changes nothing.  ``view`` selects the
     residual per image (index into the public shield views); ``-1`` adds nothing (keyed views and any other
     condition stay exactly as the decoder made them).
+
+    With ``rms`` (one value per view, in 8-bit levels) each image's residual is scaled to exactly that RMS at
+    thumbnail resolution: a fixed budget, so that training only chooses its direction (the pattern then starts
+    as small noise, since a zero residual has no direction); without it a tanh bounds it instead.
     """
 
-    def __init__(self, side: int = 224, views: int = 2, width: int = 32):
+    def __init__(self, side: int = 224, views: int = 2, width: int = 32, rms: tuple[float, ...] = ()):
         super().__init__()
+        if rms and len(rms) != views:
+            raise ValueError(f"indexer residual: {len(rms)} RMS budgets for {views} views")
         self.side, self.views = side, views
+        self.register_buffer("rms", torch.tensor([float(r) / 255 for r in rms]), persistent=False)
         w = width
         self.e1 = nn.Conv2d(3 + views, w, 3, padding=1)
         self.e2 = nn.Conv2d(w, 2 * w, 3, stride=2, padding=1)
@@ -149,6 +156,8 @@ class IndexerResidual(nn.Module):
         # one image-independent pattern per view, added before the tanh: a universal perturbation learns from
         # every image's gradient at once, where the U-Net's image-dependent part learns slowly
         self.pattern = nn.Parameter(torch.zeros(views, 3, side, side))
+        if rms:
+            nn.init.normal_(self.pattern, std=0.1, generator=torch.Generator().manual_seed(0))
 
     def residual(self, x: Tensor, view: Tensor) -> Tensor:
         """The residual at thumbnail resolution ``(B, 3, side, side)`` for images ``x`` in [0, 1]."""
@@ -163,7 +172,11 @@ class IndexerResidual(nn.Module):
         g3 = F.gelu(self.d3(torch.cat([up(f4, f3), f3], 1)))
         g2 = F.gelu(self.d2(torch.cat([up(g3, f2), f2], 1)))
         g1 = F.gelu(self.d1(torch.cat([up(g2, f1), f1], 1)))
-        return 0.25 * torch.tanh(self.out(g1) + self.pattern[view.clamp_min(0)])
+        g = self.out(g1) + self.pattern[view.clamp_min(0)]
+        if self.rms.numel():
+            norm = g.pow(2).mean(dim=(1, 2, 3), keepdim=True).add(1e-12).sqrt()
+            return g * (self.rms[view.clamp_min(0)][:, None, None, None] / norm)
+        return 0.25 * torch.tanh(g)
 
     def forward(self, x: Tensor, view: Tensor) -> Tensor:
         """``x`` plus each selected view's residual at ``x``'s size (rows whose ``view`` is -1 unchanged)."""

@@ -98,6 +98,10 @@ class ShieldConfig:
     indexer_residual: int = 0  # > 0: give the model an IndexerResidual on thumbnails this many pixels a side
     train_part: Literal["decoder", "residual"] = "decoder"  # what trains: the decoder and condition path, or only
     # the indexer residual (the decoder frozen: keyed views exactly as they were)
+    indexer_residual_rms: str = ""  # with indexer_residual: exact RMS per shield view in 8-bit levels, e.g. "4.5,9"
+    # (a fixed budget instead of the tanh bound and the PSNR weighting); empty: as the model config
+    residual_input: Literal["decoded", "original"] = "decoded"  # train_part residual: add the residual to the decoded
+    # view (the codec runs every step) or to the original image (no codec: several times faster per step)
     scale_keyless_only: bool = False  # with scale_grid: the branch acts for the shields' public conditions only
     captions: Literal["data", "imagenet"] = "data"  # UAEO's text set: the data's class captions, or ImageNet's 1000
     reset_trigger: bool = True  # re-initialise CLTG and zero the trigger projections at the start

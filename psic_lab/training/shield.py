@@ -246,8 +246,13 @@ class ShieldStage:
             cfg = dataclasses.replace(cfg, scale_grid=sc.scale_grid, scale_keyless_only=sc.scale_keyless_only)
         if sc.indexer_residual:
             cfg = dataclasses.replace(cfg, indexer_residual=sc.indexer_residual)
+        if sc.indexer_residual_rms:
+            cfg = dataclasses.replace(cfg, indexer_residual_rms=tuple(
+                float(v) for v in sc.indexer_residual_rms.split(",")))
         if sc.train_part == "residual" and not cfg.indexer_residual:
             raise ValueError("train_part residual needs a model with an indexer residual (indexer_residual > 0)")
+        if sc.residual_input == "original" and sc.train_part != "residual":
+            raise ValueError("residual_input original needs train_part residual (the decoder would not train)")
         self.qualities = torch.tensor(parse_qualities(sc.qualities, cfg.qualities))
         self.lambdas = torch.tensor(cfg.lambdas)
         self.model = model = build_model(cfg)
@@ -378,17 +383,21 @@ class ShieldStage:
         sel = {v: torch.tensor([w == v for w in vs]) for v in views}
         cond = view_conditions(vs, self.conds, gen, wrong_keys=sc.train_part != "residual")
         height, width = x.shape[-2:]
-        # the decoder sees the borders it sees at run time: the codec pads the encoder's input
-        x_in = pad_to_multiple(x, PAD_MULTIPLE[FORMAT_VERSION]) if sc.codec_pad else x
-        y_hat = self.model.quantized_latents(x_in, q)
-        with torch.no_grad():
-            # reference: the starting decoder's full view; preserved views: its output for the same condition
-            t_cond = torch.stack([c if v in self.preserve else self.conds[View.FULL]
-                                  for v, c in zip(vs, cond, strict=True)])
-            x_ref = self.teacher.synthesize(y_hat, t_cond, q).clamp(0, 1)[..., :height, :width]
-        with torch.set_grad_enabled(sc.train_part != "residual"):
-            x_hat = self.model.synthesize(y_hat, cond, q).clamp(0, 1)[..., :height, :width]
-        x_hat = self.model.finish(x_hat, cond)  # the view as the codec makes it at this size (indexer residual)
+        if sc.residual_input == "original":  # no codec: the residual on the original (the full view's stand-in)
+            x_ref = x
+            x_hat = self.model.finish(x, cond)
+        else:
+            # the decoder sees the borders it sees at run time: the codec pads the encoder's input
+            x_in = pad_to_multiple(x, PAD_MULTIPLE[FORMAT_VERSION]) if sc.codec_pad else x
+            y_hat = self.model.quantized_latents(x_in, q)
+            with torch.no_grad():
+                # reference: the starting decoder's full view; preserved views: its output for the same condition
+                t_cond = torch.stack([c if v in self.preserve else self.conds[View.FULL]
+                                      for v, c in zip(vs, cond, strict=True)])
+                x_ref = self.teacher.synthesize(y_hat, t_cond, q).clamp(0, 1)[..., :height, :width]
+            with torch.set_grad_enabled(sc.train_part != "residual"):
+                x_hat = self.model.synthesize(y_hat, cond, q).clamp(0, 1)[..., :height, :width]
+            x_hat = self.model.finish(x_hat, cond)  # the view as the codec makes it at this size (indexer residual)
         lam = self.lambdas[q] * 255**2
         d_img = lam * F.mse_loss(x_hat, x, reduction="none").flatten(1).mean(1)
         d_ref = lam * F.mse_loss(x_hat, x_ref, reduction="none").flatten(1).mean(1)
