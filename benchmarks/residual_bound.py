@@ -43,6 +43,11 @@ def render_md(res: dict) -> str:
     for key, row in s.items():
         if key == "original":
             continue
+        if key.startswith("net_"):  # the network's own residual (--weights): one forward pass, no label
+            view = key.removeprefix("net_")
+            lines.append(f"| network `{res['network']['name']}`, {view} view (RMS {res['network']['rms'][view]:g} "
+                         f"levels at 224) | {row['psnr']:.1f} | " + " | ".join(f"{row[p]:.0%}" for p in cols) + " |")
+            continue
         thumb, rms = key.removeprefix("thumb").split("_rms")
         res_name = "full resolution" if thumb == "0" else f"{thumb}x{thumb}"
         lines.append(f"| {res_name}, RMS {rms} levels | {row['psnr']:.1f} | "
@@ -71,7 +76,8 @@ def render(out: Path, page: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--val", type=Path, default=Path("../shared/data/imagenette/val"), help="<wnid>/ folders")
-    ap.add_argument("--rms", type=float, nargs="+", default=[2.0, 4.0, 8.0], help="residual RMS, 8-bit levels")
+    ap.add_argument("--rms", type=float, nargs="*", default=[4.5, 9.0],
+                    help="residual RMS budgets, 8-bit levels (none: only the --weights network)")
     ap.add_argument("--thumbs", type=int, nargs="+", default=[0],
                     help="residual resolutions (pixels a side; 0: the image's own, no stretch)")
     ap.add_argument("--size", type=int, default=640, help="long side of the 3:2 test images")
@@ -83,6 +89,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--seed", type=int, default=0, help="random seed (start, preprocessing draws)")
     ap.add_argument("--out", type=Path, default=Path("results/residual-bound.json"), help="JSON to write")
+    ap.add_argument("--weights", type=Path, default=None,
+                    help="also a model's own indexer residual (one forward pass per image, per shield view)")
     ap.add_argument("--render-only", action="store_true", help=f"only re-render the table in {DOC} from --out")
     args = ap.parse_args()
     if args.render_only:
@@ -120,6 +128,19 @@ def main() -> int:
             out[name] = int(read(z).item() == k)
         return out
 
+    net = None
+    if args.weights is not None:
+        import tempfile
+
+        from psic_cli.views import SHIELD_VIEWS, condition
+        from psic_cli.zoo import load_model
+        from psic_lab.evaluation.weights import install_weights
+
+        with tempfile.TemporaryDirectory() as tmp:
+            net = load_model(install_weights(args.weights, Path(tmp))).model
+        if net.indexer_residual is None:
+            raise SystemExit(f"{args.weights}: the model has no indexer residual")
+        conds = {str(v): torch.tensor([condition(v, None, net.cfg.cond_dim)]) for v in SHIELD_VIEWS}
     w, h = args.size, round(args.size * 2 / 3)
     rows = []
     for k, f in files:
@@ -127,6 +148,10 @@ def main() -> int:
         x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255
         with torch.no_grad():
             row = {"file": f.name, "class": wnids[k], "original": top1(x, k)}
+            if net is not None:
+                for view, cond in conds.items():
+                    v = net.finish(x, cond)
+                    row[f"net_{view}"] = {**top1(v, k), "psnr": float(-10 * torch.log10(((v - x) ** 2).mean()))}
         for thumb in args.thumbs:
             for rms in args.rms:
                 gen = torch.Generator().manual_seed(args.seed)
@@ -160,15 +185,23 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     summary = {"original": {p: float(np.mean([r["original"][p] for r in rows])) for p in PREPROC}}
+    if net is not None:
+        for view in conds:
+            summary[f"net_{view}"] = {p: float(np.mean([r[f"net_{view}"][p] for r in rows]))
+                                      for p in (*PREPROC, "psnr")}
     for thumb in args.thumbs:
         for rms in args.rms:
             key = f"thumb{thumb}_rms{rms:g}"
             summary[key] = {p: float(np.mean([r[key][p] for r in rows])) for p in (*PREPROC, "psnr")}
     res = {"command": "python benchmarks/residual_bound.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items() if k not in ("out", "render_only")),
+        for k, v in vars(args).items() if k not in ("out", "render_only") and v is not None),
         "size": [w, h], "steps": args.steps, "eot": args.eot, "seconds": round(time.time() - t0, 1),
         "summary": summary, "rows": rows}
+    if net is not None:
+        res["network"] = {"name": args.weights.stem, "weights": str(args.weights),
+                          "rms": {v: float(r) * 255 for v, r in zip(conds, net.indexer_residual.rms.tolist(),
+                                                                      strict=False)}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(summary, indent=1))

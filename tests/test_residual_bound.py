@@ -25,9 +25,16 @@ def test_design_doc_table_matches_results():
 
 def test_render_shows_every_measured_residual():
     mod = _mod()
-    res = {"size": [64, 43], "steps": 2, "command": "c", "rows": [{}],
-           "summary": {"original": {"short224": 1.0, "squash224": 1.0, "short448": 0.5},
-                       "thumb224_rms4": {"short224": 0.25, "squash224": 0.0, "short448": 1.0, "psnr": 36.1}}}
+    pre = {"short224": 1.0, "short336": 0.75, "short448": 0.5, "squash224": 1.0}
+    res = {"size": [64, 43], "steps": 2, "eot": "all", "command": "c", "rows": [{}],
+           "network": {"name": "ir9", "rms": {"shielded": 4.5}},
+           "summary": {"original": pre,
+                       "net_shielded": {**pre, "short224": 0.5, "psnr": 37.0},
+                       "thumb0_rms4.5": {"short224": 0.25, "short336": 0.0, "short448": 1.0, "squash224": 0.0,
+                                         "psnr": 36.1}}}
     md = mod.render_md(res)
-    assert "| 224x224, RMS 4 levels | 36.1 | 25% | 0% | 100% |" in md
+    assert "| residual | PSNR to the image (dB) | short224 | short336 | short448 | squash224 |" in md
+    assert "| full resolution, RMS 4.5 levels | 36.1 | 25% | 0% | 100% | 0% |" in md
+    assert "| network `ir9`, shielded view (RMS 4.5 levels at 224) | 37.0 | 50% | 75% | 50% | 100% |" in md
+    assert "all four preprocessings each step" in md
     assert md.startswith(mod.START) and md.endswith(mod.END)
