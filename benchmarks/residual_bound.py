@@ -29,15 +29,21 @@ import torch.nn.functional as F
 
 PREPROC = ("short224", "short336", "short448", "squash224")
 DOC = Path("docs/shield-design.md")
-START, END = "<!-- residual-bound:start -->", "<!-- residual-bound:end -->"
+START, END = "<!-- residual-bound:start -->", "<!-- residual-bound:end -->"  # the bound's own table
 
 
-def render_md(res: dict) -> str:
-    """The table of ``res`` (this script's JSON) as Markdown, between the page's markers."""
+def markers(name: str) -> tuple[str, str]:
+    """The page's markers of the table made from ``results/<name>.json``."""
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def render_md(res: dict, name: str = "residual-bound") -> str:
+    """The table of ``res`` (this script's JSON, ``results/<name>.json``) as Markdown, between its markers."""
+    start, end = markers(name)
     w, h = res["size"]
     s = res["summary"]
     cols = [p for p in PREPROC if p in s["original"]]
-    lines = [START, "", "| residual | PSNR to the image (dB) | " + " | ".join(cols) + " |",
+    lines = [start, "", "| residual | PSNR to the image (dB) | " + " | ".join(cols) + " |",
              "|---|---|" + "---|" * len(cols),
              "| none (the image) | n/a | " + " | ".join(f"{s['original'][p]:.0%}" for p in cols) + " |"]
     for key, row in s.items():
@@ -54,23 +60,31 @@ def render_md(res: dict) -> str:
                      + " | ".join(f"{row[p]:.0%}" for p in cols) + " |")
     n = len(res["rows"])
     through = "all four preprocessings each step" if res.get("eot") == "all" else "random indexer preprocessings"
-    lines += ["", f"Target 10-way top-1 on {n} labelled Imagenette val images at {w}x{h}, each residual optimised for "
-              f"its image ({res['steps']} Adam steps through {through}); "
-              f"`results/residual-bound.json`, made by `{res['command']}`.", "", END]
+    how = (f"each optimised residual made for its image ({res['steps']} Adam steps through {through})"
+           if any(k.startswith("thumb") for k in s) else "")
+    if "network" in res:
+        net = f"the network's residual made in one forward pass from `{res['network']['weights']}`"
+        how = f"{how}; {net}" if how else net
+    lines += ["", f"Target 10-way top-1 on {n} labelled Imagenette val images at {w}x{h}, {how}; "
+              f"`results/{name}.json`, made by `{res['command']}`.", "", end]
     return "\n".join(lines)
 
 
-def pasted(page: Path) -> str:
-    """What lies between the markers in ``page`` (markers included)."""
+def pasted(page: Path, name: str = "residual-bound") -> str:
+    """What lies between the markers of ``name`` in ``page`` (markers included)."""
+    start, end = markers(name)
     text = page.read_text()
-    return text[text.index(START): text.index(END) + len(END)]
+    return text[text.index(start): text.index(end) + len(end)]
 
 
 def render(out: Path, page: Path) -> None:
-    """Replace the table between the markers of ``page`` with the one rendered from ``out``."""
+    """Replace the table between the markers of ``out``'s name in ``page`` with the one rendered from ``out``."""
+    start, end = markers(out.stem)
     text = page.read_text()
-    block = render_md(json.loads(out.read_text()))
-    page.write_text(text[: text.index(START)] + block + text[text.index(END) + len(END):])
+    if start not in text:
+        raise SystemExit(f"{page} has no {start} ... {end} markers for {out}")
+    block = render_md(json.loads(out.read_text()), out.stem)
+    page.write_text(text[: text.index(start)] + block + text[text.index(end) + len(end):])
 
 
 def main() -> int:

@@ -16,18 +16,21 @@ def _mod():
     return mod
 
 
-def test_design_doc_table_matches_results():
+def test_design_doc_tables_match_results():
+    """The bound's table and each network's (``results/residual-net-*.json``) are what their JSON renders."""
     mod = _mod()
-    res = json.loads((ROOT / "results" / "residual-bound.json").read_text())
-    assert mod.pasted(ROOT / "docs" / "shield-design.md") == mod.render_md(res), (
-        "docs/shield-design.md is stale: python benchmarks/residual_bound.py --render-only")
+    files = [ROOT / "results" / "residual-bound.json", *sorted((ROOT / "results").glob("residual-net-*.json"))]
+    for path in files:
+        res = json.loads(path.read_text())
+        assert mod.pasted(ROOT / "docs" / "shield-design.md", path.stem) == mod.render_md(res, path.stem), (
+            f"docs/shield-design.md is stale: python benchmarks/residual_bound.py --render-only --out {path}")
 
 
 def test_render_shows_every_measured_residual():
     mod = _mod()
     pre = {"short224": 1.0, "short336": 0.75, "short448": 0.5, "squash224": 1.0}
     res = {"size": [64, 43], "steps": 2, "eot": "all", "command": "c", "rows": [{}],
-           "network": {"name": "ir9", "rms": {"shielded": 4.5}},
+           "network": {"name": "ir9", "weights": "w/ir9.safetensors", "rms": {"shielded": 4.5}},
            "summary": {"original": pre,
                        "net_shielded": {**pre, "short224": 0.5, "psnr": 37.0},
                        "thumb0_rms4.5": {"short224": 0.25, "short336": 0.0, "short448": 1.0, "squash224": 0.0,
@@ -36,5 +39,5 @@ def test_render_shows_every_measured_residual():
     assert "| residual | PSNR to the image (dB) | short224 | short336 | short448 | squash224 |" in md
     assert "| full resolution, RMS 4.5 levels | 36.1 | 25% | 0% | 100% | 0% |" in md
     assert "| network `ir9`, shielded view (RMS 4.5 levels at 224) | 37.0 | 50% | 75% | 50% | 100% |" in md
-    assert "all four preprocessings each step" in md
+    assert "all four preprocessings each step" in md and "one forward pass from `w/ir9.safetensors`" in md
     assert md.startswith(mod.START) and md.endswith(mod.END)
