@@ -29,12 +29,14 @@ import torch.nn.functional as F
 
 PREPROC = ("short224", "short336", "short448", "squash224")
 DOC = Path("docs/shield-design.md")
-START, END = "<!-- residual-bound:start -->", "<!-- residual-bound:end -->"  # the bound's own table
 
 
 def markers(name: str) -> tuple[str, str]:
     """The page's markers of the table made from ``results/<name>.json``."""
     return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+START, END = markers("residual-bound")  # the bound's own table
 
 
 def render_md(res: dict, name: str = "residual-bound") -> str:
@@ -131,6 +133,10 @@ def main() -> int:
         k = i % len(wnids)
         files.append((k, sorted((args.val / wnids[k]).iterdir())[i // len(wnids)]))
 
+    def encode(t: torch.Tensor) -> torch.Tensor:
+        """The target's embedding, a 336 or 448 crop seen by the tower at its own size."""
+        return embed_native(vlp, t) if t.shape[-1] != vlp.image_size else vlp.encode_image(t)
+
     def read(z: torch.Tensor) -> torch.Tensor:
         return (z @ text.t()).argmax(1)
 
@@ -138,8 +144,7 @@ def main() -> int:
         out = {}
         for name in PREPROC:
             t = ALL_VARIANTS[name](x)
-            z = embed_native(vlp, t) if t.shape[-1] != vlp.image_size else vlp.encode_image(t)
-            out[name] = int(read(z).item() == k)
+            out[name] = int(read(encode(t)).item() == k)
         return out
 
     net = None
@@ -178,8 +183,7 @@ def main() -> int:
                     return (x + up * (rms / 255) / up.pow(2).mean().sqrt().clamp_min(1e-8)).clamp(0, 1)
 
                 def margin(t: torch.Tensor, k: int = k) -> torch.Tensor:
-                    z = embed_native(vlp, t) if t.shape[-1] != vlp.image_size else vlp.encode_image(t)
-                    logits = vlp.logit_scale * z @ text.t()
+                    logits = vlp.logit_scale * encode(t) @ text.t()
                     other = logits.masked_fill(F.one_hot(torch.tensor(k), len(wnids)).bool(), -1e9)
                     return (logits[:, k] - other.max(1).values).clamp_min(-5).mean()
 
