@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Train the codec backbone on a lent accelerator in one call, then export the weights to $OUT.
 #
-#   bash scripts/train_device.sh                      # on the device machine (the device tool's `run`)
-#   OUT=/tmp/out DATA=../shared/data/bsds500 STEPS=2 BATCH=2 PATCH=128 AMP=off COMPILE=0 bash scripts/train_device.sh
+#   OUT=$OUT MINUTES=6.2 DECAY_MINUTES=1.5 BATCH=32 AMP=off COMPILE=0 bash scripts/train_device.sh   # device `run`
+#   OUT=/tmp/out DATA=../shared/data/bsds500 MINUTES=0.05 BATCH=2 PATCH=128 COMPILE=0 bash scripts/train_device.sh
 #
 # The stage is psic_lab/training/configs/rd/<model>.json (CONFIG); the settings below override it for the device.
 # It continues from the committed weights (their step count is in the metadata; see training.train.warm_start)
-# or from RUN_DIR's checkpoint, trains for MINUTES or STEPS, and writes $OUT/<model>.safetensors.
-# The device machine has torch but not compressai: carry its wheel (the device README says how) in .whl/.
+# or from RUN_DIR's checkpoint, trains for MINUTES at LR, then DECAY_MINUTES at DECAY_LR (a step down, as
+# CompressAI's schedules do; DECAY_MINUTES=0 skips it), and writes $OUT/<model>.safetensors and its log.
+#
+# What travels (64 MiB at most): the data in .devdata/ (cp -r ../shared/data/bsds500 .devdata/) and the wheels
+# the device's python 3.12 lacks in .whl/ (both in .git/info/exclude, both named in `carry`):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_34_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl compressai==1.2.8 pytorch-msssim==1.0.0 cryptography==50.0.2 cffi pycparser
+# and no weights but the model's own: take the others out of the tree for the call (the tree is over 64 MiB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-psic-msh2}
@@ -16,6 +23,9 @@ INIT=${INIT:-lab_weights/rd/$MODEL.safetensors}
 DATA=${DATA:-.devdata/bsds500}
 RUN_DIR=${RUN_DIR:-runs/device-$MODEL}
 MINUTES=${MINUTES:-8}
+LR=${LR:-1e-4}
+DECAY_MINUTES=${DECAY_MINUTES:-0}
+DECAY_LR=${DECAY_LR:-1e-5}
 STEPS=${STEPS:-1000000}
 BATCH=${BATCH:-32}
 PATCH=${PATCH:-256}
@@ -35,9 +45,14 @@ compile=(--no-compile)
 if [ "$COMPILE" = 1 ]; then compile=(--compile); fi
 config=()
 if [ -f "$CONFIG" ]; then config=(--config "$CONFIG"); fi
-"$PY" -m psic_lab.training rd "${config[@]}" --model-id "$MODEL" --data "$DATA" --run-dir "$RUN_DIR" \
-  --steps "$STEPS" --batch "$BATCH" --patch "$PATCH" --lr 1e-4 --max-minutes "$MINUTES" --amp "$AMP" \
-  "${compile[@]}" "${init[@]}" --threads 0 --log-every 100 --ckpt-every 1000 2>&1 | tee "$OUT/train.log"
+phase() {  # phase <lr> <minutes> <log>
+  "$PY" -m psic_lab.training rd "${config[@]}" --model-id "$MODEL" --data "$DATA" --run-dir "$RUN_DIR" \
+    --steps "$STEPS" --batch "$BATCH" --patch "$PATCH" --lr "$1" --lr-final "$1" --max-minutes "$2" --amp "$AMP" \
+    "${compile[@]}" "${init[@]}" --threads 0 --log-every 100 --ckpt-every 1000 2>&1 | tee -a "$OUT/$3"
+  init=()  # the second phase resumes from RUN_DIR's checkpoint
+}
+phase "$LR" "$MINUTES" train.log
+if [ "$DECAY_MINUTES" != 0 ]; then phase "$DECAY_LR" "$DECAY_MINUTES" train.log; fi
 "$PY" -m psic_lab.training export "$RUN_DIR/checkpoint.pt" "$OUT/$MODEL.safetensors" \
   --data-desc "BSDS500 train+val+test (500): random 256x256 crops with flips; never Kodak"
 cp "$RUN_DIR/log.jsonl" "$OUT/log.jsonl"

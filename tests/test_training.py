@@ -89,3 +89,20 @@ def test_committed_weights_continue_even_when_the_config_gained_a_field(tmp_path
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
               metadata={"config": _json.dumps(old, sort_keys=True), "steps": "7"})
     assert warm_start(build_model(cfg), str(path))["continue_step"] == 7
+
+
+def test_rd_stage_builds_its_optimisers_over_parameters_on_the_training_device(train_setup, tmp_path):
+    """A resumed GPU run failed at its first step: the optimisers were built over CPU parameters, so the
+    checkpoint's Adam moments were loaded onto the CPU, and only then was the model moved.  The model must be on
+    the training device before the optimisers exist (``load_state_dict`` then moves the state there).  The meta
+    device stands in for a GPU."""
+    import torch
+
+    from psic_lab.training.options import TrainConfig
+    from psic_lab.training.train import RDStage
+
+    data, cfg, key = train_setup
+    tc = TrainConfig(model_id=str(cfg), data=[str(data)], key=str(key), run_dir=str(tmp_path / "run"))
+    stage = RDStage(tc, torch.device("meta"))
+    for opt in stage.optimizers.values():
+        assert {p.device.type for g in opt.param_groups for p in g["params"]} == {"meta"}

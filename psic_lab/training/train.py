@@ -169,7 +169,10 @@ class RDStage:
         self.config, self.device, self.rank = tc, device, rank
         torch.manual_seed(tc.seed + rank)
         self.cfg = load_config(tc.model_id)
-        self.model = build_model(self.cfg)
+        # on the device before the optimisers exist: a resumed optimiser state is then moved onto the
+        # parameters' device by ``load_state_dict`` (built on the CPU, Adam's moments stayed there, and the first
+        # step of a resumed GPU run failed)
+        self.model = build_model(self.cfg).to(device)
         self.key = read_key(tc.key)
         self.key_cond = torch.tensor(condition(View.FULL, self.key, self.cfg.cond_dim))
         aux_params = [p for n, p in self.model.named_parameters() if n.endswith(".quantiles")]
