@@ -240,3 +240,38 @@ def test_residual_on_originals_skips_the_codec(tmp_path, key_file, monkeypatch):
     assert not torch.equal(before, stage.model.indexer_residual.pattern)
     with pytest.raises(ValueError, match="needs train_part residual"):
         ShieldStage(dataclasses.replace(sc, train_part="decoder"), vlp=TinyVLP())
+
+
+def test_pattern_stage_trains_a_universal_residual(tmp_path, key_file):
+    """``train_part pattern``: the U-Net's output is zeroed and frozen, only the per-view patterns move, so the
+    residual is the same for every image (a universal perturbation at the budget's RMS)."""
+    from psic_lab.training.shield import ShieldConfig, ShieldStage
+
+    cfg, data = _tiny_setup(tmp_path)
+    sc = ShieldConfig(init="", model_id=str(cfg), data=[str(data)], key=str(key_file), run_dir=str(tmp_path / "r"),
+                      batch=2, patch=48, indexer_residual=16, indexer_residual_rms="4,8", train_part="pattern",
+                      residual_input="original", views="shielded,strong", p_full=0.0, reset_trigger=False,
+                      ensemble="", weighting="fixed", nu=0.0, strong_nu=0.0)
+    from safetensors.torch import save_file
+
+    trained = ShieldStage(sc, vlp=TinyVLP()).model
+    _excite(trained.indexer_residual)  # a trained network's U-Net output is not zero ...
+    init = tmp_path / "trained.safetensors"
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(init))
+    stage = ShieldStage(dataclasses.replace(sc, init=str(init)), vlp=TinyVLP())  # ... the stage zeroes it
+    (tmp_path / "r").mkdir()
+    stage.start(0)
+    before = {k: v.clone() for k, v in stage.model.state_dict().items()}
+    for step in range(2):
+        loss, _ = stage.loss(step)
+        stage.optimizers["opt"].zero_grad()
+        loss.backward()
+        stage.optimizers["opt"].step()
+    after = stage.model.state_dict()
+    assert {k for k in before if not torch.equal(before[k], after[k])} == {"indexer_residual.pattern"}
+    res = stage.model.indexer_residual
+    view = torch.tensor([0, 0])
+    x = torch.rand(2, 3, 40, 56, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        r = res.residual(x, view)
+    assert torch.allclose(r[0], r[1]) and r.abs().max() > 0

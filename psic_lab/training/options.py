@@ -96,8 +96,9 @@ class ShieldConfig:
     embed_weight: float = 0.0  # weight of cos(target embedding of the keyless view, of the original) (0: off)
     scale_grid: int = 0  # > 0: give the decoder a scale branch with this many cells a side (ScaleBranch); 0: as init
     indexer_residual: int = 0  # > 0: give the model an IndexerResidual on thumbnails this many pixels a side
-    train_part: Literal["decoder", "residual"] = "decoder"  # what trains: the decoder and condition path, or only
-    # the indexer residual (the decoder frozen: keyed views exactly as they were)
+    train_part: Literal["decoder", "residual", "pattern"] = "decoder"  # what trains: the decoder and condition
+    # path; or only the indexer residual (the decoder frozen: keyed views exactly as they were); or only the
+    # residual's image-independent pattern per view (its U-Net's output set to zero: a universal perturbation)
     indexer_residual_rms: str = ""  # with indexer_residual: exact RMS per shield view in 8-bit levels, e.g. "4.5,9"
     # (a fixed budget instead of the tanh bound and the PSNR weighting); empty: as the model config
     residual_input: Literal["decoded", "original"] = "decoded"  # train_part residual: add the residual to the decoded

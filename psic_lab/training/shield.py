@@ -249,9 +249,10 @@ class ShieldStage:
         if sc.indexer_residual_rms:
             cfg = dataclasses.replace(cfg, indexer_residual_rms=tuple(
                 float(v) for v in sc.indexer_residual_rms.split(",")))
-        if sc.train_part == "residual" and not cfg.indexer_residual:
-            raise ValueError("train_part residual needs a model with an indexer residual (indexer_residual > 0)")
-        if sc.residual_input == "original" and sc.train_part != "residual":
+        residual_only = sc.train_part in ("residual", "pattern")
+        if residual_only and not cfg.indexer_residual:
+            raise ValueError(f"train_part {sc.train_part} needs a model with an indexer residual (indexer_residual > 0)")
+        if sc.residual_input == "original" and not residual_only:
             raise ValueError("residual_input original needs train_part residual (the decoder would not train)")
         self.qualities = torch.tensor(parse_qualities(sc.qualities, cfg.qualities))
         self.lambdas = torch.tensor(cfg.lambdas)
@@ -274,7 +275,13 @@ class ShieldStage:
         groups = [{"params": others, "lr_mult": 1.0}, {"params": trigger, "lr_mult": sc.trigger_lr_mult}]
         if own_branch:  # a fresh module in a low-lr fine-tune: it gets its own rate
             groups.append({"params": branch, "lr_mult": sc.branch_lr_mult})
-        if sc.train_part == "residual":  # the decoder is frozen; only the residual learns
+        if sc.train_part == "pattern":  # a universal residual: the U-Net's output is zero, only the patterns learn
+            with torch.no_grad():
+                model.indexer_residual.out.weight.zero_()
+                model.indexer_residual.out.bias.zero_()
+            self.trained_prefix = ("indexer_residual.pattern",)
+            groups = [{"params": [model.indexer_residual.pattern], "lr_mult": 1.0}]
+        elif sc.train_part == "residual":  # the decoder is frozen; only the residual learns
             self.trained_prefix = ("indexer_residual.",)
             groups = [{"params": [p for n, p in named if n.startswith(self.trained_prefix)], "lr_mult": 1.0}]
         else:
@@ -381,7 +388,7 @@ class ShieldStage:
         if not any(v in vs for v in keyless):
             vs[-1] = View.SHIELDED
         sel = {v: torch.tensor([w == v for w in vs]) for v in views}
-        cond = view_conditions(vs, self.conds, gen, wrong_keys=sc.train_part != "residual")
+        cond = view_conditions(vs, self.conds, gen, wrong_keys=sc.train_part == "decoder")
         height, width = x.shape[-2:]
         if sc.residual_input == "original":  # no codec: the residual on the original (the full view's stand-in)
             x_ref = x
@@ -395,7 +402,7 @@ class ShieldStage:
                 t_cond = torch.stack([c if v in self.preserve else self.conds[View.FULL]
                                       for v, c in zip(vs, cond, strict=True)])
                 x_ref = self.teacher.synthesize(y_hat, t_cond, q).clamp(0, 1)[..., :height, :width]
-            with torch.set_grad_enabled(sc.train_part != "residual"):
+            with torch.set_grad_enabled(sc.train_part == "decoder"):
                 x_hat = self.model.synthesize(y_hat, cond, q).clamp(0, 1)[..., :height, :width]
             x_hat = self.model.finish(x_hat, cond)  # the view as the codec makes it at this size (indexer residual)
         lam = self.lambdas[q] * 255**2
@@ -449,7 +456,7 @@ class ShieldStage:
         decoder frozen), every view the first init weights file had (its metadata)."""
         views = list(self.views)
         first = self.config.init.split(",")[0].partition("=")[0]
-        if self.config.train_part == "residual" and first.endswith(".safetensors"):
+        if self.config.train_part != "decoder" and first.endswith(".safetensors"):
             from safetensors import safe_open
 
             with safe_open(first, framework="pt") as f:
