@@ -251,7 +251,8 @@ class ShieldStage:
                 float(v) for v in sc.indexer_residual_rms.split(",")))
         residual_only = sc.train_part in ("residual", "pattern")
         if residual_only and not cfg.indexer_residual:
-            raise ValueError(f"train_part {sc.train_part} needs a model with an indexer residual (indexer_residual > 0)")
+            raise ValueError(f"train_part {sc.train_part} needs a model with an indexer residual "
+                             "(indexer_residual > 0)")
         if sc.residual_input == "original" and not residual_only:
             raise ValueError("residual_input original needs train_part residual (the decoder would not train)")
         self.qualities = torch.tensor(parse_qualities(sc.qualities, cfg.qualities))
