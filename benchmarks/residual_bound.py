@@ -10,7 +10,8 @@ the indexer's preprocessing: ``--eot sample`` draws one per step (``IndexerSampl
 squash224, tiles), ``--eot all`` sums the loss over the four single-image preprocessings of the table every
 step. Thumbnail side 0 means a full-resolution residual (no stretch): the bound over every residual. The table
 is the target's 10-way top-1 on the result under short224, short336, short448 (the towers at 336 and 448) and
-squash224, with the original's for reference. A decoder-side residual made by a network (``IndexerResidual``)
+squash224, with the original's for reference, and the cosine of the target's embeddings of the result and of
+the original (short224; similarity search ranks by it). A decoder-side residual made by a network (``IndexerResidual``)
 sees no labels and one forward pass per image, so these numbers are what it could reach at most, not what it
 reaches. Writes ``--out`` (JSON) and the table in ``docs/shield-design.md``. The base image is the original,
 not a decoded view: the bound is about the shield.
@@ -45,21 +46,27 @@ def render_md(res: dict, name: str = "residual-bound") -> str:
     w, h = res["size"]
     s = res["summary"]
     cols = [p for p in PREPROC if p in s["original"]]
-    lines = [start, "", "| residual | PSNR to the image (dB) | " + " | ".join(cols) + " |",
-             "|---|---|" + "---|" * len(cols),
-             "| none (the image) | n/a | " + " | ".join(f"{s['original'][p]:.0%}" for p in cols) + " |"]
+    cos = any("cos" in row for row in s.values())  # measured since the embedding column was added
+
+    def cells(row: dict) -> str:
+        extra = [f"{row['cos']:.2f}" if "cos" in row else "1.00"] if cos else []
+        return " | ".join([f"{row[p]:.0%}" for p in cols] + extra) + " |"
+
+    lines = [start, "", "| residual | PSNR to the image (dB) | " + " | ".join(cols)
+             + (" | embedding cos to the original (short224)" if cos else "") + " |",
+             "|---|---|" + "---|" * (len(cols) + cos),
+             "| none (the image) | n/a | " + cells(s["original"])]
     for key, row in s.items():
         if key == "original":
             continue
         if key.startswith("net_"):  # the network's own residual (--weights): one forward pass, no label
             view = key.removeprefix("net_")
             lines.append(f"| network `{res['network']['name']}`, {view} view (RMS {res['network']['rms'][view]:g} "
-                         f"levels at 224) | {row['psnr']:.1f} | " + " | ".join(f"{row[p]:.0%}" for p in cols) + " |")
+                         f"levels at 224) | {row['psnr']:.1f} | " + cells(row))
             continue
         thumb, rms = key.removeprefix("thumb").split("_rms")
         res_name = "full resolution" if thumb == "0" else f"{thumb}x{thumb}"
-        lines.append(f"| {res_name}, RMS {rms} levels | {row['psnr']:.1f} | "
-                     + " | ".join(f"{row[p]:.0%}" for p in cols) + " |")
+        lines.append(f"| {res_name}, RMS {rms} levels | {row['psnr']:.1f} | " + cells(row))
     n = len(res["rows"])
     through = "all four preprocessings each step" if res.get("eot") == "all" else "random indexer preprocessings"
     how = (f"each optimised residual made for its image ({res['steps']} Adam steps through {through})"
@@ -147,6 +154,12 @@ def main() -> int:
             out[name] = int(read(encode(t)).item() == k)
         return out
 
+    def cos(v: torch.Tensor, x: torch.Tensor) -> float:
+        """Cosine of the target's image embeddings of ``v`` and of the original ``x`` (short224): what
+        similarity search compares."""
+        a, b = (F.normalize(encode(ALL_VARIANTS["short224"](t)), dim=-1) for t in (v, x))
+        return float((a * b).sum())
+
     net = None
     if args.weights is not None:
         import tempfile
@@ -170,7 +183,8 @@ def main() -> int:
             if net is not None:
                 for view, cond in conds.items():
                     v = net.finish(x, cond)
-                    row[f"net_{view}"] = {**top1(v, k), "psnr": float(-10 * torch.log10(((v - x) ** 2).mean()))}
+                    row[f"net_{view}"] = {**top1(v, k), "psnr": float(-10 * torch.log10(((v - x) ** 2).mean())),
+                                          "cos": cos(v, x)}
         for thumb in args.thumbs:
             for rms in args.rms:
                 gen = torch.Generator().manual_seed(args.seed)
@@ -198,7 +212,7 @@ def main() -> int:
                     opt.step()
                 with torch.no_grad():
                     v = view(d)
-                    row[f"thumb{thumb}_rms{rms:g}"] = {**top1(v, k),
+                    row[f"thumb{thumb}_rms{rms:g}"] = {**top1(v, k), "cos": cos(v, x),
                                                       "psnr": float(-10 * torch.log10(((v - x) ** 2).mean()))}
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -206,11 +220,11 @@ def main() -> int:
     if net is not None:
         for view in conds:
             summary[f"net_{view}"] = {p: float(np.mean([r[f"net_{view}"][p] for r in rows]))
-                                      for p in (*PREPROC, "psnr")}
+                                      for p in (*PREPROC, "psnr", "cos")}
     for thumb in args.thumbs:
         for rms in args.rms:
             key = f"thumb{thumb}_rms{rms:g}"
-            summary[key] = {p: float(np.mean([r[key][p] for r in rows])) for p in (*PREPROC, "psnr")}
+            summary[key] = {p: float(np.mean([r[key][p] for r in rows])) for p in (*PREPROC, "psnr", "cos")}
     res = {"command": "python benchmarks/residual_bound.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
         for k, v in vars(args).items() if k not in ("out", "render_only") and v is not None),

@@ -41,3 +41,18 @@ def test_render_shows_every_measured_residual():
     assert "| network `ir9`, shielded view (RMS 4.5 levels at 224) | 37.0 | 50% | 75% | 50% | 100% |" in md
     assert "all four preprocessings each step" in md and "one forward pass from `w/ir9.safetensors`" in md
     assert md.startswith(mod.START) and md.endswith(mod.END)
+
+
+def test_render_shows_the_embedding_cosine_when_measured():
+    """Similarity search ranks by the embedding: the table shows its cosine to the original when the JSON has it."""
+    mod = _mod()
+    pre = {"short224": 1.0, "short336": 1.0, "short448": 1.0, "squash224": 1.0}
+    res = {"size": [64, 43], "steps": 2, "eot": "all", "command": "c", "rows": [{}],
+           "network": {"name": "up9", "weights": "w/up9.safetensors", "rms": {"shielded": 4.5}},
+           "summary": {"original": pre, "net_shielded": {**pre, "psnr": 35.0, "cos": 0.25}}}
+    md = mod.render_md(res)
+    assert "| squash224 | embedding cos to the original (short224) |" in md
+    assert "| network `up9`, shielded view (RMS 4.5 levels at 224) | 35.0 | 100% | 100% | 100% | 100% | 0.25 |" in md
+    assert "| none (the image) | n/a | 100% | 100% | 100% | 100% | 1.00 |" in md
+    del res["summary"]["net_shielded"]["cos"]
+    assert "embedding cos" not in mod.render_md(res)
