@@ -275,3 +275,29 @@ def test_pattern_stage_trains_a_universal_residual(tmp_path, key_file):
     with torch.no_grad():
         r = res.residual(x, view)
     assert torch.allclose(r[0], r[1]) and r.abs().max() > 0
+
+
+def test_texture_masking_moves_the_budget_out_of_flat_regions():
+    """``mask_power``: the same budget, but most of it where the thumbnail has texture; without it the
+    residual spreads evenly.  The exact RMS per view still holds."""
+    x = torch.full((1, 3, 224, 224), 0.5)
+    x[..., :, 112:] += 0.2 * torch.rand(1, 3, 224, 112, generator=torch.Generator().manual_seed(0))  # texture right
+    view = torch.tensor([0])
+    share = {}
+    for power in (0.0, 1.0):
+        torch.manual_seed(0)
+        res = IndexerResidual(224, 2, rms=(4.5, 9.0), mask_power=power)
+        with torch.no_grad():
+            r = res.residual(x, view)
+        assert torch.allclose(r.pow(2).mean().sqrt() * 255, torch.tensor(4.5), atol=1e-3)
+        share[power] = float(r[..., :100].pow(2).mean() / r.pow(2).mean())  # energy in the flat left part
+    assert 0.6 < share[0.0] < 1.4
+    assert share[1.0] < 0.05
+
+
+def test_texture_mask_is_part_of_the_model_config():
+    import json
+
+    cfg = dataclasses.replace(load_config("psic-sh"), indexer_residual=32, indexer_residual_mask=0.5)
+    assert type(cfg).from_dict(json.loads(cfg.to_json())) == cfg
+    assert build_model(cfg).indexer_residual.mask_power == 0.5

@@ -141,7 +141,8 @@ class ConditionalHyperprior(nn.Module):
         self.indexer_residual = None
         if cfg.indexer_residual:  # the shields' residual at the indexer's scale, for their public conditions only
             self.indexer_residual = IndexerResidual(cfg.indexer_residual, len(SHIELD_VIEWS),
-                                                    rms=cfg.indexer_residual_rms)
+                                                    rms=cfg.indexer_residual_rms,
+                                                    mask_power=cfg.indexer_residual_mask)
         self._runtime: dict[str, nn.Module] | None = None
         self.transform_dtype: torch.dtype | None = None  # training only: autocast g_a / g_s (see _autocast)
         self.tile_latent = 64  # g_a / g_s run in overlapping tiles of 64x64 latents (1024x1024 pixels)

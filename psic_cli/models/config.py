@@ -31,6 +31,8 @@ class ModelConfig:
     # the whole decoded image and resized to it (IndexerResidual; docs/shield-design.md); 0: none
     indexer_residual_rms: tuple[float, ...] = ()  # per shield view (shielded, strong), the residual's exact RMS in
     # 8-bit levels at thumbnail resolution (a fixed budget); empty: bounded by a tanh instead (0.25 at most)
+    indexer_residual_mask: float = 0.0  # > 0: the residual is weighted by the thumbnail's local activity to this
+    # power before its budget is applied (texture masking: less in flat sky, more in texture); 0: uniform
     scale_keyless_only: bool = False  # the scale branch acts only for the public keyless conditions (the shields):
     # for any other condition (a key's full or machine view, a wrong key) its maps are exactly zero
 

@@ -134,10 +134,17 @@ class IndexerResidual(nn.Module):
     With ``rms`` (one value per view, in 8-bit levels) each image's residual is scaled to exactly that RMS at
     thumbnail resolution: a fixed budget, so that training only chooses its direction (the pattern then starts
     as small noise, since a zero residual has no direction); without it a tanh bounds it instead.
+
+    With ``mask_power`` > 0 the residual is weighted, before the budget, by the thumbnail's local activity
+    (mean absolute high-pass of its luma over 5x5 pixels, relative to the image's mean) to that power: texture
+    masking, so that a budget spent in flat sky and skin, where a pattern shows, moves into texture, where it
+    does not.  The weight depends on the image, so the residual differs from photo to photo.
     """
 
-    def __init__(self, side: int = 224, views: int = 2, width: int = 32, rms: tuple[float, ...] = ()):
+    def __init__(self, side: int = 224, views: int = 2, width: int = 32, rms: tuple[float, ...] = (),
+                 mask_power: float = 0.0):
         super().__init__()
+        self.mask_power = float(mask_power)
         if rms and len(rms) != views:
             raise ValueError(f"indexer residual: {len(rms)} RMS budgets for {views} views")
         self.side, self.views = side, views
@@ -173,10 +180,20 @@ class IndexerResidual(nn.Module):
         g2 = F.gelu(self.d2(torch.cat([up(g3, f2), f2], 1)))
         g1 = F.gelu(self.d1(torch.cat([up(g2, f1), f1], 1)))
         g = self.out(g1) + self.pattern[view.clamp_min(0)]
+        if self.mask_power:
+            g = g * self.activity(thumb) ** self.mask_power
         if self.rms.numel():
             norm = g.pow(2).mean(dim=(1, 2, 3), keepdim=True).add(1e-12).sqrt()
             return g * (self.rms[view.clamp_min(0)][:, None, None, None] / norm)
         return 0.25 * torch.tanh(g)
+
+    @staticmethod
+    def activity(thumb: Tensor) -> Tensor:
+        """Local activity ``(B, 1, s, s)`` of a thumbnail in [0, 1], relative to its mean (flat: near 0)."""
+        luma = thumb.mean(1, keepdim=True)
+        high = luma - F.avg_pool2d(F.pad(luma, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+        act = F.avg_pool2d(F.pad(high.abs(), (2, 2, 2, 2), mode="replicate"), 5, stride=1)
+        return (act / act.mean(dim=(2, 3), keepdim=True).clamp_min(1e-6)).clamp(0.02, 8.0)
 
     def forward(self, x: Tensor, view: Tensor) -> Tensor:
         """``x`` plus each selected view's residual at ``x``'s size (rows whose ``view`` is -1 unchanged)."""

@@ -101,6 +101,8 @@ class ShieldConfig:
     # residual's image-independent pattern per view (its U-Net's output set to zero: a universal perturbation)
     indexer_residual_rms: str = ""  # with indexer_residual: exact RMS per shield view in 8-bit levels, e.g. "4.5,9"
     # (a fixed budget instead of the tanh bound and the PSNR weighting); empty: as the model config
+    indexer_residual_mask: float = 0.0  # with indexer_residual: > 0 sets the model's texture-masking power (0: as
+    # the model config)
     residual_input: Literal["decoded", "original"] = "decoded"  # train_part residual: add the residual to the decoded
     # view (the codec runs every step) or to the original image (no codec: several times faster per step)
     scale_keyless_only: bool = False  # with scale_grid: the branch acts for the shields' public conditions only

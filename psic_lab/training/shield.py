@@ -249,6 +249,8 @@ class ShieldStage:
         if sc.indexer_residual_rms:
             cfg = dataclasses.replace(cfg, indexer_residual_rms=tuple(
                 float(v) for v in sc.indexer_residual_rms.split(",")))
+        if sc.indexer_residual_mask:
+            cfg = dataclasses.replace(cfg, indexer_residual_mask=sc.indexer_residual_mask)
         residual_only = sc.train_part in ("residual", "pattern")
         if residual_only and not cfg.indexer_residual:
             raise ValueError(f"train_part {sc.train_part} needs a model with an indexer residual "
