@@ -249,8 +249,8 @@ def test_ctrl_c_in_a_two_worker_folder_decode_prints_one_line(tiny_env, tmp_path
 
     src, out = tmp_path / "coded", tmp_path / "views"
     src.mkdir()
-    for i in range(40):
-        (src / f"{i:02d}.psic").write_bytes(codec.encode_pixels(np.roll(rgb_image, i, axis=1), "tiny-sh", 1))
+    for i in range(200):  # 40 could all decode before the signal on a fast, idle machine (seen once)
+        (src / f"{i:03d}.psic").write_bytes(codec.encode_pixels(np.roll(rgb_image, i, axis=1), "tiny-sh", 1))
     cmd = [sys.executable, "-m", "psic_cli", "decode", str(src), "-o", str(out), "-j", "2", "--quiet"]
     proc = subprocess.Popen(cmd, env=_env(tiny_env), stderr=subprocess.PIPE, text=True, cwd=REPO,
                             start_new_session=True)
@@ -260,7 +260,7 @@ def test_ctrl_c_in_a_two_worker_folder_decode_prints_one_line(tiny_env, tmp_path
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=180)
-    assert proc.returncode == 130, err  # 40 files: the batch is still running when the signal comes
+    assert proc.returncode == 130, err  # 200 files: the batch is still running when the signal comes
     assert err.strip().splitlines() == ["psic: error: interrupted; partial outputs removed"], err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert not [p for p in out.rglob("*") if p.name.endswith(".part")]
