@@ -129,7 +129,13 @@ def test_sigint_and_sigterm_during_a_write(tiny_env, tmp_path):
     moments = [(signal.SIGTERM, 0.3), (signal.SIGTERM, 2.0), (signal.SIGINT, "part"), (signal.SIGTERM, "part"),
                (signal.SIGKILL, "part")]
     seen_part, codes = 0, []
+    # a signal sent the moment the temporary file appears can still arrive after the write ended (exit 0,
+    # seen once): such a "part" moment is tried again, up to three times
+    moments = [m for m in moments for _ in range(3 if m[1] == "part" else 1)]
+    done: set = set()
     for sig, when in moments:
+        if (sig, when) in done:
+            continue
         proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
         if when == "part":
             deadline = time.time() + 120
@@ -141,6 +147,8 @@ def test_sigint_and_sigterm_during_a_write(tiny_env, tmp_path):
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
         codes.append(proc.returncode)
+        if when != "part" or proc.returncode != 0:
+            done.add((sig, when))
         # before the CLI is up (still importing) a signal kills it as by default: nothing was written yet
         allowed = (0, expected[sig]) if when == "part" else (0, expected[sig], -sig)
         assert proc.returncode in allowed, (sig, when, proc.returncode, err)
