@@ -23,6 +23,19 @@ def _excite(module: IndexerResidual, seed: int = 1) -> None:
     module.out.weight.data = torch.randn(module.out.weight.shape, generator=g) * 0.5
 
 
+def _moved_by_steps(stage, steps: int) -> set[str]:
+    """Start ``stage``, take ``steps`` optimiser steps, and return the names of the tensors that changed."""
+    stage.start(0)
+    before = {k: v.clone() for k, v in stage.model.state_dict().items()}
+    for step in range(steps):
+        loss, _ = stage.loss(step)
+        stage.optimizers["opt"].zero_grad()
+        loss.backward()
+        stage.optimizers["opt"].step()
+    after = stage.model.state_dict()
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
 def _model(side: int):
     torch.manual_seed(0)
     return build_model(dataclasses.replace(load_config("psic-sh"), indexer_residual=side)).eval()
@@ -98,15 +111,7 @@ def test_residual_stage_trains_only_the_residual(tmp_path, key_file):
                       p_full=0.0, reset_trigger=False, ensemble="")
     stage = ShieldStage(sc, vlp=TinyVLP())
     (tmp_path / "r").mkdir()
-    stage.start(0)
-    before = {k: v.clone() for k, v in stage.model.state_dict().items()}
-    for step in range(3):
-        loss, _ = stage.loss(step)
-        stage.optimizers["opt"].zero_grad()
-        loss.backward()
-        stage.optimizers["opt"].step()
-    after = stage.model.state_dict()
-    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    moved = _moved_by_steps(stage, 3)
     assert moved and all(k.startswith("indexer_residual.") for k in moved)
     assert "indexer_residual.out.weight" in moved
 
@@ -260,15 +265,7 @@ def test_pattern_stage_trains_a_universal_residual(tmp_path, key_file):
     save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(init))
     stage = ShieldStage(dataclasses.replace(sc, init=str(init)), vlp=TinyVLP())  # ... the stage zeroes it
     (tmp_path / "r").mkdir()
-    stage.start(0)
-    before = {k: v.clone() for k, v in stage.model.state_dict().items()}
-    for step in range(2):
-        loss, _ = stage.loss(step)
-        stage.optimizers["opt"].zero_grad()
-        loss.backward()
-        stage.optimizers["opt"].step()
-    after = stage.model.state_dict()
-    assert {k for k in before if not torch.equal(before[k], after[k])} == {"indexer_residual.pattern"}
+    assert _moved_by_steps(stage, 2) == {"indexer_residual.pattern"}
     res = stage.model.indexer_residual
     view = torch.tensor([0, 0])
     x = torch.rand(2, 3, 40, 56, generator=torch.Generator().manual_seed(3))
