@@ -107,3 +107,75 @@ def test_tiled_writes_into_one_output_buffer():
         down = torch.nn.Conv2d(3, 5, 5, stride=4, padding=2).double().eval()
         y = torch.rand(1, 3, 96, 160, dtype=torch.float64)
         assert torch.allclose(tiled(down, y, scale=1 / 4, tile=32, margin=16), down(y), atol=1e-12)
+
+
+def test_cdf_indexes_equal_compressais_build_indexes_on_and_around_every_table_entry(tiny_model):
+    from psic_cli.models.backbones import cdf_indexes
+
+    tiny_model.update()
+    gc = tiny_model.gaussian_conditional
+    table = gc.scale_table.double()
+    scales = torch.cat([
+        torch.exp(torch.randn(20000, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3),
+        table, table.nextafter(table + 1), table.nextafter(table - 1),
+        torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -1.0], dtype=torch.float64),
+    ])
+    assert torch.equal(cdf_indexes(gc, scales), gc.build_indexes(scales))
+
+
+@pytest.mark.parametrize("film", [False, True])
+def test_inference_decoder_equals_the_training_decoder_with_every_modulation_active(film):
+    """The runtime g_s (in-place blocks, GDN as a matrix product over channels_last pixels) computes what the
+    autograd path computes, with the triggers' biases (and FiLM scales) all non-zero."""
+    from compressai.layers import GDN
+
+    torch.manual_seed(1)
+    tiny_model = build_model(ModelConfig.from_dict({**TINY, "trigger_scale": film, "trigger_head": film}))
+    with torch.no_grad():
+        for name, p in tiny_model.g_s.named_parameters():
+            if name.split(".")[-2] in {"p1", "p2", "s1", "s2"}:
+                p.normal_(0, 0.05)
+    y = torch.round(torch.randn(1, tiny_model.cfg.M, 5, 7) * 3)
+    cond = torch.sign(torch.randn(1, tiny_model.cfg.cond_dim))
+    q = torch.tensor([1])
+    ref = tiny_model.synthesize(y, cond, q)  # autograd on: the training path
+    assert ref.requires_grad
+    rt = tiny_model.runtime_modules()["g_s"]
+    assert not any(isinstance(m, GDN) for m in rt.modules())  # every GDN replaced by its frozen copy
+    with torch.no_grad():
+        fast = tiny_model.synthesize(y, cond, q, runtime=True)
+    assert (fast - ref.detach()).abs().max() < 1e-4
+
+
+def test_frozen_gdn_equals_gdn_in_both_layouts_and_leaves_its_input_alone():
+    from compressai.layers import GDN
+
+    from psic_cli.models.layers import FrozenGDN
+
+    torch.manual_seed(2)
+    for inverse in (False, True):
+        gdn = GDN(6, inverse=inverse)
+        with torch.no_grad():
+            gdn.gamma.add_(torch.rand(6, 6) * 0.1)
+        x = torch.randn(2, 6, 5, 4)
+        ref = gdn(x)
+        frozen = FrozenGDN(gdn)
+        for inp in (x.clone(), x.clone().contiguous(memory_format=torch.channels_last)):
+            with torch.no_grad():
+                out = frozen(inp)
+            assert torch.allclose(out, ref.detach(), atol=1e-6)
+            assert torch.equal(inp, x)
+
+
+def test_decoder_hyper_keeps_the_encoders_float64_scales_exactly_and_its_means_closely():
+    torch.manual_seed(3)
+    m = build_model(ModelConfig.from_dict({**TINY, "arch": "mean-scale-hyperprior"}))
+    m.eval()
+    z_hat = torch.round(torch.randn(1, m.cfg.N, 3, 4) * 4)
+    y_shape = (10, 13)  # not a multiple of 4 latents: the crop must come after the last 3x3 layer
+    with torch.no_grad():
+        scales, means = m._hyper(z_hat.double(), m.runtime_modules()["h_s"], y_shape)
+        d_scales, d_means = m._decoder_hyper(z_hat, y_shape)
+    assert d_scales.dtype == d_means.dtype == torch.float64
+    assert torch.equal(d_scales, scales)
+    assert d_means.shape == means.shape and (d_means - means).abs().max() < 1e-4

@@ -29,7 +29,13 @@ from torch import Tensor, nn
 
 from psic_cli._compat import import_compressai_core
 from psic_cli.models.config import ModelConfig
-from psic_cli.models.layers import ConditionalSynthesis, IndexerResidual, TriggerGenerator, ste_round
+from psic_cli.models.layers import (
+    ConditionalSynthesis,
+    IndexerResidual,
+    TriggerGenerator,
+    freeze_gdn,
+    ste_round,
+)
 from psic_cli.models.rans_guard import guarded
 from psic_cli.views import SHIELD_VIEWS, condition
 
@@ -51,6 +57,14 @@ def _conv(cin: int, cout: int, k: int = 5, s: int = 2) -> nn.Conv2d:
 
 def _deconv(cin: int, cout: int, k: int = 5, s: int = 2) -> nn.ConvTranspose2d:
     return nn.ConvTranspose2d(cin, cout, k, stride=s, output_padding=s - 1, padding=k // 2)
+
+
+def cdf_indexes(gc: GaussianConditional, scales: Tensor) -> Tensor:
+    """Which CDF codes each symbol: exactly ``gc.build_indexes(scales)`` (the number of table entries below the
+    bounded scale, compared in the scales' dtype), with one binary search per symbol where CompressAI makes one
+    pass over the whole latent per table entry."""
+    scales = gc.lower_bound_scale(scales)
+    return torch.bucketize(scales, gc.scale_table[:-1].to(scales.dtype), right=False).int()
 
 
 def symbols_checksum(*arrays: Tensor) -> int:
@@ -159,6 +173,20 @@ class ConditionalHyperprior(nn.Module):
             scales, means = params.chunk(2, 1)
             return scales, means
         return params, None
+
+    def _decoder_hyper(self, z_hat: Tensor, y_shape: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
+        """The decoder's ``_hyper``: the scales (which pick the CDFs) in float64 as the encoder has them; the
+        means of the mean-scale hyperprior, which pick nothing (the symbols come from the stream and the means
+        are only added to them), from the same float64 features by a float32 convolution, half the last
+        layer's float64 work.  ``y_hat`` then differs from the encoder's by float32 rounding, far below a
+        pixel level."""
+        rt = self.runtime_modules()
+        if not self.mean_scale:
+            return self._hyper(z_hat.double(), rt["h_s"], y_shape)
+        feats = rt["h_s"][:-1](z_hat.double())  # cropped to y after the last 3x3 layer, as _hyper does
+        scales = rt["h_s_scales"](feats)[..., : y_shape[0], : y_shape[1]]
+        means = rt["h_s_means"](feats.float().contiguous(memory_format=torch.channels_last))
+        return scales, means[..., : y_shape[0], : y_shape[1]].double().contiguous()
 
     def scale_maps(self, g_s: nn.Module, y: Tensor, tau: Tensor, cond: Tensor) -> list[Tensor] | None:
         """The scale branch's maps for the whole latent ``y``; with ``scale_keyless_only`` they are zero for
@@ -274,9 +302,20 @@ class ConditionalHyperprior(nn.Module):
         if self._runtime is None:
             self._runtime = {
                 "h_s": copy.deepcopy(self.h_s).double().eval(),
-                "g_s": copy.deepcopy(self.g_s).float().eval().to(memory_format=torch.channels_last),
+                "g_s": freeze_gdn(copy.deepcopy(self.g_s).float().eval()).to(memory_format=torch.channels_last),
                 "cltg": copy.deepcopy(self.cltg).float().eval(),
             }
+            if self.mean_scale:  # the last layer of h_s split into its scale and mean halves (_decoder_hyper)
+                last, m = self.h_s[-1], self.cfg.M
+                halves = {}
+                for name, rows, dtype in (("h_s_scales", slice(0, m), torch.float64),
+                                          ("h_s_means", slice(m, 2 * m), torch.float32)):
+                    conv = nn.Conv2d(last.in_channels, m, last.kernel_size, last.stride, last.padding)
+                    conv.weight.data.copy_(last.weight.detach()[rows])
+                    conv.bias.data.copy_(last.bias.detach()[rows])
+                    halves[name] = conv.to(dtype).eval()
+                halves["h_s_means"] = halves["h_s_means"].to(memory_format=torch.channels_last)
+                self._runtime.update(halves)
         return self._runtime
 
     @torch.no_grad()
@@ -288,7 +327,7 @@ class ConditionalHyperprior(nn.Module):
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
         scales_hat, means_hat = self._hyper(z_hat.double(), self.runtime_modules()["h_s"], y.shape[-2:])
-        indexes = self.gaussian_conditional.build_indexes(scales_hat)
+        indexes = cdf_indexes(self.gaussian_conditional, scales_hat)
         mu = means_hat if means_hat is not None else torch.zeros_like(scales_hat)
         y_sym = torch.round(y.double() - mu)
         y_strings = self.gaussian_conditional.compress(y.double(), indexes, means=mu)
@@ -308,8 +347,8 @@ class ConditionalHyperprior(nn.Module):
         ``container.latent_shape``)."""
         with guarded(self.entropy_bottleneck, self.gaussian_conditional):  # crafted strings cannot crash us
             z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
-            scales_hat, means_hat = self._hyper(z_hat.double(), self.runtime_modules()["h_s"], y_shape)
-            indexes = self.gaussian_conditional.build_indexes(scales_hat)
+            scales_hat, means_hat = self._decoder_hyper(z_hat, y_shape)
+            indexes = cdf_indexes(self.gaussian_conditional, scales_hat)
             y_sym = self.gaussian_conditional.decompress(strings[0], indexes, dtype=torch.float64)
         z_sym = torch.round(z_hat - self.entropy_bottleneck._get_medians())
         y_hat = y_sym + (means_hat if means_hat is not None else 0.0)

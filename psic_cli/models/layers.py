@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from psic_cli._compat import import_compressai_core
 
 import_compressai_core()
-from compressai.layers import ResidualBlockUpsample, conv3x3, subpel_conv3x3  # noqa: E402
+from compressai.layers import GDN, ResidualBlockUpsample, conv3x3, subpel_conv3x3  # noqa: E402
 
 
 class TriggerGenerator(nn.Module):
@@ -59,6 +59,8 @@ class CondResBlock(nn.Module):
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, f: Tensor, tau: Tensor) -> Tensor:
+        if not torch.is_grad_enabled():
+            return self._infer(f, tau)
         h = F.gelu(self.conv1(f))
         if self.s1 is not None:
             h = h * (1 + self.s1(tau)[:, :, None, None])
@@ -66,6 +68,49 @@ class CondResBlock(nn.Module):
         if self.s2 is not None:
             h = h * (1 + self.s2(tau)[:, :, None, None])
         return h + self.p2(tau)[:, :, None, None] + self.skip(f)
+
+    def _infer(self, f: Tensor, tau: Tensor) -> Tensor:
+        """The same arithmetic without autograd, in place: each GELU, FiLM scale and bias is one pass over the
+        convolution's output instead of a new tensor per step (the decoder's large stages are bound by memory
+        traffic as much as by the convolutions)."""
+        h = torch.ops.aten.gelu_(self.conv1(f))
+        _modulate(h, self.s1, self.p1, tau)
+        h = torch.ops.aten.gelu_(self.conv2(h))
+        _modulate(h, self.s2, self.p2, tau)
+        return h.add_(self.skip(f))
+
+
+def _modulate(h: Tensor, scale: nn.Linear | None, bias: nn.Linear, tau: Tensor) -> None:
+    """``h = h * (1 + scale(tau)) + bias(tau)`` in place, per channel, in one pass."""
+    p = bias(tau)[:, :, None, None].to(h.dtype)
+    if scale is None:
+        h.add_(p)
+    else:
+        torch.addcmul(p, h, 1 + scale(tau)[:, :, None, None].to(h.dtype), out=h)
+
+
+class FrozenGDN(nn.Module):
+    """Inference copy of a CompressAI ``GDN`` / inverse GDN with its reparametrised ``beta`` and ``gamma``
+    computed once.  On a channels_last input the 1x1 normalisation is one matrix product over the pixels
+    (``x^2 @ gamma^T + beta``, what ``F.conv2d`` computes) and the rest is done in place; other layouts use the
+    convolution."""
+
+    def __init__(self, gdn: nn.Module):
+        super().__init__()
+        self.inverse = bool(gdn.inverse)
+        with torch.no_grad():
+            self.register_buffer("beta", gdn.beta_reparam(gdn.beta).detach().clone())
+            self.register_buffer("gamma", gdn.gamma_reparam(gdn.gamma).detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        if not x.is_contiguous(memory_format=torch.channels_last) or x.requires_grad:
+            norm = F.conv2d(x * x, self.gamma.reshape(c, c, 1, 1), self.beta)
+            return x * (torch.sqrt(norm) if self.inverse else torch.rsqrt(norm))
+        flat = x.permute(0, 2, 3, 1).reshape(-1, c)  # a view: channels_last is NHWC in memory
+        norm = torch.addmm(self.beta, flat * flat, self.gamma.t())
+        norm = norm.sqrt_() if self.inverse else norm.rsqrt_()
+        return norm.mul_(flat).view(n, h, w, c).permute(0, 3, 1, 2)
 
 
 def interp_matrix(n_out: int, n_in: int, start: int, stop: int, dtype: torch.dtype) -> Tensor:
@@ -204,6 +249,16 @@ class IndexerResidual(nn.Module):
         shrink = h < self.side or w < self.side  # a thumbnail-sized image or smaller: filter before decimating
         r = F.interpolate(self.residual(x, view), size=(h, w), mode="bicubic", align_corners=False, antialias=shrink)
         return x + r * on.to(x.dtype)[:, None, None, None]
+
+
+def freeze_gdn(module: nn.Module) -> nn.Module:
+    """Replace every CompressAI ``GDN`` in ``module`` (in place) by its :class:`FrozenGDN`; returns ``module``."""
+    for name, child in module.named_children():
+        if isinstance(child, GDN):
+            setattr(module, name, FrozenGDN(child))
+        else:
+            freeze_gdn(child)
+    return module
 
 
 def upsample_region(m: Tensor, full: tuple[int, int], region: tuple[int, int, int, int]) -> Tensor:
