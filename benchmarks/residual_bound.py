@@ -45,7 +45,7 @@ def render_md(res: dict, name: str = "residual-bound") -> str:
     start, end = markers(name)
     w, h = res["size"]
     s = res["summary"]
-    cols = [p for p in PREPROC if p in s["original"]]
+    cols = [p for p in (*PREPROC, *res.get("judges", [])) if p in s["original"]]
     cos = any("cos" in row for row in s.values())  # measured since the embedding column was added
 
     def cells(row: dict) -> str:
@@ -69,12 +69,16 @@ def render_md(res: dict, name: str = "residual-bound") -> str:
         lines.append(f"| {res_name}, RMS {rms} levels | {row['psnr']:.1f} | " + cells(row))
     n = len(res["rows"])
     through = "all four preprocessings each step" if res.get("eot") == "all" else "random indexer preprocessings"
-    how = (f"each optimised residual made for its image ({res['steps']} Adam steps through {through})"
+    against = "" if not res.get("against") else (
+        " against " + " and ".join(f"`{m}`" for m in res["against"]) + " only, without labels (each model's own "
+        "top class for the original), as an encoder could,")
+    how = (f"each optimised residual made for its image ({res['steps']} Adam steps{against} through {through})"
            if any(k.startswith("thumb") for k in s) else "")
     if "network" in res:
         net = f"the network's residual made in one forward pass from `{res['network']['weights']}`"
         how = f"{how}; {net}" if how else net
-    lines += ["", f"Target 10-way top-1 on {n} labelled Imagenette val images at {w}x{h}, {how}; "
+    judged = (", then the unseen judges' (" + ", ".join(res["judges"]) + ")") if res.get("judges") else ""
+    lines += ["", f"Target 10-way top-1{judged} on {n} labelled Imagenette val images at {w}x{h}, {how}; "
               f"`results/{name}.json`, made by `{res['command']}`.", "", end]
     return "\n".join(lines)
 
@@ -96,6 +100,43 @@ def render(out: Path, page: Path) -> None:
     page.write_text(text[: text.index(start)] + block + text[text.index(end) + len(end):])
 
 
+class Model:
+    """A model the residual is optimised against (``scores``, ``hinge``) or read by (``read10``).  EfficientNet
+    towers see a 336 or 448 crop at its own size, as the target does; the scratch models resize inside."""
+
+    def __init__(self, spec: str, captions: list[str]) -> None:
+        from psic_lab.vlp import load_vlp
+
+        self.spec, self.model = spec, load_vlp(spec)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.imagenet = hasattr(self.model, "logits")  # an ImageNet classifier: attacked on its 1000 classes
+        self.native = self.imagenet or spec.startswith("effnet") or spec == "psic-vlp-mini"
+        self.captions = self.model.class_embeddings(captions)
+
+    def embed(self, t: torch.Tensor) -> torch.Tensor:
+        from psic_lab.vlp.preprocess import embed_native
+
+        if self.native and t.shape[-1] != self.model.image_size:
+            return embed_native(self.model, t)
+        return self.model.encode_image(t)
+
+    def scores(self, t: torch.Tensor) -> torch.Tensor:
+        """Class scores: ImageNet log-probabilities, or the captions' logits."""
+        z = self.embed(t)
+        return torch.log(z.clamp_min(1e-12)) if self.imagenet else self.model.logit_scale * z @ self.captions.t()
+
+    def hinge(self, t: torch.Tensor, k: int, kappa: float = 5.0) -> torch.Tensor:
+        """Carlini-Wagner margin of class ``k`` over the best other, until it trails by ``kappa``."""
+        s = self.scores(t)
+        other = s.masked_fill(F.one_hot(torch.tensor(k), s.shape[1]).bool(), float("-inf")).amax(1)
+        return F.relu(s[:, k] - other + kappa).mean()
+
+    def read10(self, t: torch.Tensor) -> int:
+        """The 10-way caption decision."""
+        return int((self.embed(t) @ self.captions.t()).argmax(1))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--val", type=Path, default=Path("../shared/data/imagenette/val"), help="<wnid>/ folders")
@@ -114,11 +155,21 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("results/residual-bound.json"), help="JSON to write")
     ap.add_argument("--weights", type=Path, default=None,
                     help="also a model's own indexer residual (one forward pass per image, per shield view)")
+    ap.add_argument("--against", nargs="+", default=None,
+                    help="optimise against these models without labels, as a codec could: a margin on each "
+                         "model's own top class for the original under each preprocessing (e.g. psic-vlp-mini "
+                         "effnet-lite1 surrogate-scratch; never the unseen judges)")
+    ap.add_argument("--judges", nargs="+", default=[],
+                    help="also read the results with these models (10-way top-1 under short224), e.g. "
+                         "effnet-lite2 judge-scratch")
     ap.add_argument("--render-only", action="store_true", help=f"only re-render the table in {DOC} from --out")
     args = ap.parse_args()
     if args.render_only:
         render(args.out, DOC)
         return 0
+    forbidden = {"effnet-lite2", "judge-scratch"} & set(args.against or [])
+    if forbidden:
+        raise SystemExit(f"--against {' '.join(sorted(forbidden))}: the unseen judges only measure transfer")
 
     from PIL import Image
 
@@ -134,6 +185,9 @@ def main() -> int:
     names, wnid_index = imagenet_classes()
     wnids = sorted(d.name for d in args.val.iterdir() if d.is_dir())
     text = vlp.class_embeddings([names[wnid_index[w]] for w in wnids])
+    captions = [names[wnid_index[w]] for w in wnids]
+    against = [Model(spec, captions) for spec in args.against or []]
+    judges = [Model(spec, captions) for spec in args.judges]
     sampler = IndexerSampler()
     files = []
     for i in range(args.images):
@@ -153,6 +207,10 @@ def main() -> int:
             t = ALL_VARIANTS[name](x)
             out[name] = int(read(encode(t)).item() == k)
         return out
+
+    def read_judges(x: torch.Tensor, k: int) -> dict[str, int]:
+        t = ALL_VARIANTS["short224"](x)
+        return {f"{m.spec} short224": int(m.read10(t) == k) for m in judges}
 
     def cos(v: torch.Tensor, x: torch.Tensor) -> float:
         """Cosine of the target's image embeddings of ``v`` and of the original ``x`` (short224): what
@@ -179,7 +237,8 @@ def main() -> int:
         img = Image.open(f).convert("RGB").resize((w, h), Image.BICUBIC)
         x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255
         with torch.no_grad():
-            row = {"file": f.name, "class": wnids[k], "original": top1(x, k)}
+            row = {"file": f.name, "class": wnids[k], "original": {**top1(x, k), **read_judges(x, k)}}
+            own = {(m.spec, p): int(m.scores(ALL_VARIANTS[p](x)).argmax(1)) for m in against for p in PREPROC}
             if net is not None:
                 for view, cond in conds.items():
                     v = net.finish(x, cond)
@@ -203,7 +262,9 @@ def main() -> int:
 
                 for _ in range(args.steps):
                     v = view(d)
-                    if args.eot == "all":
+                    if against:  # label-free, against the surrogates only: what an encoder can do
+                        loss = sum(m.hinge(ALL_VARIANTS[p](v), own[m.spec, p]) for m in against for p in PREPROC)
+                    elif args.eot == "all":
                         loss = sum(margin(ALL_VARIANTS[p](v)) for p in PREPROC)
                     else:
                         loss = margin(sampler(v, gen))
@@ -212,11 +273,12 @@ def main() -> int:
                     opt.step()
                 with torch.no_grad():
                     v = view(d)
-                    row[f"thumb{thumb}_rms{rms:g}"] = {**top1(v, k), "cos": cos(v, x),
+                    row[f"thumb{thumb}_rms{rms:g}"] = {**top1(v, k), **read_judges(v, k), "cos": cos(v, x),
                                                       "psnr": float(-10 * torch.log10(((v - x) ** 2).mean()))}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    summary = {"original": {p: float(np.mean([r["original"][p] for r in rows])) for p in PREPROC}}
+    jcols = tuple(f"{m.spec} short224" for m in judges)
+    summary = {"original": {p: float(np.mean([r["original"][p] for r in rows])) for p in (*PREPROC, *jcols)}}
     if net is not None:
         for view in conds:
             summary[f"net_{view}"] = {p: float(np.mean([r[f"net_{view}"][p] for r in rows]))
@@ -224,11 +286,12 @@ def main() -> int:
     for thumb in args.thumbs:
         for rms in args.rms:
             key = f"thumb{thumb}_rms{rms:g}"
-            summary[key] = {p: float(np.mean([r[key][p] for r in rows])) for p in (*PREPROC, "psnr", "cos")}
+            summary[key] = {p: float(np.mean([r[key][p] for r in rows])) for p in (*PREPROC, *jcols, "psnr", "cos")}
     res = {"command": "python benchmarks/residual_bound.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
         for k, v in vars(args).items() if k not in ("out", "render_only") and v is not None),
-        "size": [w, h], "steps": args.steps, "eot": args.eot, "seconds": round(time.time() - t0, 1),
+        "size": [w, h], "steps": args.steps, "eot": args.eot, "against": args.against, "judges": list(jcols),
+        "seconds": round(time.time() - t0, 1),
         "summary": summary, "rows": rows}
     if net is not None:
         res["network"] = {"name": args.weights.stem, "weights": str(args.weights),

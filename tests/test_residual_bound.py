@@ -17,9 +17,11 @@ def _mod():
 
 
 def test_design_doc_tables_match_results():
-    """The bound's table and each network's (``results/residual-net-*.json``) are what their JSON renders."""
+    """The bound's table, each network's (``results/residual-net-*.json``) and the label-free runs'
+    (``results/residual-labelfree-*.json``) are what their JSON renders."""
     mod = _mod()
-    files = [ROOT / "results" / "residual-bound.json", *sorted((ROOT / "results").glob("residual-net-*.json"))]
+    files = [ROOT / "results" / "residual-bound.json", *sorted((ROOT / "results").glob("residual-net-*.json")),
+             *sorted((ROOT / "results").glob("residual-labelfree-*.json"))]
     for path in files:
         res = json.loads(path.read_text())
         assert mod.pasted(ROOT / "docs" / "shield-design.md", path.stem) == mod.render_md(res, path.stem), (
@@ -56,3 +58,30 @@ def test_render_shows_the_embedding_cosine_when_measured():
     assert "| none (the image) | n/a | 100% | 100% | 100% | 100% | 1.00 |" in md
     del res["summary"]["net_shielded"]["cos"]
     assert "embedding cos" not in mod.render_md(res)
+
+
+def test_render_names_the_surrogates_and_shows_the_judges_columns():
+    """An optimisation against surrogates (``--against``) says so, and the unseen judges get their own columns."""
+    mod = _mod()
+    pre = {"short224": 1.0, "short336": 1.0, "short448": 1.0, "squash224": 1.0, "effnet-lite2 short224": 1.0}
+    res = {"size": [64, 43], "steps": 3, "eot": "all", "command": "c", "rows": [{}],
+           "against": ["effnet-lite1", "surrogate-scratch"], "judges": ["effnet-lite2 short224"],
+           "summary": {"original": pre,
+                       "thumb224_rms9": {**pre, "short224": 0.5, "effnet-lite2 short224": 0.25, "psnr": 29.1}}}
+    md = mod.render_md(res)
+    assert "| squash224 | effnet-lite2 short224 |" in md
+    assert "| 224x224, RMS 9 levels | 29.1 | 50% | 100% | 100% | 100% | 25% |" in md
+    assert "against `effnet-lite1` and `surrogate-scratch` only, without labels" in md
+    assert "then the unseen judges' (effnet-lite2 short224)" in md
+
+
+def test_the_unseen_judges_cannot_be_optimised_against(monkeypatch, capsys):
+    import sys
+
+    import pytest
+
+    mod = _mod()
+    monkeypatch.setattr(sys, "argv", ["residual_bound.py", "--against", "effnet-lite1", "judge-scratch",
+                                      "--images", "1", "--steps", "1", "--out", "/nonexistent/x.json"])
+    with pytest.raises(SystemExit, match="judge-scratch: the unseen judges only measure transfer"):
+        mod.main()
