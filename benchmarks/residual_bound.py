@@ -100,43 +100,6 @@ def render(out: Path, page: Path) -> None:
     page.write_text(text[: text.index(start)] + block + text[text.index(end) + len(end):])
 
 
-class Model:
-    """A model the residual is optimised against (``scores``, ``hinge``) or read by (``read10``).  EfficientNet
-    towers see a 336 or 448 crop at its own size, as the target does; the scratch models resize inside."""
-
-    def __init__(self, spec: str, captions: list[str]) -> None:
-        from psic_lab.vlp import load_vlp
-
-        self.spec, self.model = spec, load_vlp(spec)
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.imagenet = hasattr(self.model, "logits")  # an ImageNet classifier: attacked on its 1000 classes
-        self.native = self.imagenet or spec.startswith("effnet") or spec == "psic-vlp-mini"
-        self.captions = self.model.class_embeddings(captions)
-
-    def embed(self, t: torch.Tensor) -> torch.Tensor:
-        from psic_lab.vlp.preprocess import embed_native
-
-        if self.native and t.shape[-1] != self.model.image_size:
-            return embed_native(self.model, t)
-        return self.model.encode_image(t)
-
-    def scores(self, t: torch.Tensor) -> torch.Tensor:
-        """Class scores: ImageNet log-probabilities, or the captions' logits."""
-        z = self.embed(t)
-        return torch.log(z.clamp_min(1e-12)) if self.imagenet else self.model.logit_scale * z @ self.captions.t()
-
-    def hinge(self, t: torch.Tensor, k: int, kappa: float = 5.0) -> torch.Tensor:
-        """Carlini-Wagner margin of class ``k`` over the best other, until it trails by ``kappa``."""
-        s = self.scores(t)
-        other = s.masked_fill(F.one_hot(torch.tensor(k), s.shape[1]).bool(), float("-inf")).amax(1)
-        return F.relu(s[:, k] - other + kappa).mean()
-
-    def read10(self, t: torch.Tensor) -> int:
-        """The 10-way caption decision."""
-        return int((self.embed(t) @ self.captions.t()).argmax(1))
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--val", type=Path, default=Path("../shared/data/imagenette/val"), help="<wnid>/ folders")
@@ -167,12 +130,15 @@ def main() -> int:
     if args.render_only:
         render(args.out, DOC)
         return 0
-    forbidden = {"effnet-lite2", "judge-scratch"} & set(args.against or [])
+    from psic_lab.evaluation.per_photo import UNSEEN
+
+    forbidden = UNSEEN & set(args.against or [])
     if forbidden:
         raise SystemExit(f"--against {' '.join(sorted(forbidden))}: the unseen judges only measure transfer")
 
     from PIL import Image
 
+    from psic_lab.evaluation.per_photo import Scorer, add_residual, own_classes
     from psic_lab.training.shield import imagenet_classes
     from psic_lab.vlp import load_vlp
     from psic_lab.vlp.preprocess import ALL_VARIANTS, IndexerSampler, embed_native
@@ -186,8 +152,8 @@ def main() -> int:
     wnids = sorted(d.name for d in args.val.iterdir() if d.is_dir())
     text = vlp.class_embeddings([names[wnid_index[w]] for w in wnids])
     captions = [names[wnid_index[w]] for w in wnids]
-    against = [Model(spec, captions) for spec in args.against or []]
-    judges = [Model(spec, captions) for spec in args.judges]
+    against = [Scorer(spec, captions) for spec in args.against or []]
+    judges = [Scorer(spec, captions) for spec in args.judges]
     sampler = IndexerSampler()
     files = []
     for i in range(args.images):
@@ -238,7 +204,7 @@ def main() -> int:
         x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255
         with torch.no_grad():
             row = {"file": f.name, "class": wnids[k], "original": {**top1(x, k), **read_judges(x, k)}}
-            own = {(m.spec, p): int(m.scores(ALL_VARIANTS[p](x)).argmax(1)) for m in against for p in PREPROC}
+            own = own_classes(against, x)
             if net is not None:
                 for view, cond in conds.items():
                     v = net.finish(x, cond)
@@ -251,9 +217,8 @@ def main() -> int:
                 d = torch.randn(1, 3, *side, generator=gen).requires_grad_(True)
                 opt = torch.optim.Adam([d], lr=args.lr)
 
-                def view(d: torch.Tensor, rms: float = rms, x: torch.Tensor = x, thumb: int = thumb) -> torch.Tensor:
-                    up = F.interpolate(d, size=(h, w), mode="bicubic", align_corners=False) if thumb else d
-                    return (x + up * (rms / 255) / up.pow(2).mean().sqrt().clamp_min(1e-8)).clamp(0, 1)
+                def view(d: torch.Tensor, rms: float = rms, x: torch.Tensor = x) -> torch.Tensor:
+                    return add_residual(x, d, rms)
 
                 def margin(t: torch.Tensor, k: int = k) -> torch.Tensor:
                     logits = vlp.logit_scale * encode(t) @ text.t()
