@@ -190,9 +190,13 @@ class Indexers:
         return results
 
 
-def measure_image(px: np.ndarray, model_id: str, key: bytes, quality: int, idx: Indexers, extras: bool) -> dict:
+def measure_image(px: np.ndarray, model_id: str, key: bytes, quality: int, idx: Indexers, extras: bool,
+                  per_photo: dict | None = None) -> dict:
     """Code one image, decode every view, prepare each for every indexer (:meth:`Indexers.prepare`) and
-    score its quality; only the indexers' small inputs are kept (:func:`read_records` runs the towers)."""
+    score its quality; only the indexers' small inputs are kept (:func:`read_records` runs the towers).
+    With ``per_photo`` (``scorers``, ``steps``, ``rms`` per shield view) the shield views are instead the full
+    view plus a residual optimised for this photo without labels (:mod:`psic_lab.evaluation.per_photo`), the
+    prototype of a per-photo shield; its optimisation time counts as the view's decode time."""
     from psic_cli import codec
     from psic_lab.evaluation.metrics import grid_score_parts, ms_ssim, psnr
 
@@ -205,7 +209,10 @@ def measure_image(px: np.ndarray, model_id: str, key: bytes, quality: int, idx: 
     full = None
     for v in VIEWS:
         t0 = time.perf_counter()
-        out = codec.decode(data, key if v.needs_key else None, v).pixels
+        if per_photo and v != View.FULL:
+            out = _per_photo_view(full, per_photo, per_photo["rms"][str(v)])
+        else:
+            out = codec.decode(data, key if v.needs_key else None, v).pixels
         rec[f"decode_s/{v}"] = time.perf_counter() - t0
         rec[v] = idx.prepare(out, extras and v == View.STRONG)
         q = {"psnr": psnr(px, out), "ms_ssim": ms_ssim(px, out)}
@@ -217,6 +224,14 @@ def measure_image(px: np.ndarray, model_id: str, key: bytes, quality: int, idx: 
         rec[f"quality/{v}"] = q
         del out
     return rec
+
+
+def _per_photo_view(full: np.ndarray, per_photo: dict, rms: float) -> np.ndarray:
+    from psic_lab.evaluation.per_photo import optimise_residual
+
+    x = torch.from_numpy(np.ascontiguousarray(full)).permute(2, 0, 1)[None].float() / 255
+    y = optimise_residual(x, per_photo["scorers"], rms, per_photo["steps"])
+    return (y[0] * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
 
 
 def read_records(idx: Indexers, recs: list[dict]) -> None:
@@ -372,6 +387,17 @@ def run(args: argparse.Namespace) -> dict:
         res["model"] = {"id": model_id, "weights": str(args.weights), "weights_sha256": lm.weights_sha256,
                         **{k: lm.info.metadata.get(k) for k in ("steps", "stage", "shield_levels")}}
         idx = Indexers(tuple(args.judges))
+        per_photo = None
+        if args.per_photo_steps:
+            from psic_lab.evaluation.per_photo import Scorer
+            from psic_lab.vlp.text import imagenet_classes
+
+            names1000 = list(imagenet_classes()[1])  # no labels: each model's own top class among ImageNet's
+            per_photo = {"scorers": [Scorer(s, names1000, PROMPT_1000) for s in args.per_photo_against],
+                         "steps": args.per_photo_steps,
+                         "rms": {str(View.SHIELDED): args.per_photo_rms[0], str(View.STRONG): args.per_photo_rms[1]}}
+            res["per_photo"] = {"steps": args.per_photo_steps, "against": list(args.per_photo_against),
+                                "rms": per_photo["rms"]}
         label_index = {w: i for i, w in enumerate(idx.wnids)}
         wnid_of = dict(zip(files, wnids, strict=True))
         plan: list[tuple[str, int | None, int, int]] = [(str(s), s, *counts.get(s, (0, 0))) for s in sizes]
@@ -394,7 +420,7 @@ def run(args: argparse.Namespace) -> dict:
                 if time.time() > deadline and recs:
                     break
                 px = labelled_image(f, side) if is_l else unlabelled_image(f, side)
-                recs.append(measure_image(px, model_id, key, args.quality, idx, extras=is_l))
+                recs.append(measure_image(px, model_id, key, args.quality, idx, extras=is_l, per_photo=per_photo))
                 labels.append(label_index[wnid_of[f]] if is_l else -1)
                 is_lab.append(is_l)
                 del px
@@ -473,6 +499,13 @@ def report_md(res: dict, command: str | None = None) -> str:
              "Labelled: " + res["labelled_set"] + ". Unlabelled: " + res["unlabelled_set"] + ". Every image is "
              "encoded and decoded through `psic_cli.codec` (large ones through the decoder's tiled path). "
              "See `benchmarks/shield_geometry.py` for the exact protocol.", ""]
+    if res.get("per_photo"):
+        pp = res["per_photo"]
+        lines += [f"**Per-photo prototype**: the shielded and strong views are the full view plus a 224x224 residual "
+                  f"optimised for each photo without labels ({pp['steps']} Adam steps against "
+                  f"{', '.join(pp['against'])}, each model's own top ImageNet class; RMS "
+                  + ", ".join(f"{v} {r:g}" for v, r in pp["rms"].items())
+                  + " levels), not the model's decoder views (`psic_lab.evaluation.per_photo`).", ""]
     if res.get("missing"):
         lines += [f"**Not measured** (the run's time budget ran out): {', '.join(res['missing'])}.", ""]
     lines += ["## Images and timings", "", "| long side | image sizes | labelled | unlabelled | planned | bpp | "
@@ -558,6 +591,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep the sizes already in --out and measure only the others")
     ap.add_argument("--replace", nargs="*", default=[], metavar="SIZE",
                     help="with --resume: measure these sizes again (kept if the new run has more images)")
+    ap.add_argument("--per-photo-steps", type=int, default=0,
+                    help="prototype: make the shield views by optimising a residual for each photo (this many "
+                         "steps; 0: the model's own views)")
+    ap.add_argument("--per-photo-against", nargs="+", default=["psic-vlp-mini"],
+                    help="models the per-photo residual is optimised against (never the unseen judges)")
+    ap.add_argument("--per-photo-rms", type=float, nargs=2, default=[4.5, 9.0], metavar=("SUBTLE", "STRONG"),
+                    help="the per-photo residual's RMS in 8-bit levels, per view")
     ap.add_argument("--render-only", action="store_true", help="only re-render --docs from --out")
     ap.add_argument("--out", type=Path, default=OUT, help=f"results JSON to write (default: {OUT})")
     ap.add_argument("--docs", type=Path, default=None,
