@@ -210,7 +210,7 @@ def measure_image(px: np.ndarray, model_id: str, key: bytes, quality: int, idx: 
     for v in VIEWS:
         t0 = time.perf_counter()
         if per_photo and v != View.FULL:
-            out = _per_photo_view(full, per_photo, per_photo["rms"][str(v)])
+            out = per_photo_view(full, per_photo, per_photo["rms"][str(v)])
         else:
             out = codec.decode(data, key if v.needs_key else None, v).pixels
         rec[f"decode_s/{v}"] = time.perf_counter() - t0
@@ -226,7 +226,7 @@ def measure_image(px: np.ndarray, model_id: str, key: bytes, quality: int, idx: 
     return rec
 
 
-def _per_photo_view(full: np.ndarray, per_photo: dict, rms: float) -> np.ndarray:
+def per_photo_view(full: np.ndarray, per_photo: dict, rms: float) -> np.ndarray:
     from psic_lab.evaluation.per_photo import optimise_residual
 
     x = torch.from_numpy(np.ascontiguousarray(full)).permute(2, 0, 1)[None].float() / 255

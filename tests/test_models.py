@@ -167,15 +167,16 @@ def test_frozen_gdn_equals_gdn_in_both_layouts_and_leaves_its_input_alone():
             assert torch.equal(inp, x)
 
 
-def test_decoder_hyper_keeps_the_encoders_float64_scales_exactly_and_its_means_closely():
+def testdecoder_hyper_keeps_the_encoders_float64_scales_exactly_and_its_means_closely():
     torch.manual_seed(3)
     m = build_model(ModelConfig.from_dict({**TINY, "arch": "mean-scale-hyperprior"}))
     m.eval()
     z_hat = torch.round(torch.randn(1, m.cfg.N, 3, 4) * 4)
     y_shape = (10, 13)  # not a multiple of 4 latents: the crop must come after the last 3x3 layer
     with torch.no_grad():
-        scales, means = m._hyper(z_hat.double(), m.runtime_modules()["h_s"], y_shape)
-        d_scales, d_means = m._decoder_hyper(z_hat, y_shape)
+        params = m.runtime_modules()["h_s"](z_hat.double())[..., : y_shape[0], : y_shape[1]]
+        scales, means = params.chunk(2, 1)  # what the encoder uses, all in float64
+        d_scales, d_means = m.decoder_hyper(z_hat, y_shape)
     assert d_scales.dtype == d_means.dtype == torch.float64
     assert torch.equal(d_scales, scales)
     assert d_means.shape == means.shape and (d_means - means).abs().max() < 1e-4

@@ -65,12 +65,12 @@ def _prep(name: str, x: torch.Tensor) -> torch.Tensor:
     return ALL_VARIANTS[name](x)
 
 
-def test_the_geometry_benchmarks_per_photo_view_is_a_uint8_photo_of_the_same_size():
+def test_the_geometry_benchmarksper_photo_view_is_a_uint8_photo_of_the_same_size():
     spec = importlib.util.spec_from_file_location("shield_geometry", REPO / "benchmarks" / "shield_geometry.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     full = (np.random.default_rng(0).random((40, 64, 3)) * 120 + 60).astype(np.uint8)
-    out = mod._per_photo_view(full, {"scorers": [Linear()], "steps": 3}, 4.5)
+    out = mod.per_photo_view(full, {"scorers": [Linear()], "steps": 3}, 4.5)
     assert out.dtype == np.uint8 and out.shape == full.shape
     rms = float(np.sqrt(((out.astype(float) - full) ** 2).mean()))
     assert 3.5 < rms < 5.5  # the budget, up to rounding to 8 bits

@@ -174,7 +174,7 @@ class ConditionalHyperprior(nn.Module):
             return scales, means
         return params, None
 
-    def _decoder_hyper(self, z_hat: Tensor, y_shape: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
+    def decoder_hyper(self, z_hat: Tensor, y_shape: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
         """The decoder's ``_hyper``: the scales (which pick the CDFs) in float64 as the encoder has them; the
         means of the mean-scale hyperprior, which pick nothing (the symbols come from the stream and the means
         are only added to them), from the same float64 features by a float32 convolution, half the last
@@ -305,7 +305,7 @@ class ConditionalHyperprior(nn.Module):
                 "g_s": freeze_gdn(copy.deepcopy(self.g_s).float().eval()).to(memory_format=torch.channels_last),
                 "cltg": copy.deepcopy(self.cltg).float().eval(),
             }
-            if self.mean_scale:  # the last layer of h_s split into its scale and mean halves (_decoder_hyper)
+            if self.mean_scale:  # the last layer of h_s split into its scale and mean halves (decoder_hyper)
                 last, m = self.h_s[-1], self.cfg.M
                 halves = {}
                 for name, rows, dtype in (("h_s_scales", slice(0, m), torch.float64),
@@ -347,7 +347,7 @@ class ConditionalHyperprior(nn.Module):
         ``container.latent_shape``)."""
         with guarded(self.entropy_bottleneck, self.gaussian_conditional):  # crafted strings cannot crash us
             z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
-            scales_hat, means_hat = self._decoder_hyper(z_hat, y_shape)
+            scales_hat, means_hat = self.decoder_hyper(z_hat, y_shape)
             indexes = cdf_indexes(self.gaussian_conditional, scales_hat)
             y_sym = self.gaussian_conditional.decompress(strings[0], indexes, dtype=torch.float64)
         z_sym = torch.round(z_hat - self.entropy_bottleneck._get_medians())
