@@ -28,7 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-PREPROC = ("short224", "short336", "short448", "squash224")
+from psic_lab.evaluation.per_photo import PREPROC  # the tables' single-image preprocessings
+
 DOC = Path("docs/shield-design.md")
 
 
@@ -150,8 +151,8 @@ def main() -> int:
         p.requires_grad_(False)
     names, wnid_index = imagenet_classes()
     wnids = sorted(d.name for d in args.val.iterdir() if d.is_dir())
-    text = vlp.class_embeddings([names[wnid_index[w]] for w in wnids])
     captions = [names[wnid_index[w]] for w in wnids]
+    text = vlp.class_embeddings(captions)
     against = [Scorer(spec, captions) for spec in args.against or []]
     judges = [Scorer(spec, captions) for spec in args.judges]
     sampler = IndexerSampler()

@@ -15,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from psic_lab.vlp.judges import UNSEEN_JUDGES
+
 PREPROC = ("short224", "short336", "short448", "squash224")  # the single-image preprocessings of the tables
-UNSEEN = frozenset({"effnet-lite2", "judge-scratch"})  # measure transfer only: never optimised against
+UNSEEN = frozenset(UNSEEN_JUDGES)  # measure transfer only: never optimised against
 
 
 class Scorer:
