@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -31,21 +32,92 @@ def _env(tiny_env) -> dict:
     return {**os.environ, "PSIC_WEIGHTS": str(tiny_env), "HF_HUB_OFFLINE": "1"}
 
 
+class _Crashing:
+    def decode_with_indexes(self, *args):
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+
+class _Fine:
+    def decode_with_indexes(self, data, indexes, *args):
+        return [i - 3 for i in indexes]
+
+
+class _Slow:
+    def decode_with_indexes(self, data, indexes, *args):
+        time.sleep(30)
+        return indexes
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 def test_rans_over_read_kills_only_a_child():
-    """A decoder that dies of SIGSEGV in the child is reported as a FormatError in this process."""
-    from psic_cli.models.rans_guard import decode_in_child
+    """A decoder that dies of SIGSEGV in the child is reported as a FormatError in this process; the
+    next decode forks a fresh child, which then serves one string after another."""
+    from psic_cli.models.rans_guard import ChildDecoder, decode_in_child
 
-    class Crashing:
-        def decode_with_indexes(self, *args):
-            os.kill(os.getpid(), signal.SIGSEGV)
-
-    class Fine:
-        def decode_with_indexes(self, data, indexes, *args):
-            return [i - 3 for i in indexes]
-
+    crashing = ChildDecoder(_Crashing())
     with pytest.raises(FormatError, match="signal"):
-        decode_in_child(Crashing(), b"\0" * 8, [0] * 10, [], [], [])
-    assert decode_in_child(Fine(), b"\0" * 8, [1, 2, 3], [], [], []).tolist() == [-2, -1, 0]
+        crashing.decode(b"\0" * 8, [0] * 10, [], [], [])
+    assert not crashing.alive
+    fine = ChildDecoder(_Fine())
+    assert fine.decode(b"\0" * 8, [1, 2, 3], [], [], []).tolist() == [-2, -1, 0]
+    pid = fine.pid
+    assert fine.decode(b"\0" * 8, list(range(100_000)), [[0, 1]], [2], [0]).tolist() == list(range(-3, 99_997))
+    assert fine.pid == pid and not _gone(pid)  # one child, two strings
+    fine.close()
+    assert _gone(pid)
+    with pytest.raises(FormatError, match="signal"):
+        decode_in_child(_Crashing(), b"\0" * 8, [0] * 10, [], [], [])
+    assert decode_in_child(_Fine(), b"\0" * 8, [5], [], [], []).tolist() == [2]
+
+
+def test_an_interrupted_decode_ends_its_child():
+    """Ctrl-C or --timeout in this process while the child decodes: the child is killed and reaped."""
+    from psic_cli.models.rans_guard import ChildDecoder
+
+    slow = ChildDecoder(_Slow())
+    pid = slow.pid
+
+    def _alarm(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, _alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(KeyboardInterrupt):
+            slow.decode(b"\0" * 8, [1], [], [], [])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert not slow.alive and _gone(pid)
+
+
+def test_a_forked_process_forks_its_own_decoder_child():
+    """A process forked after a decode (a batch worker, say) must not talk to its parent's child."""
+    from psic_cli.models import rans_guard
+
+    rans_guard.decode_in_child(_Fine(), b"\0" * 8, [1], [], [], [])
+    parent_child = rans_guard._shared.pid
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        ok = rans_guard._shared is None and rans_guard.decode_in_child(_Fine(), b"\0" * 8, [4], [], [], []
+                                                                       ).tolist() == [1]
+        ok = ok and rans_guard._shared.pid != parent_child
+        os.write(w, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(w)
+    got = os.read(r, 1)
+    os.waitpid(pid, 0)
+    os.close(r)
+    assert got == b"1"
+    assert rans_guard._shared.pid == parent_child and not _gone(parent_child)
 
 
 def test_rans_string_lengths_checked():

@@ -13,19 +13,25 @@ alone cannot make the decoder safe.  :class:`GuardedCoder` therefore
   words: :func:`psic_cli.container.check_string`),
 * appends zero words (one per symbol, capped), so that the usual over-read of a short stream stays
   inside a buffer we own and ends in a symbol-checksum mismatch, and
-* where ``os.fork`` exists, runs the decoder in a forked child that only entropy-decodes and sends the
-  symbols back through a pipe: a read past even the padding kills the child, never this process, and
-  is reported as a :class:`~psic_cli.errors.FormatError`.
+* where ``os.fork`` exists, runs the decoder in a forked child (:class:`ChildDecoder`) that only
+  entropy-decodes: requests and symbols go through pipes, and a read past even the padding kills the
+  child, never this process, and is reported as a :class:`~psic_cli.errors.FormatError`.  One child
+  serves every decode of a process (forking a process that holds torch costs tens of milliseconds, a
+  third of a 768x512 decode); a crash, an interrupt or a timeout ends it and the next decode forks anew.
 
 Valid streams decode to exactly the same symbols as before: the decoder never reads the padding.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import faulthandler
 import os
+import pickle
 import signal
+import struct
+import threading
 from array import array
 
 import numpy as np
@@ -40,51 +46,144 @@ def padded(string: bytes, n_symbols: int) -> bytes:
     return bytes(string) + bytes(min(4 * n_symbols, MAX_PAD_BYTES) + 8)
 
 
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 1 << 20):
-        chunks.append(chunk)
-    return b"".join(chunks)
+_LEN = struct.Struct("<Q")  # little-endian 64-bit length before every message on the pipes
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    """Exactly ``n`` bytes from ``fd``, or None at end of file (the other side closed or died)."""
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = os.readv(fd, [view[got:]])
+        if k == 0:
+            return None
+        got += k
+    return bytes(buf)
+
+
+def _write_all(fd: int, *parts: bytes) -> None:
+    for part in parts:
+        view = memoryview(part)
+        while view:
+            view = view[os.write(fd, view):]
+
+
+def _serve(decoder, requests: int, replies: int) -> None:
+    """The child's loop: decode each request and send back its symbols (int32) until end of file."""
+    while (head := _read_exact(requests, _LEN.size)) is not None:
+        body = _read_exact(requests, _LEN.unpack(head)[0])
+        if body is None:
+            return
+        data, indexes, cdfs, cdf_sizes, offsets = pickle.loads(body)
+        symbols = array("i", decoder.decode_with_indexes(data, array("i", indexes).tolist(), cdfs, cdf_sizes,
+                                                         offsets)).tobytes()
+        _write_all(replies, _LEN.pack(len(symbols)), symbols)
+
+
+class ChildDecoder:
+    """``decoder.decode_with_indexes`` run in a forked child that serves one request after another."""
+
+    def __init__(self, decoder):
+        requests_r, self._requests = os.pipe()
+        self._replies, replies_w = os.pipe()
+        self.owner = os.getpid()
+        self.kind = type(decoder)
+        self.pid = os.fork()
+        if self.pid == 0:  # child: serve, then exit without running any of the parent's cleanup
+            code = 1
+            try:
+                os.close(self._requests)
+                os.close(self._replies)
+                # Ctrl-C is the parent's to handle: it kills this child (a batch worker that ignores SIGINT
+                # must not see its file fail because the decoder child died of the terminal's signal)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                faulthandler.disable()  # a crash here is expected of crafted data: no dump on stderr
+                _serve(decoder, requests_r, replies_w)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(requests_r)
+        os.close(replies_w)
+
+    @property
+    def alive(self) -> bool:
+        return self.pid is not None
+
+    def decode(self, data: bytes, indexes, cdfs, cdf_sizes, offsets) -> np.ndarray:
+        """The symbols of one string; a child that dies on it raises :class:`FormatError` (and is gone)."""
+        if not self.alive:
+            raise RuntimeError("this child decoder has ended")
+        n = len(indexes)
+        body = pickle.dumps((bytes(data), array("i", indexes).tobytes(), cdfs, cdf_sizes, offsets), protocol=5)
+        done = False
+        try:
+            try:
+                _write_all(self._requests, _LEN.pack(len(body)), body)
+            except BrokenPipeError:
+                pass  # the child is gone: its status says why
+            head = _read_exact(self._replies, _LEN.size)
+            raw = None if head is None else _read_exact(self._replies, _LEN.unpack(head)[0])
+            if raw is not None and len(raw) == 4 * n:
+                done = True
+                return np.frombuffer(raw, dtype=np.int32)
+        finally:
+            if not done:  # crashed, failed, interrupted (Ctrl-C, --timeout): this child is finished
+                status = self.close()
+        if status is not None and os.WIFSIGNALED(status):
+            raise FormatError(f"entropy-coded data is corrupt (the rANS decoder was stopped by signal "
+                              f"{os.WTERMSIG(status)})")
+        raise FormatError("entropy-coded data is corrupt (the rANS decoder failed)")
+
+    def close(self) -> int | None:
+        """End the child (if this process started it) and return its wait status."""
+        if not self.alive:
+            return None
+        pid, self.pid = self.pid, None
+        for fd in (self._requests, self._replies):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if os.getpid() != self.owner:  # a forked copy of the owner: the child is not ours to reap
+            return None
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)  # a no-op on a child that already died of its input
+        with contextlib.suppress(ChildProcessError):
+            return os.waitpid(pid, 0)[1]
+        return None
+
+
+_shared: ChildDecoder | None = None
+_shared_lock = threading.Lock()
 
 
 def decode_in_child(decoder, data: bytes, indexes, cdfs, cdf_sizes, offsets) -> np.ndarray:
-    """Run ``decoder.decode_with_indexes`` in a forked child; the symbols come back as int32."""
-    n = len(indexes)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: entropy-decode, write the symbols, exit without running any cleanup
-        code = 1
-        try:
-            os.close(r)
-            # Ctrl-C is the parent's to handle: it kills this child (a batch worker that ignores SIGINT
-            # must not see its file fail because the decoder child died of the terminal's signal)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            faulthandler.disable()  # a crash here is expected of crafted data: no dump on stderr
-            view = memoryview(array("i", decoder.decode_with_indexes(data, indexes, cdfs, cdf_sizes,
-                                                                     offsets)).tobytes())
-            while view:
-                view = view[os.write(w, view):]
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(w)
-    status = None
-    try:
-        with os.fdopen(r, "rb", buffering=0) as f:
-            raw = _read_all(f.fileno())
-        _, status = os.waitpid(pid, 0)
-    finally:
-        if status is None:  # interrupted (Ctrl-C, --timeout): stop the child before leaving
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(OSError):
-                os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):
-        raise FormatError(f"entropy-coded data is corrupt (the rANS decoder was stopped by signal "
-                          f"{os.WTERMSIG(status)})")
-    if os.WEXITSTATUS(status) != 0 or len(raw) != 4 * n:
-        raise FormatError("entropy-coded data is corrupt (the rANS decoder failed)")
-    return np.frombuffer(raw, dtype=np.int32)
+    """Decode through this process's :class:`ChildDecoder`, forked (from ``decoder``) when there is none
+    of ``decoder``'s type (decoders of one type hold no state between strings: CompressAI's ``RansDecoder``)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None or not _shared.alive or _shared.owner != os.getpid() or _shared.kind is not type(decoder):
+            if _shared is not None:
+                _shared.close()
+            _shared = ChildDecoder(decoder)
+        return _shared.decode(data, indexes, cdfs, cdf_sizes, offsets)
+
+
+def _forget_after_fork() -> None:
+    """In a forked copy of this process: drop the copies of the pipes to the parent's child."""
+    global _shared, _shared_lock
+    _shared_lock = threading.Lock()
+    if _shared is not None:
+        _shared.close()
+        _shared = None
+
+
+def _close_at_exit() -> None:
+    if _shared is not None:
+        _shared.close()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+atexit.register(_close_at_exit)
 
 
 class GuardedCoder:
