@@ -103,13 +103,13 @@ def test_a_forked_process_forks_its_own_decoder_child():
     from psic_cli.models import rans_guard
 
     rans_guard.decode_in_child(_Fine(), b"\0" * 8, [1], [], [], [])
-    parent_child = rans_guard._shared.pid
+    parent_child = rans_guard.shared_child().pid
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        ok = rans_guard._shared is None and rans_guard.decode_in_child(_Fine(), b"\0" * 8, [4], [], [], []
+        ok = rans_guard.shared_child() is None and rans_guard.decode_in_child(_Fine(), b"\0" * 8, [4], [], [], []
                                                                        ).tolist() == [1]
-        ok = ok and rans_guard._shared.pid != parent_child
+        ok = ok and rans_guard.shared_child().pid != parent_child
         os.write(w, b"1" if ok else b"0")
         os._exit(0)
     os.close(w)
@@ -117,7 +117,7 @@ def test_a_forked_process_forks_its_own_decoder_child():
     os.waitpid(pid, 0)
     os.close(r)
     assert got == b"1"
-    assert rans_guard._shared.pid == parent_child and not _gone(parent_child)
+    assert rans_guard.shared_child().pid == parent_child and not _gone(parent_child)
 
 
 def test_rans_string_lengths_checked():

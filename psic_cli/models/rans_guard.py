@@ -167,6 +167,11 @@ def decode_in_child(decoder, data: bytes, indexes, cdfs, cdf_sizes, offsets) -> 
         return _shared.decode(data, indexes, cdfs, cdf_sizes, offsets)
 
 
+def shared_child() -> ChildDecoder | None:
+    """This process's decoder child (None before the first decode here, or in a freshly forked process)."""
+    return _shared
+
+
 def _forget_after_fork() -> None:
     """In a forked copy of this process: drop the copies of the pipes to the parent's child."""
     global _shared, _shared_lock
