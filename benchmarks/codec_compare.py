@@ -25,7 +25,6 @@ import io
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -171,16 +170,17 @@ def measure_speed(model_id: str, key: bytes, image: Path, repeats: int) -> dict:
 
 
 def _timed_child(cmd: list[str]) -> dict:
-    """Run ``cmd`` in a fresh process; wall, user and system seconds and peak memory (of that child)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """Run ``cmd`` in a fresh process; wall, user and system seconds and peak memory of that child alone
+    (``os.wait4``: ``RUSAGE_CHILDREN`` would report the largest of every child so far)."""
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-500:]}")
-    return {"wall_s": wall, "user_s": after.ru_utime - before.ru_utime, "sys_s": after.ru_stime - before.ru_stime,
-            "peak_rss_gib": after.ru_maxrss / 2**20}
+        raise SystemExit(f"{' '.join(cmd)} failed: {stderr.strip()[-500:]}")
+    return {"wall_s": wall, "user_s": usage.ru_utime, "sys_s": usage.ru_stime, "peak_rss_gib": usage.ru_maxrss / 2**20}
 
 
 def measure_large(model_id: str, key_file: Path, image: Path, tmp: Path) -> dict:

@@ -8,6 +8,7 @@ compressai and open_clip both import torchvision, so everything that imports the
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 
@@ -66,6 +67,44 @@ def import_compressai_core() -> None:
     pkg.available_entropy_coders = lambda: ["ans"]
     pkg.get_entropy_coder = lambda: "ans"
     sys.modules["compressai"] = pkg
+    defer_import("scipy.stats")
+
+
+def defer_import(name: str) -> None:
+    """Stand a placeholder in for module ``name`` that imports the real one at its first missing attribute.
+
+    CompressAI's entropy models ``import scipy.stats`` (0.4 s, a fifth of a small decode's start-up) for one
+    call, ``norm.ppf``, made only when CDF tables are rebuilt (``update``), never when a file is decoded
+    with the tables its weights carry.  The placeholder carries ``__file__`` and ``__spec__``, so that code
+    walking ``sys.modules`` (``inspect.getmodule``, which torch runs when it registers operators) does not
+    load it; ``importlib.util.LazyLoader`` would.  A module already imported, or not installed, is left as
+    it is."""
+    import sys
+    import types
+
+    if name in sys.modules:
+        return
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+        return
+    parent, _, child = name.rpartition(".")
+
+    class Deferred(types.ModuleType):
+        def __getattr__(self, attr: str):
+            if attr.startswith("__"):
+                raise AttributeError(attr)
+            if sys.modules.get(name) is self:
+                del sys.modules[name]
+            real = importlib.import_module(name)
+            if parent:
+                setattr(sys.modules[parent], child, real)
+            return getattr(real, attr)
+
+    stub = Deferred(name)
+    stub.__file__, stub.__spec__ = spec.origin, spec
+    sys.modules[name] = stub
+    if parent:
+        setattr(sys.modules[parent], child, stub)
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # glibc's mallopt(3) parameters

@@ -181,6 +181,16 @@ def pct(v: float | None) -> str:
     return "n/a" if v is None or not math.isfinite(v) else f"{v:.0%}"
 
 
+def geometry_paths(r: dict) -> tuple[str, str]:
+    """The results JSON and the page a geometry run wrote, from its command's ``--out`` and ``--docs``."""
+    args = str(r.get("command", "")).split()
+
+    def after(flag: str, default: str) -> str:
+        return args[args.index(flag) + 1] if flag in args[:-1] else default
+
+    return after("--out", "results/shield-geometry.json"), after("--docs", "docs/shield-geometry.md")
+
+
 def geometry_headline(r: dict) -> str:
     """The shield at every size (``results/shield-geometry.json``, from ``benchmarks/shield_geometry.py``):
     target top-1 under short224, retrieval R@1, the grid score and the PSNR gap, per long side."""
@@ -205,14 +215,15 @@ def geometry_headline(r: dict) -> str:
             f"{num(q[View.STRONG]['psnr_gap_to_full'], '+.2f').replace(MISSING, 'n/a')} |")
     gal = sorted({n for e in r["sizes"].values() for n in e["retrieval_r1"]["gallery"].values()})
     m = r["model"]
+    json_path, docs_path = geometry_paths(r)
     lines += ["", f"Images: labelled (Imagenette val as 3:2 photos; 10-way zero-shot top-1 after the standard CLIP "
               "preprocessing, shorter side to 224 and centre crop; chance 10%) + unlabelled (Kodak, BSDS500 test; "
               "they count in R@1 and quality). R@1: the view's own original ranked first among "
               f"{'-'.join(str(n) for n in dict.fromkeys(gal[:1] + gal[-1:])) or 'n/a'} originals. Grid: energy of "
               "(view - full) at the decoder's 16- and 8-pixel lattice harmonics against the neighbouring "
               f"frequencies (1 = no peak). Model `{m['id']}` (sha256 `{m['weights_sha256'][:12]}`), quality "
-              f"{r['quality']}; `results/shield-geometry.json`, made by `{r['command']}`; every table (the other "
-              "preprocessings, the judges, re-encoding, tiles, 1000-way agreement) in `docs/shield-geometry.md`."]
+              f"{r['quality']}; `{json_path}`, made by `{r['command']}`; every table (the other "
+              f"preprocessings, the judges, re-encoding, tiles, 1000-way agreement) in `{docs_path}`."]
     if r.get("missing"):
         lines.append(f"Not measured (time budget): {', '.join(r['missing'])}.")
     return "\n".join(lines)

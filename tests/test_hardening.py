@@ -350,6 +350,30 @@ def test_malloc_tuning():
         assert result
 
 
+def test_scipy_stats_loads_only_when_a_cdf_table_is_rebuilt():
+    """Decoding imports CompressAI's entropy models without scipy.stats (0.4 s of start-up); a walk over
+    sys.modules (torch's operator registration runs one) does not load it, and its first real use does."""
+    code = """
+import sys
+from psic_cli._compat import import_compressai_core
+import_compressai_core()
+import compressai.entropy_models
+for m in list(sys.modules.values()):
+    hasattr(m, "__file__"), getattr(m, "__spec__", None)
+assert "scipy.stats._stats_py" not in sys.modules, "loaded early"
+import torch
+from compressai.entropy_models import GaussianConditional
+g = GaussianConditional(None)
+assert g.update_scale_table(torch.exp(torch.linspace(-2.0, 5.0, 8)))
+assert "scipy.stats._stats_py" in sys.modules
+import scipy.stats
+assert abs(scipy.stats.norm.ppf(0.5)) < 1e-12
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
 def test_timeout_in_a_thread_is_checked_between_stages(tiny_env, rgb_image):
     """Off the main thread there is no SIGALRM: the deadline is checked between the decode's stages."""
     import threading

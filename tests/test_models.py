@@ -167,7 +167,7 @@ def test_frozen_gdn_equals_gdn_in_both_layouts_and_leaves_its_input_alone():
             assert torch.equal(inp, x)
 
 
-def testdecoder_hyper_keeps_the_encoders_float64_scales_exactly_and_its_means_closely():
+def test_decoder_hyper_keeps_the_encoders_float64_scales_exactly_and_its_means_closely():
     torch.manual_seed(3)
     m = build_model(ModelConfig.from_dict({**TINY, "arch": "mean-scale-hyperprior"}))
     m.eval()
@@ -180,3 +180,22 @@ def testdecoder_hyper_keeps_the_encoders_float64_scales_exactly_and_its_means_cl
     assert d_scales.dtype == d_means.dtype == torch.float64
     assert torch.equal(d_scales, scales)
     assert d_means.shape == means.shape and (d_means - means).abs().max() < 1e-4
+
+
+def test_decoder_hyper_in_tiles_equals_one_pass(monkeypatch):
+    """Large latents run h_s in overlapping tiles; the margin covers its reach, so every scale is the one-pass
+    float64 value (to rounding far below a CDF bucket) and the means too."""
+    import psic_cli.models.backbones as backbones
+
+    torch.manual_seed(4)
+    m = build_model(ModelConfig.from_dict({**TINY, "arch": "mean-scale-hyperprior"}))
+    m.eval()
+    z_hat = torch.round(torch.randn(1, m.cfg.N, 9, 11) * 4)
+    y_shape = (34, 43)
+    with torch.no_grad():
+        whole = m.decoder_hyper(z_hat, y_shape)
+        monkeypatch.setattr(backbones, "HYPER_TILE", 2)  # 2x2 z latents: seams everywhere
+        tiles = m.decoder_hyper(z_hat, y_shape)
+    (scales, means), (t_scales, t_means) = whole, tiles
+    assert scales.shape == t_scales.shape and (scales - t_scales).abs().max() < 1e-12  # float64
+    assert means.shape == t_means.shape and (means - t_means).abs().max() < 1e-5  # float32 convolution

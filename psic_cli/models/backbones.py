@@ -75,6 +75,10 @@ def symbols_checksum(*arrays: Tensor) -> int:
     return crc
 
 
+HYPER_TILE = 32  # decoder_hyper's tiles, in z latents (2048x2048 pixels)
+HYPER_MARGIN = 2  # h_s reaches 1.75 z latents: two deconvolutions (1 and 0.5) and a 3x3 convolution (0.25)
+
+
 def tiled(fn, x: Tensor, scale: float, tile: int, margin: int, region: bool = False) -> Tensor:
     """Apply a fully convolutional ``fn`` (output size = input size x ``scale``) in overlapping tiles.
 
@@ -179,14 +183,22 @@ class ConditionalHyperprior(nn.Module):
         means of the mean-scale hyperprior, which pick nothing (the symbols come from the stream and the means
         are only added to them), from the same float64 features by a float32 convolution, half the last
         layer's float64 work.  ``y_hat`` then differs from the encoder's by float32 rounding, far below a
-        pixel level."""
+        pixel level.  Large latents run in overlapping tiles (the margin covers ``h_s``'s receptive field, so
+        every scale is computed as without tiles): float64 convolutions build their im2col buffers per call,
+        and one the size of a whole 24-megapixel latent costs more in page faults than in arithmetic."""
         rt = self.runtime_modules()
         if not self.mean_scale:
             return self._hyper(z_hat.double(), rt["h_s"], y_shape)
-        feats = rt["h_s"][:-1](z_hat.double())  # cropped to y after the last 3x3 layer, as _hyper does
-        scales = rt["h_s_scales"](feats)[..., : y_shape[0], : y_shape[1]]
-        means = rt["h_s_means"](feats.float().contiguous(memory_format=torch.channels_last))
-        return scales, means[..., : y_shape[0], : y_shape[1]].double().contiguous()
+
+        def run(z: Tensor) -> Tensor:
+            feats = rt["h_s"][:-1](z)
+            means = rt["h_s_means"](feats.float().contiguous(memory_format=torch.channels_last))
+            return torch.cat([rt["h_s_scales"](feats), means.double()], 1)
+
+        params = tiled(run, z_hat.double(), scale=4, tile=HYPER_TILE, margin=HYPER_MARGIN)
+        params = params[..., : y_shape[0], : y_shape[1]]
+        scales, means = params.chunk(2, 1)
+        return scales, means.contiguous()
 
     def scale_maps(self, g_s: nn.Module, y: Tensor, tau: Tensor, cond: Tensor) -> list[Tensor] | None:
         """The scale branch's maps for the whole latent ``y``; with ``scale_keyless_only`` they are zero for
