@@ -90,9 +90,9 @@ def test_codec_decode_makes_the_residual_on_the_image_not_the_padding(monkeypatc
     seen: list[tuple[int, int]] = []
     real = backbones.ConditionalHyperprior.finish
 
-    def spy(self, x_hat, cond):
+    def spy(self, x_hat, cond, **kw):
         seen.append(tuple(x_hat.shape[-2:]))
-        return real(self, x_hat, cond)
+        return real(self, x_hat, cond, **kw)
 
     monkeypatch.setattr(backbones.ConditionalHyperprior, "finish", spy)
     from psic_cli import codec
