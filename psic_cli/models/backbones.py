@@ -199,26 +199,29 @@ class ConditionalHyperprior(nn.Module):
         return params, None
 
     def decoder_hyper(self, z_hat: Tensor, y_shape: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
-        """The decoder's ``_hyper``: the scales (which pick the CDFs) in float64 as the encoder has them; the
-        means of the mean-scale hyperprior, which pick nothing (the symbols come from the stream and the means
-        are only added to them), from the same float64 features by a float32 convolution, half the last
-        layer's float64 work.  ``y_hat`` then differs from the encoder's by float32 rounding, far below a
-        pixel level.  Large latents run in overlapping tiles (the margin covers ``h_s``'s receptive field, so
-        every scale is computed as without tiles): float64 convolutions build their im2col buffers per call,
-        and one the size of a whole 24-megapixel latent costs more in page faults than in arithmetic."""
+        """The coding doors' ``_hyper`` (the encoder's ``compress`` and the decoder's ``decode_latent`` both
+        call it, so their CDF indexes come from one computation): the scales, which pick the CDFs, in float64;
+        the means of the mean-scale hyperprior, which pick no CDF (the encoder codes ``y - means``, the decoder
+        adds them back), from the same float64 features by a float32 convolution, half the last layer's
+        float64 work.  Large latents run in overlapping tiles (the margin covers ``h_s``'s reach, so every
+        scale is computed as without tiles, to float64 rounding): float64 convolutions build their im2col
+        buffers per call, and one the size of a whole 24-megapixel latent costs more in page faults than in
+        arithmetic."""
         rt = self.runtime_modules()
-        if not self.mean_scale:
-            return self._hyper(z_hat.double(), rt["h_s"], y_shape)
 
         def run(z: Tensor) -> Tensor:
+            if not self.mean_scale:
+                return rt["h_s"](z)
             feats = rt["h_s"][:-1](z)
             means = rt["h_s_means"](feats.float().contiguous(memory_format=torch.channels_last))
             return torch.cat([rt["h_s_scales"](feats), means.double()], 1)
 
         params = tiled(run, z_hat.double(), scale=4, tile=HYPER_TILE, margin=HYPER_MARGIN)
         params = params[..., : y_shape[0], : y_shape[1]]
+        if not self.mean_scale:
+            return params, None
         scales, means = params.chunk(2, 1)
-        return scales, means.contiguous()
+        return scales, means
 
     def scale_maps(self, g_s: nn.Module, y: Tensor, tau: Tensor, cond: Tensor) -> list[Tensor] | None:
         """The scale branch's maps for the whole latent ``y``; with ``scale_keyless_only`` they are zero for
@@ -361,7 +364,7 @@ class ConditionalHyperprior(nn.Module):
         z = self.h_a(y if self.mean_scale else torch.abs(y))
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
-        scales_hat, means_hat = self._hyper(z_hat.double(), self.runtime_modules()["h_s"], y.shape[-2:])
+        scales_hat, means_hat = self.decoder_hyper(z_hat, y.shape[-2:])  # exactly what the decoder will compute
         indexes = cdf_indexes(self.gaussian_conditional, scales_hat)
         mu = means_hat if means_hat is not None else torch.zeros_like(scales_hat)
         y_sym = torch.round(y.double() - mu)
