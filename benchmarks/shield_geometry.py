@@ -229,6 +229,14 @@ def measure_image(px: np.ndarray, model_id: str, key: bytes, quality: int, idx: 
     return rec
 
 
+def plan_sizes(sizes, counts: dict, native_count: int) -> list[tuple[str, int | None, int, int]]:
+    """``(name, long side or None for native, labelled, unlabelled)`` per size to measure, the costliest first
+    (when the time budget runs out, the small sizes get fewer images instead of the large ones none); a size
+    with no image planned (``--native-count 0``) is left out."""
+    plan = [(str(s), s, *counts.get(s, (0, 0))) for s in sizes] + [("native", None, 0, native_count)]
+    return sorted((e for e in plan if e[2] + e[3] > 0), key=lambda e: -(e[1] or 768))
+
+
 def per_photo_rms(per_photo: dict, view: str, original: np.ndarray, full: np.ndarray) -> float:
     """The residual's RMS in 8-bit levels: fixed (``rms``), or a fraction (``budget``) of the full view's RMS
     error against the original, which the encoder knows and could write into the header.  Added to an error
@@ -414,11 +422,7 @@ def run(args: argparse.Namespace) -> dict:
                                 kind: per_photo[kind]}
         label_index = {w: i for i, w in enumerate(idx.wnids)}
         wnid_of = dict(zip(files, wnids, strict=True))
-        plan: list[tuple[str, int | None, int, int]] = [(str(s), s, *counts.get(s, (0, 0))) for s in sizes]
-        plan.insert(min(2, len(plan)), ("native", None, 0, native_count))
-        # the costliest sizes first: when the time budget runs out, the small sizes get fewer images instead
-        # of the large ones none
-        plan.sort(key=lambda e: -(e[1] or 768))
+        plan = plan_sizes(sizes, counts, native_count)
         dcache: dict[int, dict[str, torch.Tensor]] = {}
         for name, side, nl, nu in plan:
             if name in res["sizes"]:

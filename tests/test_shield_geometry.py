@@ -139,3 +139,9 @@ def test_lab_results_never_render_over_the_shipped_page(tmp_path, monkeypatch):
     assert e.value.code == 2 and not (tmp_path / "docs").exists()
     assert sg.main(["--render-only", "--out", str(lab), "--docs", str(tmp_path / "lab.md")]) == 0
     assert (tmp_path / "lab.md").read_text() == (REPO / "docs" / "shield-geometry.md").read_text()
+
+
+def test_plan_measures_the_costliest_sizes_first_and_skips_empty_ones():
+    plan = sg.plan_sizes((224, 1024, 512), {224: (4, 2), 512: (3, 1), 1024: (2, 0)}, native_count=1)
+    assert [e[0] for e in plan] == ["1024", "native", "512", "224"]
+    assert [e[0] for e in sg.plan_sizes((512,), {512: (3, 1)}, native_count=0)] == ["512"]
