@@ -124,7 +124,6 @@ class ChildDecoder:
         idx = np.ascontiguousarray(indexes, dtype=np.int32)  # no copy of an int32 array (the y latent's)
         n = idx.size
         header = pickle.dumps((len(data), n, cdfs, cdf_sizes, offsets), protocol=5)
-        done = False
         try:
             try:
                 _write_all(self._requests, _LEN.pack(len(header)), header, data, idx)
@@ -132,12 +131,12 @@ class ChildDecoder:
                 pass  # the child is gone: its status says why
             head = _read_exact(self._replies, _LEN.size)
             raw = None if head is None else _read_exact(self._replies, _LEN.unpack(head)[0])
-            if raw is not None and len(raw) == 4 * n:
-                done = True
-                return np.frombuffer(raw, dtype=np.int32)
-        finally:
-            if not done:  # crashed, failed, interrupted (Ctrl-C, --timeout): this child is finished
-                status = self.close()
+        except BaseException:  # interrupted (Ctrl-C, --timeout): the child is mid-string, so it is finished
+            self.close()
+            raise
+        if raw is not None and len(raw) == 4 * n:
+            return np.frombuffer(raw, dtype=np.int32)
+        status = self.close()  # crashed or failed on this string
         if status is not None and os.WIFSIGNALED(status):
             raise FormatError(f"entropy-coded data is corrupt (the rANS decoder was stopped by signal "
                               f"{os.WTERMSIG(status)})")
