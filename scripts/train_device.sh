@@ -3,6 +3,8 @@
 #
 #   OUT=$OUT MINUTES=6.2 DECAY_MINUTES=1.5 BATCH=32 AMP=off COMPILE=0 bash scripts/train_device.sh   # device `run`
 #   OUT=/tmp/out DATA=../shared/data/bsds500 MINUTES=0.05 BATCH=2 PATCH=128 COMPILE=0 bash scripts/train_device.sh
+#   OUT=$OUT MODEL=psic-msh3 MINUTES=8 BATCH=32 LR=2e-4 AMP=bf16 COMPILE=0 bash scripts/train_device.sh  # the wide
+#     model from scratch (no committed weights yet: it starts fresh; its weights come back in 15 MiB parts)
 #
 # The stage is psic_lab/training/configs/rd/<model>.json (CONFIG); the settings below override it for the device.
 # It continues from the committed weights (their step count is in the metadata; see training.train.warm_start)
@@ -28,14 +30,16 @@ DECAY_MINUTES=${DECAY_MINUTES:-0}
 DECAY_LR=${DECAY_LR:-1e-5}
 STEPS=${STEPS:-1000000}
 BATCH=${BATCH:-32}
+PART_MIB=${PART_MIB:-15}  # weights bigger than this come back in parts (the device tool returns files of <= 16 MiB)
 PATCH=${PATCH:-256}
 AMP=${AMP:-bf16}
 COMPILE=${COMPILE:-1}
 : "${OUT:?set OUT to the folder that receives the weights}"
 PY=${PYTHON:-python3}
-if compgen -G ".whl/*.whl" >/dev/null; then
+WHEELS=${WHEELS:-.whl}  # carried wheels, installed first when there are any
+if compgen -G "$WHEELS/*.whl" >/dev/null; then
   echo "installing carried wheels" >&2
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -56,4 +60,12 @@ if [ "$DECAY_MINUTES" != 0 ]; then phase "$DECAY_LR" "$DECAY_MINUTES" train.log;
 "$PY" -m psic_lab.training export "$RUN_DIR/checkpoint.pt" "$OUT/$MODEL.safetensors" \
   --data-desc "BSDS500 train+val+test (500): random 256x256 crops with flips; never Kodak"
 cp "$RUN_DIR/log.jsonl" "$OUT/log.jsonl"
-echo "weights in $OUT/$MODEL.safetensors" >&2
+# the device tool brings back files of at most 16 MiB: a wider model's weights come back in parts
+# (join them with: cat $MODEL.safetensors.part* > $MODEL.safetensors)
+if [ "$(stat -c %s "$OUT/$MODEL.safetensors")" -gt $((PART_MIB * 1024 * 1024)) ]; then
+  split -b "${PART_MIB}M" -d "$OUT/$MODEL.safetensors" "$OUT/$MODEL.safetensors.part"
+  rm "$OUT/$MODEL.safetensors"
+  echo "weights in $OUT/$MODEL.safetensors.part*; join with cat" >&2
+else
+  echo "weights in $OUT/$MODEL.safetensors" >&2
+fi
