@@ -87,38 +87,55 @@ def _mean(points: list[list[tuple[float, float]]]) -> dict:
     return {"bpp": arr[:, 0].round(5).tolist(), "psnr": arr[:, 1].round(4).tolist()}
 
 
-def measure_rd(folder: Path, model_id: str, key: bytes, limit: int | None) -> dict:
+def curve_name(effort: int) -> str:
+    """The results' name of psic's full-view curve at an encoder ``effort``."""
+    return "psic-full" if effort == 0 else f"psic-full-effort{effort}"
+
+
+def measure_rd(folder: Path, model_id: str, key: bytes, limit: int | None, efforts: tuple[int, ...] = (0,)) -> dict:
     from psic_cli import codec
     from psic_cli.zoo import load_model
 
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:limit]
     nq = load_model(model_id).model.cfg.qualities
-    rows: dict[str, list] = {"psic-full": [], "jpeg": [], "webp": [], "avif": []}
+    ours = [curve_name(e) for e in efforts]
+    rows: dict[str, list] = {**{k: [] for k in ours}, "jpeg": [], "webp": [], "avif": []}
+    encode_s = {k: 0.0 for k in ours}
     for p in paths:
         img = np.asarray(Image.open(p).convert("RGB"))
         data = p.read_bytes()
-        pts = []
-        for q in range(1, nq + 1):
-            enc = codec.encode(data, p.name, model_id, q).data
-            dec = codec.decode(enc, key)
-            pts.append((len(enc) * 8 / (img.shape[0] * img.shape[1]), _psnr(img, dec.pixels)))
-        rows["psic-full"].append(pts)
+        for effort, name in zip(efforts, ours, strict=True):
+            pts = []
+            for q in range(1, nq + 1):
+                t = time.perf_counter()
+                enc = codec.encode(data, p.name, model_id, q, effort=effort, key=key).data
+                encode_s[name] += time.perf_counter() - t
+                dec = codec.decode(enc, key)
+                pts.append((len(enc) * 8 / (img.shape[0] * img.shape[1]), _psnr(img, dec.pixels)))
+            rows[name].append(pts)
+            print(f"{p.name} ({name}): " + ", ".join(f"q{i + 1} {b:.3f} bpp {d:.2f} dB"
+                                                     for i, (b, d) in enumerate(pts)), file=sys.stderr, flush=True)
         rows["jpeg"].append([_pillow(img, "JPEG", q) for q in JPEG_QUALITIES])
         rows["webp"].append([_pillow(img, "WEBP", q) for q in WEBP_QUALITIES])
         rows["avif"].append([_pillow(img, "AVIF", q) for q in AVIF_QUALITIES])
-        print(f"{p.name}: " + ", ".join(f"q{i + 1} {b:.3f} bpp {d:.2f} dB" for i, (b, d) in enumerate(pts)),
-              file=sys.stderr, flush=True)
     curves = {k: _mean(v) for k, v in rows.items()}
-    ours = curves["psic-full"]
     refs = {**{k: curves[k] for k in ("jpeg", "webp", "avif")},
             **{f"compressai-{k} (published)": v for k, v in COMPRESSAI_PUBLISHED.items()}}
-    return {
+    first = curves[ours[0]]
+    res = {
         "images": len(paths),
         "curves": curves,
-        "bd_rate_psnr_percent": {k: bd_rate(v, ours) for k, v in refs.items()},
-        "top_quality_psnr": ours["psnr"][-1],
-        "top_quality_bpp": ours["bpp"][-1],
+        "bd_rate_psnr_percent": {k: bd_rate(v, first) for k, v in refs.items()},
+        "top_quality_psnr": first["psnr"][-1],
+        "top_quality_bpp": first["bpp"][-1],
     }
+    if efforts != (0,):  # the encoder's search: each effort's curve against the same references
+        res["efforts"] = {name: {"effort": e, "encode_s_per_image": round(encode_s[name] / (len(paths) * nq), 3),
+                                 "bd_rate_psnr_percent": {k: bd_rate(v, curves[name]) for k, v in refs.items()},
+                                 "top_quality_psnr": curves[name]["psnr"][-1],
+                                 "top_quality_bpp": curves[name]["bpp"][-1]}
+                          for e, name in zip(efforts, ours, strict=True)}
+    return res
 
 
 def measure_speed(model_id: str, key: bytes, image: Path, repeats: int) -> dict:
@@ -218,7 +235,7 @@ def measure(args: argparse.Namespace) -> None:
         res["speed"] = measure_speed(model_id, key, files[0], args.repeats)
         print(json.dumps(res["speed"]), file=sys.stderr)
         if not args.skip_rd:
-            res["rd"] = measure_rd(args.folder, model_id, key, args.limit)
+            res["rd"] = measure_rd(args.folder, model_id, key, args.limit, tuple(args.effort))
             res["rd"]["folder"] = str(args.folder)
         if args.large:
             res["large"] = measure_large(model_id, args.key, files[0], Path(tmp))
@@ -250,6 +267,27 @@ def render(results: Path) -> str:
         c = rd["curves"]["psic-full"]
         out += [f"| {i + 1} | {b:.3f} | {p:.2f} |" for i, (b, p) in enumerate(zip(c["bpp"], c["psnr"], strict=True))]
         out.append("")
+        if "efforts" in rd:
+            names = list(rd["efforts"])
+            out += ["### The encoder's search (`psic encode --effort N`)", "",
+                    "Same images, same decoder; each curve's BD-rate against the same references, and its mean encode "
+                    "seconds per image and quality (one process, the machine's threads).", "",
+                    "| against | " + " | ".join(f"effort {rd['efforts'][n]['effort']}" for n in names) + " |",
+                    "|---|" + "---|" * len(names)]
+            refs = list(rd["efforts"][names[0]]["bd_rate_psnr_percent"])
+            out += [f"| {r} | " + " | ".join(f"{_fmt(rd['efforts'][n]['bd_rate_psnr_percent'][r], '+.1f')}%"
+                                            for n in names) + " |" for r in refs]
+            out += ["| top quality (dB at bpp) | " + " | ".join(
+                f"{rd['efforts'][n]['top_quality_psnr']:.2f} at {rd['efforts'][n]['top_quality_bpp']:.3f}"
+                for n in names) + " |",
+                    "| encode s per image and quality | " + " | ".join(
+                f"{rd['efforts'][n]['encode_s_per_image']:.2f}" for n in names) + " |", "",
+                    "| quality | " + " | ".join(f"effort {rd['efforts'][n]['effort']}: bpp, PSNR" for n in names)
+                    + " |", "|---|" + "---|" * len(names)]
+            for i in range(len(rd["curves"][names[0]]["bpp"])):
+                out.append(f"| {i + 1} | " + " | ".join(
+                    f"{rd['curves'][n]['bpp'][i]:.3f}, {rd['curves'][n]['psnr'][i]:.2f}" for n in names) + " |")
+            out.append("")
     s = res["speed"]
     out += [f"## Speed ({s['size'][0]}x{s['size'][1]}, in process, median of {s['repeats']}, {s['threads']} threads)",
             "", "| what | seconds |", "|---|---|"]
@@ -279,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     me.add_argument("--limit", type=int, help="only the first N images (quick checks)")
     me.add_argument("--repeats", type=int, default=5, help="timing repeats (median is reported)")
     me.add_argument("--skip-rd", action="store_true", help="speed only")
+    me.add_argument("--effort", type=int, nargs="+", default=[0],
+                    help="encoder search steps (psic encode --effort); several give one curve each, the first "
+                         "is the page's headline (default: 0)")
     me.add_argument("--large", action="store_true", help="also time a 6000x4000 encode and decode (slow)")
     me.add_argument("--out", type=Path, default=RESULTS, help="JSON to write")
     re_ = sub.add_parser("render", help="JSON -> markdown (no measuring)")
@@ -287,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     re_.add_argument("--check", action="store_true", help="exit 1 if the markdown differs from the JSON's rendering")
     args = ap.parse_args(argv)
     if args.cmd == "measure":
+        if args.effort[0] != 0 or len(set(args.effort)) != len(args.effort):
+            ap.error("--effort: distinct values, starting with 0 (the headline curve)")
         measure(args)
         return 0
     text = render(args.results)

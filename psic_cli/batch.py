@@ -155,7 +155,8 @@ def _run_one(kind: str, task: Task, options: dict, out_dir: Path | None = None) 
         task.dst.parent.mkdir(parents=True, exist_ok=True)
         if kind == "encode":
             jobs.encode_file(str(task.src), str(task.dst), options.get("quality"), options.get("model"),
-                             force, options.get("max_pixels", DEFAULT_MAX_PIXELS), seal_key_file=options.get("seal"))
+                             force, options.get("max_pixels", DEFAULT_MAX_PIXELS), seal_key_file=options.get("seal"),
+                             effort=options.get("effort", 0), key_file=options.get("key"))
         else:
             jobs.decode_file(str(task.src), str(task.dst), options.get("key"), options.get("view"),
                              options.get("fmt"), force, max_pixels=options.get("max_pixels", DEFAULT_MAX_PIXELS),

@@ -113,6 +113,13 @@ def encode(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model id (see 'psic models'). "
                                                "Default: psic-sh.")] = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels than this.")] = 50_000_000,
+    effort: Annotated[int, typer.Option("--effort", "-e", min=0, max=200, help="Search steps on the coded "
+                                         "latents: smaller files at the same quality, about a second per step "
+                                         "per 0.4 megapixels on one core (0: one pass; 40 is a good trade). "
+                                         "Images over 2 megapixels are coded in one pass.")] = 0,
+    key: Annotated[str | None, typer.Option("--key", "-k", help="The model's key file: with --effort, the search "
+                                             "keeps the full view close to the photo (needed once a model's "
+                                             "shield is trained).")] = None,
     seal: SealKey = None,
     jobs: Jobs = 1,
     follow_symlinks: FollowSymlinks = False,
@@ -139,6 +146,7 @@ def encode(
       cat photo.png | psic encode - -o - > photo.psic
       psic encode photos/ -o coded/ -j 2
       psic encode --seal mine.key photo.jpg
+      psic encode -q 7 --effort 40 --key model.key photo.jpg
     """
     msgs = Messages(quiet, verbose)
     from psic_cli.jobs import encode_file
@@ -153,10 +161,11 @@ def encode(
 
                 read_seal_key(seal, warn=msgs.warn)  # a bad key file fails once, before the batch
             opts = {"quality": quality, "model": model, "max_pixels": max_pixels, "force": force, "seal": seal,
-                    "follow_symlinks": follow_symlinks}
+                    "follow_symlinks": follow_symlinks, "effort": effort, "key": key}
             _batch("encode", src, output, ".psic", force, jobs, opts, msgs)
             return
-        res = encode_file(src, output, quality, model, force, max_pixels, seal_key_file=seal, warn=msgs.warn)
+        res = encode_file(src, output, quality, model, force, max_pixels, seal_key_file=seal, warn=msgs.warn,
+                          effort=effort, key_file=key)
         for n in res.notices:
             msgs.notice(n)
         msgs.notice(f"{src} -> {res.dst}: {res.bytes_out} bytes, {res.bpp:.4f} bpp")

@@ -176,18 +176,22 @@ def _write(dst: str, data: bytes, force: bool) -> None:
 
 def encode_file(src: str, output: str | None = None, quality: int | None = None, model: str | None = None,
                 force: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, seal_key_file: str | None = None,
-                warn=None) -> JobResult:
+                warn=None, effort: int = 0, key_file: str | None = None) -> JobResult:
     from psic_cli import codec
+    from psic_cli.keys import read_key
     from psic_cli.zoo import DEFAULT_MODEL
 
     check_input(src)
     codec.check_encode_options(model, quality)  # a bad -m/-q fails (exit 2) before the model loads
+    codec.check_effort(effort)
+    key = read_key(key_file, warn=warn) if key_file else None
     dst = _default_output(src, output, ".psic")
     if dst != "-":
         check_writable(Path(dst), force)  # fail before the expensive work
     seal_key = read_seal_key(seal_key_file, warn) if seal_key_file else None
     name = "stdin" if src == "-" else src
-    res = codec.encode(read_input(src, MAX_IMAGE_BYTES), name, model or DEFAULT_MODEL, quality, max_pixels)
+    res = codec.encode(read_input(src, MAX_IMAGE_BYTES), name, model or DEFAULT_MODEL, quality, max_pixels,
+                       effort=effort, key=key)
     data = res.data if seal_key is None else codec.seal(res.data, seal_key)
     _write(dst, data, force)
     return JobResult(src, dst, len(data), res.notices, len(data) * 8 / (res.header.width * res.header.height))

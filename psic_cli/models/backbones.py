@@ -356,12 +356,61 @@ class ConditionalHyperprior(nn.Module):
                 self._runtime.update(halves)
         return self._runtime
 
-    @torch.no_grad()
-    def compress(self, x: Tensor, q: int) -> dict:
-        """Entropy-code ``x`` (batch of 1) at quality index ``q``; the encoder never sees a condition."""
+    def rate_bits(self, y: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Differentiable ``(bits, y_hat)`` of coding ``y`` and ``z`` as :meth:`compress` rounds them: both
+        rounded around their medians / means (straight-through), the bits from the entropy models'
+        likelihoods of the rounded values (float32 ``h_s``, a close estimate of the real stream)."""
+        eb, gc = self.entropy_bottleneck, self.gaussian_conditional
+        med = eb._get_medians()
+        z_hat = ste_round(z - med) + med
+        c = z_hat.shape[1]
+        z_lik, *_ = eb._likelihood(z_hat.permute(1, 0, 2, 3).reshape(c, 1, -1))
+        scales, means = self.hyper(z_hat, y.shape[-2:])
+        mu = means if means is not None else torch.zeros_like(y)
+        y_hat = ste_round(y - mu) + mu
+        y_lik = gc.likelihood_lower_bound(gc._likelihood(y_hat, scales, means=means))
+        bits = -(torch.log2(y_lik).sum() + torch.log2(eb.likelihood_lower_bound(z_lik)).sum())
+        return bits, y_hat
+
+    def refine(self, x: Tensor, q: int, cond: Tensor, steps: int, lr: float = 0.01) -> tuple[Tensor, Tensor]:
+        """Encoder-side search: ``y`` and ``z`` moved by ``steps`` Adam steps (cosine-decayed ``lr``) to lower
+        the quality's own rate-distortion cost ``bits / pixels + lambda_q * 255^2 * MSE`` of the view of
+        ``cond``, keeping the best iterate (the analysis output when no step improves on it).  The decoder
+        is untouched: the result is coded by :meth:`compress` like any latent.  Untiled (memory grows with
+        the image); ``x`` is the padded image, batch of 1."""
         qt = torch.tensor([q])
-        y = tiled(self.g_a, x, scale=1 / 16, tile=self.tile_latent * 16, margin=128) * self.gain(qt)
-        z = self.h_a(y if self.mean_scale else torch.abs(y))
+        with torch.no_grad():
+            y0, z0 = self.analysis(x, qt)
+        lam = float(self.cfg.lambdas[q]) * 255.0**2
+        pixels = x.shape[-1] * x.shape[-2]
+        y, z = y0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
+        opt = torch.optim.Adam([y, z], lr=lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+        best, best_yz = math.inf, (y0, z0)
+        with torch.enable_grad():
+            for _ in range(steps):
+                bits, y_hat = self.rate_bits(y, z)
+                loss = bits / pixels + lam * (self.synthesize(y_hat, cond, qt) - x).pow(2).mean()
+                if loss.item() < best:  # the cost of the current iterate, before the step moves it
+                    best, best_yz = loss.item(), (y.detach().clone(), z.detach().clone())
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+        return best_yz
+
+    @torch.no_grad()
+    def compress(self, x: Tensor, q: int, refine_steps: int = 0, cond: Tensor | None = None) -> dict:
+        """Entropy-code ``x`` (batch of 1) at quality index ``q``.  The decoder's condition is not coded;
+        ``refine_steps`` > 0 searches the latents first (:meth:`refine`) for the view of ``cond``."""
+        qt = torch.tensor([q])
+        if refine_steps > 0:
+            if cond is None:
+                raise ValueError("refine_steps needs the condition of the view to keep close")
+            y, z = self.refine(x, q, cond, refine_steps)
+        else:
+            y = tiled(self.g_a, x, scale=1 / 16, tile=self.tile_latent * 16, margin=128) * self.gain(qt)
+            z = self.h_a(y if self.mean_scale else torch.abs(y))
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
         scales_hat, means_hat = self.decoder_hyper(z_hat, y.shape[-2:])  # exactly what the decoder will compute
