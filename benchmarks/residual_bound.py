@@ -73,6 +73,9 @@ def render_md(res: dict, name: str = "residual-bound") -> str:
     against = "" if not res.get("against") else (
         " against " + " and ".join(f"`{m}`" for m in res["against"]) + " only, without labels (each model's own "
         "top class for the original), as an encoder could,")
+    if res.get("against") and (res.get("embed_weight") or res.get("diversity")):
+        against += (" with the caption models' embedding cosine to the original at weight "
+                    f"{res.get('embed_weight', 0):g} and input diversity at probability {res.get('diversity', 0):g},")
     how = (f"each optimised residual made for its image ({res['steps']} Adam steps{against} through {through})"
            if any(k.startswith("thumb") for k in s) else "")
     if "network" in res:
@@ -123,6 +126,10 @@ def main() -> int:
                     help="optimise against these models without labels, as a codec could: a margin on each "
                          "model's own top class for the original under each preprocessing (e.g. psic-vlp-mini "
                          "effnet-lite1 surrogate-scratch; never the unseen judges)")
+    ap.add_argument("--embed-weight", type=float, default=0.0,
+                    help="with --against: weight of the caption models' embedding cosine to the original")
+    ap.add_argument("--diversity", type=float, default=0.0,
+                    help="with --against: probability of a random shrink-and-pad of each model input per step")
     ap.add_argument("--judges", nargs="+", default=[],
                     help="also read the results with these models (10-way top-1 under short224), e.g. "
                          "effnet-lite2 judge-scratch")
@@ -139,7 +146,14 @@ def main() -> int:
 
     from PIL import Image
 
-    from psic_lab.evaluation.per_photo import Scorer, add_residual, own_classes
+    from psic_lab.evaluation.per_photo import (
+        Scorer,
+        Transfer,
+        add_residual,
+        own_classes,
+        reference_embeddings,
+        residual_loss,
+    )
     from psic_lab.training.shield import imagenet_classes
     from psic_lab.vlp import load_vlp
     from psic_lab.vlp.preprocess import ALL_VARIANTS, IndexerSampler, embed_native
@@ -156,6 +170,7 @@ def main() -> int:
     against = [Scorer(spec, captions) for spec in args.against or []]
     judges = [Scorer(spec, captions) for spec in args.judges]
     sampler = IndexerSampler()
+    transfer = Transfer(embed_weight=args.embed_weight, diversity=args.diversity)
     files = []
     for i in range(args.images):
         k = i % len(wnids)
@@ -206,6 +221,7 @@ def main() -> int:
         with torch.no_grad():
             row = {"file": f.name, "class": wnids[k], "original": {**top1(x, k), **read_judges(x, k)}}
             own = own_classes(against, x)
+            refs = reference_embeddings(against, x, transfer)
             if net is not None:
                 for view, cond in conds.items():
                     v = net.finish(x, cond)
@@ -229,7 +245,7 @@ def main() -> int:
                 for _ in range(args.steps):
                     v = view(d)
                     if against:  # label-free, against the surrogates only: what an encoder can do
-                        loss = sum(m.hinge(ALL_VARIANTS[p](v), own[m.spec, p]) for m in against for p in PREPROC)
+                        loss = residual_loss(v, against, own, refs, transfer, gen)
                     elif args.eot == "all":
                         loss = sum(margin(ALL_VARIANTS[p](v)) for p in PREPROC)
                     else:
@@ -256,7 +272,8 @@ def main() -> int:
     res = {"command": "python benchmarks/residual_bound.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
         for k, v in vars(args).items() if k not in ("out", "render_only") and v is not None),
-        "size": [w, h], "steps": args.steps, "eot": args.eot, "against": args.against, "judges": list(jcols),
+        "size": [w, h], "steps": args.steps, "embed_weight": args.embed_weight, "diversity": args.diversity,
+        "eot": args.eot, "against": args.against, "judges": list(jcols),
         "seconds": round(time.time() - t0, 1),
         "summary": summary, "rows": rows}
     if net is not None:

@@ -74,3 +74,39 @@ def test_the_geometry_benchmarksper_photo_view_is_a_uint8_photo_of_the_same_size
     assert out.dtype == np.uint8 and out.shape == full.shape
     rms = float(np.sqrt(((out.astype(float) - full) ** 2).mean()))
     assert 3.5 < rms < 5.5  # the budget, up to rounding to 8 bits
+
+
+class Captions(Linear):
+    """A stand-in caption model: its embedding is the pooled colours (the embedding term applies to it)."""
+
+    imagenet = False
+
+    def embed(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(t - 0.5, 4).flatten(1)
+
+
+def test_input_diversity_keeps_the_input_size_and_is_off_at_probability_zero():
+    from psic_lab.evaluation.per_photo import Transfer, diverse
+
+    t, gen = torch.rand(1, 3, 32, 48), torch.Generator().manual_seed(0)
+    assert diverse(t, Transfer(), gen) is t
+    out = diverse(t, Transfer(diversity=1.0, min_scale=0.5), gen)
+    assert out.shape == t.shape and not torch.equal(out, t)
+    assert (out == 0).any()  # shrunk and padded
+
+
+def test_the_embedding_term_moves_the_view_away_from_the_originals_embedding():
+    from psic_lab.evaluation.per_photo import Transfer, reference_embeddings
+
+    x, m = _photo(), Captions()
+    opts = Transfer(embed_weight=10.0)
+    assert reference_embeddings([Linear()], x, opts) == {}  # classifiers: margins only
+    refs = reference_embeddings([m], x, opts)
+
+    def cos(v: torch.Tensor) -> float:
+        return float(sum((torch.nn.functional.normalize(m.embed(_prep(p, v)), dim=-1) * refs[m.spec, p]).sum()
+                         for p in PREPROC))
+
+    plain = optimise_residual(x, [m], 9.0, steps=15, thumb=16, lr=0.2)
+    aimed = optimise_residual(x, [m], 9.0, steps=15, thumb=16, lr=0.2, transfer=opts)
+    assert cos(aimed) < cos(plain) - 0.1

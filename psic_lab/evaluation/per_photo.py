@@ -11,6 +11,8 @@ which measure transfer).  ``benchmarks/residual_bound.py --against`` and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -63,6 +65,65 @@ class Scorer:
         return int((self.embed(t) @ self.captions.t()).argmax(1))
 
 
+@dataclass(frozen=True)
+class Transfer:
+    """Options aimed at models the residual is *not* optimised against (the unseen judges measure them).
+
+    ``embed_weight`` adds that weight times the cosine between each caption model's image embedding of the view
+    and of the base photo (similarity search compares embeddings, and feature-level losses carry further than
+    one class margin).  ``diversity`` is the probability that each model input is shrunk by a random factor
+    in [``min_scale``, 1] and padded back to its size at a random offset (input diversity), so that the
+    residual does not fit one exact resampling grid.
+    """
+
+    embed_weight: float = 0.0
+    diversity: float = 0.0
+    min_scale: float = 0.85
+
+
+def diverse(t: Tensor, opts: Transfer, gen: torch.Generator) -> Tensor:
+    """``t`` (a model input) shrunk and randomly padded back to its size, with probability ``opts.diversity``."""
+    if opts.diversity <= 0 or float(torch.rand((), generator=gen)) >= opts.diversity:
+        return t
+    h, w = t.shape[-2:]
+    r = opts.min_scale + (1 - opts.min_scale) * float(torch.rand((), generator=gen))
+    nh, nw = max(1, round(h * r)), max(1, round(w * r))
+    small = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+    top = int(torch.randint(0, h - nh + 1, (), generator=gen))
+    left = int(torch.randint(0, w - nw + 1, (), generator=gen))
+    return F.pad(small, (left, w - nw - left, top, h - nh - top))
+
+
+def residual_loss(v: Tensor, models: list, own: dict[tuple[str, str], int], refs: dict[tuple[str, str], Tensor],
+                  opts: Transfer, gen: torch.Generator) -> Tensor:
+    """The per-photo objective of the view ``v``: each model's margin on its own class for the base photo
+    under every preprocessing, plus the embedding term of ``opts`` (``refs``: the base photo's normalised
+    embeddings, :func:`reference_embeddings`)."""
+    from psic_lab.vlp.preprocess import ALL_VARIANTS
+
+    loss = v.new_zeros(())
+    for p in PREPROC:
+        t = ALL_VARIANTS[p](v)
+        for m in models:
+            ti = diverse(t, opts, gen)
+            loss = loss + m.hinge(ti, own[m.spec, p])
+            if (m.spec, p) in refs:
+                loss = loss + opts.embed_weight * (F.normalize(m.embed(ti), dim=-1) * refs[m.spec, p]).sum(-1).mean()
+    return loss
+
+
+def reference_embeddings(models: list, x: Tensor, opts: Transfer) -> dict[tuple[str, str], Tensor]:
+    """The base photo's normalised embeddings for the embedding term (caption models only; none when its
+    weight is 0)."""
+    from psic_lab.vlp.preprocess import ALL_VARIANTS
+
+    if opts.embed_weight <= 0:
+        return {}
+    with torch.no_grad():
+        return {(m.spec, p): F.normalize(m.embed(ALL_VARIANTS[p](x)), dim=-1)
+                for m in models if not getattr(m, "imagenet", True) for p in PREPROC}
+
+
 def add_residual(x: Tensor, d: Tensor, rms: float) -> Tensor:
     """``x`` plus ``d`` stretched bicubically to ``x``'s size and scaled to ``rms`` 8-bit levels, clamped."""
     h, w = x.shape[-2:]
@@ -79,21 +140,19 @@ def own_classes(models: list[Scorer], x: Tensor) -> dict[tuple[str, str], int]:
 
 
 def optimise_residual(x: Tensor, models: list[Scorer], rms: float, steps: int, thumb: int = 224,
-                      lr: float = 0.05, seed: int = 0) -> Tensor:
+                      lr: float = 0.05, seed: int = 0, transfer: Transfer | None = None) -> Tensor:
     """The photo ``x`` (``1 x 3 x H x W`` in [0, 1]) with its per-photo residual (``thumb`` 0: full size)."""
-    from psic_lab.vlp.preprocess import ALL_VARIANTS
-
+    transfer = transfer or Transfer()
     bad = UNSEEN & {m.spec for m in models}
     if bad:
         raise ValueError(f"{', '.join(sorted(bad))}: the unseen judges only measure transfer")
-    own = own_classes(models, x)
+    own, refs = own_classes(models, x), reference_embeddings(models, x, transfer)
     gen = torch.Generator().manual_seed(seed)
     side = (thumb, thumb) if thumb else tuple(x.shape[-2:])
     d = torch.randn(1, 3, *side, generator=gen).requires_grad_(True)
     opt = torch.optim.Adam([d], lr=lr)
     for _ in range(steps):
-        v = add_residual(x, d, rms)
-        loss = sum(m.hinge(ALL_VARIANTS[p](v), own[m.spec, p]) for m in models for p in PREPROC)
+        loss = residual_loss(add_residual(x, d, rms), models, own, refs, transfer, gen)
         opt.zero_grad()
         loss.backward()
         opt.step()
