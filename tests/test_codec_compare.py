@@ -23,7 +23,8 @@ def test_bd_rate_sign_and_size():
 
 
 PAGES = [(cc.RESULTS, cc.DOC), (Path("results/codec-large-psic-sh.json"), Path("docs/codec-large-psic-sh.md")),
-         (Path("results/codec-large-psic-msh2.json"), Path("docs/codec-large-psic-msh2.md"))]
+         (Path("results/codec-large-psic-msh2.json"), Path("docs/codec-large-psic-msh2.md")),
+         (Path("results/codec-compare-effort.json"), Path("docs/codec-compare-effort.md"))]
 
 
 @pytest.mark.parametrize(("results_rel", "doc_rel"), PAGES, ids=lambda p: Path(p).name)
