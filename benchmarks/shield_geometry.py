@@ -251,7 +251,7 @@ def per_photo_view(full: np.ndarray, per_photo: dict, rms: float) -> np.ndarray:
     from psic_lab.evaluation.per_photo import optimise_residual
 
     x = torch.from_numpy(np.ascontiguousarray(full)).permute(2, 0, 1)[None].float() / 255
-    y = optimise_residual(x, per_photo["scorers"], rms, per_photo["steps"])
+    y = optimise_residual(x, per_photo["scorers"], rms, per_photo["steps"], transfer=per_photo.get("transfer"))
     return (y[0] * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
 
 
@@ -420,6 +420,13 @@ def run(args: argparse.Namespace) -> dict:
             per_photo[kind] = {str(View.SHIELDED): values[0], str(View.STRONG): values[1]}
             res["per_photo"] = {"steps": args.per_photo_steps, "against": list(args.per_photo_against),
                                 kind: per_photo[kind]}
+            if args.per_photo_embed_weight or args.per_photo_diversity:
+                from psic_lab.evaluation.per_photo import Transfer
+
+                per_photo["transfer"] = Transfer(embed_weight=args.per_photo_embed_weight,
+                                                 diversity=args.per_photo_diversity)
+                res["per_photo"].update(embed_weight=args.per_photo_embed_weight,
+                                        diversity=args.per_photo_diversity)
         label_index = {w: i for i, w in enumerate(idx.wnids)}
         wnid_of = dict(zip(files, wnids, strict=True))
         plan = plan_sizes(sizes, counts, native_count)
@@ -531,7 +538,9 @@ def report_md(res: dict, command: str | None = None) -> str:
                   + (", ".join(f"{v} {r:g}" for v, r in pp["rms"].items()) + " levels" if "rms" in pp else
                      ", ".join(f"{v} {r:g}" for v, r in pp["budget"].items())
                      + " times the photo's full-view RMS error (mean levels in the quality table)")
-                  + "), not the model's decoder views (`psic_lab.evaluation.per_photo`).", ""]
+                  + ")" + (f", with the embedding cosine to the original at weight {pp['embed_weight']:g} and input "
+                           f"diversity at probability {pp['diversity']:g}" if "embed_weight" in pp else "")
+                  + ", not the model's decoder views (`psic_lab.evaluation.per_photo`).", ""]
     if res.get("missing"):
         lines += [f"**Not measured** (the run's time budget ran out): {', '.join(res['missing'])}.", ""]
     lines += ["## Images and timings", "", "| long side | image sizes | labelled | unlabelled | planned | bpp | "
@@ -627,6 +636,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="models the per-photo residual is optimised against (never the unseen judges)")
     ap.add_argument("--per-photo-rms", type=float, nargs=2, default=[4.5, 9.0], metavar=("SUBTLE", "STRONG"),
                     help="the per-photo residual's RMS in 8-bit levels, per view")
+    ap.add_argument("--per-photo-embed-weight", type=float, default=0.0,
+                    help="per-photo residual: weight of the caption models' embedding cosine to the original")
+    ap.add_argument("--per-photo-diversity", type=float, default=0.0,
+                    help="per-photo residual: probability of a random shrink-and-pad of each model input per step")
     ap.add_argument("--per-photo-budget", type=float, nargs=2, default=None, metavar=("SUBTLE", "STRONG"),
                     help="instead of --per-photo-rms: the residual's RMS as this fraction of each photo's full-view "
                          "RMS error (0.51 costs about 1 dB of PSNR, 1.0 about 3 dB)")
