@@ -4,7 +4,11 @@ For each quality, the full view's PSNR on Kodak two ways, in process and in floa
 
 - **coded**: the quantised latent the bitstream carries (``quantized_latents``), decoded by ``g_s``;
 - **unquantised**: the analysis output ``g_a(x) * gain`` itself, decoded by ``g_s`` (no rounding at all; the
-  gain cancels, so this ceiling is the same at every quality).
+  gain cancels, so this ceiling is the same at every quality);
+- with ``--decoder-steps N``, **the synthesis ceiling**: that latent moved by N Adam steps to minimise the
+  error of ``g_s``'s picture, still unrounded: what the decoder can draw at all.  Above the analysis ceiling it
+  measures how much ``g_a`` leaves on the table (an encoder-side gap); where both sit near the top quality, the
+  synthesis itself caps the codec.
 
 If ``coded`` approaches the ceiling at the top qualities, spending more bits cannot raise the quality: the
 analysis/synthesis pair is what caps it (its width, or its training).  Writes JSON, then renders a page::
@@ -54,6 +58,7 @@ def measure(args: argparse.Namespace) -> dict:
     qualities = args.qualities or list(range(1, cfg.qualities + 1))
     coded: dict[int, list[float]] = {q: [] for q in qualities}
     ceiling: list[float] = []
+    synthesis: list[float] = []
     with torch.no_grad():
         for p in paths:
             img = np.asarray(Image.open(p).convert("RGB"))
@@ -66,11 +71,15 @@ def measure(args: argparse.Namespace) -> dict:
                 return psnr(img, (xh.permute(1, 2, 0) * 255).round().byte().numpy())
 
             top = torch.tensor([cfg.qualities - 1])
-            ceiling.append(view(model.analysis(xp, top)[0], top))
+            y_top = model.analysis(xp, top)[0]
+            ceiling.append(view(y_top, top))
+            if args.decoder_steps:
+                synthesis.append(view(best_latent(model, xp, y_top, cond, top, h, w, args.decoder_steps), top))
             for q in qualities:
                 qt = torch.tensor([q - 1])
                 coded[q].append(view(model.quantized_latents(xp, qt), qt))
-            print(f"{p.name}: ceiling {ceiling[-1]:.2f}, " + ", ".join(f"q{q} {coded[q][-1]:.2f}" for q in qualities),
+            print(f"{p.name}: ceiling {ceiling[-1]:.2f}, " + (f"synthesis {synthesis[-1]:.2f}, " if synthesis else "")
+                  + ", ".join(f"q{q} {coded[q][-1]:.2f}" for q in qualities),
                   file=sys.stderr, flush=True)
     git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     return {
@@ -81,7 +90,24 @@ def measure(args: argparse.Namespace) -> dict:
         "images": [p.name for p in paths],
         "ceiling_psnr": round(float(np.mean(ceiling)), 3),
         "coded_psnr": {str(q): round(float(np.mean(v)), 3) for q, v in coded.items()},
+        **({"synthesis_ceiling_psnr": round(float(np.mean(synthesis)), 3), "decoder_steps": args.decoder_steps}
+           if synthesis else {}),
     }
+
+
+def best_latent(model, xp, y, cond, qt, h: int, w: int, steps: int, lr: float = 0.01):
+    """``y`` moved by ``steps`` Adam steps to minimise the MSE of ``g_s``'s picture against ``xp`` (unrounded)."""
+    import torch
+
+    y = y.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([y], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = (model.synthesize(y, cond, qt)[..., :h, :w] - xp[..., :h, :w]).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return y.detach()
 
 
 def render(res: dict) -> str:
@@ -94,7 +120,11 @@ def render(res: dict) -> str:
              f"({', '.join(res['images'])}). *Coded*: the quantised latent the bitstream carries. *Ceiling*: the "
              "analysis output itself, decoded with no rounding (the same at every quality): "
              f"**{res['ceiling_psnr']:.2f} dB**. Where a quality meets the ceiling, more bits cannot buy quality: "
-             "the transforms cap it.", "",
+             "the transforms cap it."
+             + (f" *Synthesis ceiling*: that latent moved by {res['decoder_steps']} Adam steps to minimise the "
+                "decoder's error, still unrounded (what the decoder can draw at all; the gap above the ceiling is "
+                f"the analysis transform's): **{res['synthesis_ceiling_psnr']:.2f} dB**."
+                if "synthesis_ceiling_psnr" in res else ""), "",
              "| quality | coded | below the ceiling |", "|---|---|---|"]
     for q, v in res["coded_psnr"].items():
         lines.append(f"| {q} | {v:.2f} | {res['ceiling_psnr'] - v:.2f} |")
@@ -108,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folder", type=Path, default=Path("../shared/data/kodak"), help="evaluation images (Kodak)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N images (sorted by name)")
     ap.add_argument("--qualities", type=int, nargs="*", default=None, help="qualities to measure (default: all)")
+    ap.add_argument("--decoder-steps", type=int, default=0,
+                    help="also the synthesis ceiling: Adam steps on the unrounded latent (0: skip)")
     ap.add_argument("--key", type=Path, default=Path("weights/shipped.key"), help="key whose full view is decoded")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--render-only", action="store_true", help=f"only re-render {DOCS} from {OUT}")
