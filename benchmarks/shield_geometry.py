@@ -53,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from psic_cli.views import View  # noqa: E402 (after the path)
+from psic_lab.evaluation.per_photo import PROMPT_1000  # noqa: E402
 
 SIZES = (64, 224, 512, 768, 1024, 2048, 4096, 6000)
 #: images per long side (labelled, unlabelled): sized so the whole run takes about half an hour on one
@@ -68,7 +69,6 @@ EXTRAS = ("jpeg75", "webp75", "half", "tiles2x2")
 JUDGES = ("effnet-lite2", "judge-scratch")
 OUT = Path("results/shield-geometry.json")  # the shipped weights' results and page
 DOCS = Path("docs/shield-geometry.md")
-PROMPT_1000 = ("a photo of a {}.",)
 
 
 def labelled_image(path: Path, long_side: int) -> np.ndarray:
@@ -191,10 +191,10 @@ class Indexers:
 
 
 def measure_image(px: np.ndarray, model_id: str, key: bytes, quality: int, idx: Indexers, extras: bool,
-                  per_photo: dict | None = None) -> dict:
+                  per_photo=None) -> dict:
     """Code one image, decode every view, prepare each for every indexer (:meth:`Indexers.prepare`) and
     score its quality; only the indexers' small inputs are kept (:func:`read_records` runs the towers).
-    With ``per_photo`` (``scorers``, ``steps``, ``rms`` per shield view) the shield views are instead the full
+    With ``per_photo`` (a :class:`psic_lab.evaluation.per_photo.PerPhoto`) the shield views are instead the full
     view plus a residual optimised for this photo without labels (:mod:`psic_lab.evaluation.per_photo`), the
     prototype of a per-photo shield; its optimisation time counts as the view's decode time."""
     from psic_cli import codec
@@ -210,8 +210,8 @@ def measure_image(px: np.ndarray, model_id: str, key: bytes, quality: int, idx: 
     for v in VIEWS:
         t0 = time.perf_counter()
         if per_photo and v != View.FULL:
-            rms = per_photo_rms(per_photo, str(v), px, full)
-            out = per_photo_view(full, per_photo, rms)
+            rms = per_photo.rms_for(str(v), px, full)
+            out = per_photo.view(full, rms)
         else:
             out = codec.decode(data, key if v.needs_key else None, v).pixels
         rec[f"decode_s/{v}"] = time.perf_counter() - t0
@@ -235,24 +235,6 @@ def plan_sizes(sizes, counts: dict, native_count: int) -> list[tuple[str, int | 
     with no image planned (``--native-count 0``) is left out."""
     plan = [(str(s), s, *counts.get(s, (0, 0))) for s in sizes] + [("native", None, 0, native_count)]
     return sorted((e for e in plan if e[2] + e[3] > 0), key=lambda e: -(e[1] or 768))
-
-
-def per_photo_rms(per_photo: dict, view: str, original: np.ndarray, full: np.ndarray) -> float:
-    """The residual's RMS in 8-bit levels: fixed (``rms``), or a fraction (``budget``) of the full view's RMS
-    error against the original, which the encoder knows and could write into the header.  Added to an error
-    it does not correlate with, a fraction ``f`` costs ``10 log10(1 + f^2)`` dB of PSNR (0.51: 1 dB, 1.0: 3 dB)."""
-    if "budget" in per_photo:
-        err = original.astype(np.float64) - full.astype(np.float64)
-        return float(per_photo["budget"][view] * np.sqrt(np.mean(err * err)))
-    return float(per_photo["rms"][view])
-
-
-def per_photo_view(full: np.ndarray, per_photo: dict, rms: float) -> np.ndarray:
-    from psic_lab.evaluation.per_photo import optimise_residual
-
-    x = torch.from_numpy(np.ascontiguousarray(full)).permute(2, 0, 1)[None].float() / 255
-    y = optimise_residual(x, per_photo["scorers"], rms, per_photo["steps"], transfer=per_photo.get("transfer"))
-    return (y[0] * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
 
 
 def read_records(idx: Indexers, recs: list[dict]) -> None:
@@ -408,25 +390,11 @@ def run(args: argparse.Namespace) -> dict:
         res["model"] = {"id": model_id, "weights": str(args.weights), "weights_sha256": lm.weights_sha256,
                         **{k: lm.info.metadata.get(k) for k in ("steps", "stage", "shield_levels")}}
         idx = Indexers(tuple(args.judges))
-        per_photo = None
-        if args.per_photo_steps:
-            from psic_lab.evaluation.per_photo import Scorer
-            from psic_lab.vlp.text import imagenet_classes
+        from psic_lab.evaluation import per_photo as pp
 
-            names1000 = list(imagenet_classes()[1])  # no labels: each model's own top class among ImageNet's
-            per_photo = {"scorers": [Scorer(s, names1000, PROMPT_1000) for s in args.per_photo_against],
-                         "steps": args.per_photo_steps}
-            kind, values = ("budget", args.per_photo_budget) if args.per_photo_budget else ("rms", args.per_photo_rms)
-            per_photo[kind] = {str(View.SHIELDED): values[0], str(View.STRONG): values[1]}
-            res["per_photo"] = {"steps": args.per_photo_steps, "against": list(args.per_photo_against),
-                                kind: per_photo[kind]}
-            if args.per_photo_embed_weight or args.per_photo_diversity:
-                from psic_lab.evaluation.per_photo import Transfer
-
-                per_photo["transfer"] = Transfer(embed_weight=args.per_photo_embed_weight,
-                                                 diversity=args.per_photo_diversity)
-                res["per_photo"].update(embed_weight=args.per_photo_embed_weight,
-                                        diversity=args.per_photo_diversity)
+        per_photo = pp.from_arguments(args, (str(View.SHIELDED), str(View.STRONG)))
+        if per_photo:
+            res["per_photo"] = per_photo.record()
         label_index = {w: i for i, w in enumerate(idx.wnids)}
         wnid_of = dict(zip(files, wnids, strict=True))
         plan = plan_sizes(sizes, counts, native_count)
@@ -629,20 +597,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep the sizes already in --out and measure only the others")
     ap.add_argument("--replace", nargs="*", default=[], metavar="SIZE",
                     help="with --resume: measure these sizes again (kept if the new run has more images)")
-    ap.add_argument("--per-photo-steps", type=int, default=0,
-                    help="prototype: make the shield views by optimising a residual for each photo (this many "
-                         "steps; 0: the model's own views)")
-    ap.add_argument("--per-photo-against", nargs="+", default=["psic-vlp-mini"],
-                    help="models the per-photo residual is optimised against (never the unseen judges)")
-    ap.add_argument("--per-photo-rms", type=float, nargs=2, default=[4.5, 9.0], metavar=("SUBTLE", "STRONG"),
-                    help="the per-photo residual's RMS in 8-bit levels, per view")
-    ap.add_argument("--per-photo-embed-weight", type=float, default=0.0,
-                    help="per-photo residual: weight of the caption models' embedding cosine to the original")
-    ap.add_argument("--per-photo-diversity", type=float, default=0.0,
-                    help="per-photo residual: probability of a random shrink-and-pad of each model input per step")
-    ap.add_argument("--per-photo-budget", type=float, nargs=2, default=None, metavar=("SUBTLE", "STRONG"),
-                    help="instead of --per-photo-rms: the residual's RMS as this fraction of each photo's full-view "
-                         "RMS error (0.51 costs about 1 dB of PSNR, 1.0 about 3 dB)")
+    from psic_lab.evaluation.per_photo import add_arguments
+
+    add_arguments(ap)
     ap.add_argument("--render-only", action="store_true", help="only re-render --docs from --out")
     ap.add_argument("--out", type=Path, default=OUT, help=f"results JSON to write (default: {OUT})")
     ap.add_argument("--docs", type=Path, default=None,

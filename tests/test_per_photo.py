@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
 
 from psic_lab.evaluation.per_photo import PREPROC, add_residual, optimise_residual, own_classes
-
-from .conftest import REPO
 
 
 class Linear:
@@ -65,15 +61,33 @@ def _prep(name: str, x: torch.Tensor) -> torch.Tensor:
     return ALL_VARIANTS[name](x)
 
 
-def test_the_geometry_benchmarksper_photo_view_is_a_uint8_photo_of_the_same_size():
-    spec = importlib.util.spec_from_file_location("shield_geometry", REPO / "benchmarks" / "shield_geometry.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    full = (np.random.default_rng(0).random((40, 64, 3)) * 120 + 60).astype(np.uint8)
-    out = mod.per_photo_view(full, {"scorers": [Linear()], "steps": 3}, 4.5)
+def test_the_per_photo_view_is_a_uint8_photo_of_the_same_size_within_its_budget():
+    from psic_lab.evaluation.per_photo import PerPhoto
+
+    rng = np.random.default_rng(0)
+    full = (rng.random((40, 64, 3)) * 120 + 60).astype(np.uint8)
+    original = np.clip(full.astype(int) + rng.integers(-6, 7, full.shape), 0, 255).astype(np.uint8)
+    pp = PerPhoto([Linear()], steps=3, budget={"shielded": 0.5, "strong": 1.0})
+    err = float(np.sqrt(((original.astype(float) - full) ** 2).mean()))
+    assert pp.rms_for("strong", original, full) == pytest.approx(err)
+    assert pp.rms_for("shielded", original, full) == pytest.approx(err / 2)
+    out = pp.view(full, 4.5)
     assert out.dtype == np.uint8 and out.shape == full.shape
     rms = float(np.sqrt(((out.astype(float) - full) ** 2).mean()))
     assert 3.5 < rms < 5.5  # the budget, up to rounding to 8 bits
+    assert pp.record() == {"steps": 3, "against": ["psic-vlp-mini"], "budget": {"shielded": 0.5, "strong": 1.0}}
+
+
+def test_the_per_photo_options_are_off_unless_steps_are_given():
+    import argparse
+
+    from psic_lab.evaluation.per_photo import add_arguments, from_arguments
+
+    ap = argparse.ArgumentParser()
+    add_arguments(ap)
+    assert from_arguments(ap.parse_args([]), ("shielded", "strong")) is None
+    args = ap.parse_args(["--per-photo-budget", "0.48", "0.95", "--per-photo-diversity", "0.5"])
+    assert args.per_photo_budget == [0.48, 0.95] and args.per_photo_against == ["psic-vlp-mini"]
 
 
 class Captions(Linear):

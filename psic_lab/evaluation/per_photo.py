@@ -158,3 +158,79 @@ def optimise_residual(x: Tensor, models: list[Scorer], rms: float, steps: int, t
         opt.step()
     with torch.no_grad():
         return add_residual(x, d, rms)
+
+
+PROMPT_1000 = ("a photo of a {}.",)  # the caption of each ImageNet class the residual pushes a photo away from
+
+
+@dataclass
+class PerPhoto:
+    """The per-photo shield's settings for the benchmarks: the models, the steps, and the residual's size per
+    shield view, fixed (``rms``, 8-bit levels) or a fraction of each photo's full-view error (``budget``)."""
+
+    scorers: list[Scorer]
+    steps: int
+    rms: dict[str, float] | None = None
+    budget: dict[str, float] | None = None
+    transfer: Transfer | None = None
+
+    def rms_for(self, view: str, original, full) -> float:
+        """The residual's RMS in 8-bit levels for ``view``.  With ``budget``, a fraction of the full view's RMS
+        error against the original, which the encoder knows and could write into the header; added to an
+        error it does not correlate with, a fraction ``f`` costs ``10 log10(1 + f^2)`` dB of PSNR (0.51: 1 dB,
+        1.0: 3 dB)."""
+        import numpy as np
+
+        if self.budget is not None:
+            err = original.astype(np.float64) - full.astype(np.float64)
+            return float(self.budget[view] * np.sqrt(np.mean(err * err)))
+        return float(self.rms[view])
+
+    def view(self, full, rms: float):
+        """The full view (``H x W x 3`` uint8) with this photo's residual of ``rms`` levels, as uint8."""
+        x = torch.from_numpy(full.copy()).permute(2, 0, 1)[None].float() / 255
+        y = optimise_residual(x, self.scorers, rms, self.steps, transfer=self.transfer)
+        return (y[0] * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+    def record(self) -> dict:
+        """What a results JSON keeps of these settings."""
+        rec = {"steps": self.steps, "against": [s.spec for s in self.scorers],
+               **({"budget": self.budget} if self.budget is not None else {"rms": self.rms})}
+        if self.transfer is not None:
+            rec.update(embed_weight=self.transfer.embed_weight, diversity=self.transfer.diversity)
+        return rec
+
+
+def add_arguments(ap) -> None:
+    """The ``--per-photo-*`` options of the benchmarks that can make the shield views per photo."""
+    ap.add_argument("--per-photo-steps", type=int, default=0,
+                    help="prototype: make the shield views by optimising a residual for each photo (this many "
+                         "steps; 0: the model's own views)")
+    ap.add_argument("--per-photo-against", nargs="+", default=["psic-vlp-mini"],
+                    help="models the per-photo residual is optimised against (never the unseen judges)")
+    ap.add_argument("--per-photo-rms", type=float, nargs=2, default=[4.5, 9.0], metavar=("SUBTLE", "STRONG"),
+                    help="the per-photo residual's RMS in 8-bit levels, per view")
+    ap.add_argument("--per-photo-embed-weight", type=float, default=0.0,
+                    help="per-photo residual: weight of the caption models' embedding cosine to the original")
+    ap.add_argument("--per-photo-diversity", type=float, default=0.0,
+                    help="per-photo residual: probability of a random shrink-and-pad of each model input per step")
+    ap.add_argument("--per-photo-budget", type=float, nargs=2, default=None, metavar=("SUBTLE", "STRONG"),
+                    help="instead of --per-photo-rms: the residual's RMS as this fraction of each photo's full-view "
+                         "RMS error (0.51 costs about 1 dB of PSNR, 1.0 about 3 dB)")
+
+
+def from_arguments(args, views: tuple[str, str]) -> PerPhoto | None:
+    """The settings the ``--per-photo-*`` options give for the two shield ``views`` (subtle, strong), or
+    ``None`` without ``--per-photo-steps``.  Loads the models (captions: ImageNet's 1000 classes, since
+    no label is needed: each model's own top class is pushed away)."""
+    if not args.per_photo_steps:
+        return None
+    from psic_lab.vlp.text import imagenet_classes
+
+    names1000 = list(imagenet_classes()[1])
+    sizes = dict(zip(views, args.per_photo_budget or args.per_photo_rms, strict=True))
+    transfer = (Transfer(embed_weight=args.per_photo_embed_weight, diversity=args.per_photo_diversity)
+                if args.per_photo_embed_weight or args.per_photo_diversity else None)
+    return PerPhoto([Scorer(s, names1000, PROMPT_1000) for s in args.per_photo_against], args.per_photo_steps,
+                    rms=None if args.per_photo_budget else sizes, budget=sizes if args.per_photo_budget else None,
+                    transfer=transfer)
