@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             views = {"original": px}
             for name, v in VIEWS[1:]:
                 if per_photo and v != View.FULL:
-                    views[name] = per_photo.view(views["full"], per_photo.rms_for(str(v), px, views["full"]))
+                    full = views[View.FULL]  # decoded first: VIEWS lists the full view before the shielded ones
+                    views[name] = per_photo.view(full, per_photo.rms_for(str(v), px, full))
                 else:
                     views[name] = codec.decode(data, key if v.needs_key else None, v).pixels
             decoded[r.image] = views

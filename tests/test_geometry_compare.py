@@ -55,6 +55,8 @@ DESIGN_TABLES = [
     ("geo2", "shield-geometry-geo1.json", "shield-geometry-geo2.json", ("psic-sh-geo1", "psic-sh-geo2")),
     ("geo3", "shield-geometry-geo1.json", "shield-geometry-geo3.json", ("psic-sh-geo1", "psic-sh-geo3")),
     ("ir2", "shield-geometry-geo1.json", "shield-geometry-ir2.json", ("psic-sh-geo1", "psic-sh-ir2")),
+    ("transfer-large", "shield-geometry-perphoto-budget40-large.json", "shield-geometry-perphoto-transfer-large.json",
+     ("target margin only", "with both changes")),
 ]
 
 
