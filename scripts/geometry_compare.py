@@ -56,7 +56,11 @@ def compare_md(old: dict, new: dict, old_name: str = "old", new_name: str = "new
     lines = [f"Each cell: {old_name} → {new_name}. {old_name}: `{old['model']['weights']}` "
              f"(sha256 `{old['model']['weights_sha256'][:12]}`, {old['model'].get('steps')} steps of its last stage); "
              f"{new_name}: `{new['model']['weights']}` (sha256 `{new['model']['weights_sha256'][:12]}`, "
-             f"{new['model'].get('steps')} steps). Quality {new['quality']}, the same images in both runs:", ""]
+             f"{new['model'].get('steps')} steps). Quality {new['quality']}, "
+             + ("the same images in both runs:" if all(
+                 (old["sizes"][k]["labelled_images"], old["sizes"][k]["unlabelled_images"])
+                 == (new["sizes"][k]["labelled_images"], new["sizes"][k]["unlabelled_images"]) for k in sizes)
+                else "the same list of images, cut short where a run stopped at its time limit (old / new):"), ""]
     lines += ["| long side | image sizes | labelled | unlabelled |", "|---|---|---|---|"]
     for s in sizes:
         o, n = old["sizes"][s], new["sizes"][s]

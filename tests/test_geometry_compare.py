@@ -35,6 +35,11 @@ def test_tables_show_old_and_new_and_paste_between_markers(tmp_path):
     assert "stale" not in text and "56% → 12%" in text and text.startswith("intro") and text.endswith("outro\n")
     mod.paste(doc, md)
     assert doc.read_text() == text  # idempotent
+    assert "the same images in both runs" in md
+    shorter = copy.deepcopy(old)
+    shorter["sizes"]["224"]["labelled_images"] -= 1  # a run cut short by its time limit
+    md = mod.compare_md(old, shorter, "A", "B")
+    assert "the same images in both runs" not in md and "cut short" in md
     (tmp_path / "e.md").write_text("no markers")
     with pytest.raises(ValueError, match="markers"):
         mod.paste(tmp_path / "e.md", md)
@@ -57,6 +62,8 @@ DESIGN_TABLES = [
     ("ir2", "shield-geometry-geo1.json", "shield-geometry-ir2.json", ("psic-sh-geo1", "psic-sh-ir2")),
     ("transfer-large", "shield-geometry-perphoto-budget40-large.json", "shield-geometry-perphoto-transfer-large.json",
      ("target margin only", "with both changes")),
+    ("transfer-surrogate", "shield-geometry-perphoto-transfer.json", "shield-geometry-perphoto-surrogate.json",
+     ("target only", "target + surrogate-scratch")),
 ]
 
 
