@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from psic_lab.evaluation.per_photo import PREPROC, add_residual, optimise_residual, own_classes
+from psic_lab.evaluation.per_photo import PREPROC, add_residual, optimise_residual, own_classes, texture_mask
 
 
 class Linear:
@@ -37,6 +37,23 @@ def test_the_residual_is_stretched_to_the_photo_at_exactly_its_budget():
     assert v.shape == x.shape
     rms = float(((v - x) * 255).pow(2).mean().sqrt())
     assert abs(rms - 4.5) < 0.05  # no clamping at these grey levels
+
+
+def test_the_texture_mask_moves_the_residual_out_of_flat_areas_at_the_same_budget():
+    """Left half flat grey, right half noisy: masked, most of the residual's energy lands on the right, and
+    its total RMS is still the budget."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.full((1, 3, 64, 128), 0.5)
+    x[..., 64:] = (0.5 + 0.2 * torch.randn(1, 3, 64, 64, generator=g)).clamp(0.2, 0.8)
+    d = torch.randn(1, 3, 16, 16, generator=g)
+    m = texture_mask(x, thumb=16)
+    assert m.shape == (1, 1, 64, 128) and abs(float(m.pow(2).mean()) - 1) < 1e-4
+    v = add_residual(x, d, 2.0, m)
+    r = ((v - x) * 255).pow(2)
+    assert abs(float(r.mean().sqrt()) - 2.0) < 0.05
+    assert float(r[..., 8:56].mean()) < 0.2 * float(r[..., 72:120].mean())  # away from the edge's window
+    plain = ((add_residual(x, d, 2.0) - x) * 255).pow(2)
+    assert float(plain[..., 8:56].mean()) > 0.5 * float(plain[..., 72:120].mean())  # unmasked: spread evenly
 
 
 def test_the_unseen_judges_are_never_optimised_against():

@@ -124,10 +124,26 @@ def reference_embeddings(models: list, x: Tensor, opts: Transfer) -> dict[tuple[
                 for m in models if not getattr(m, "imagenet", True) for p in PREPROC}
 
 
-def add_residual(x: Tensor, d: Tensor, rms: float) -> Tensor:
-    """``x`` plus ``d`` stretched bicubically to ``x``'s size and scaled to ``rms`` 8-bit levels, clamped."""
+def texture_mask(x: Tensor, thumb: int = 224, floor: float = 3 / 255) -> Tensor:
+    """Where the photo ``x`` (``1 x 3 x H x W`` in [0, 1]) can hide a residual: the local standard deviation of
+    its luminance over a window of about 4 thumbnail pixels, with ``floor`` so flat areas keep a little,
+    scaled to RMS 1 (``1 x 1 x H x W``).  Multiplying the residual by it keeps its total energy (the PSNR cost)
+    and moves it from flat sky and skin into texture, where the eye masks it."""
+    lum = x.mean(1, keepdim=True)
+    k = max(3, round(min(x.shape[-2:]) / thumb * 4) // 2 * 2 + 1)  # odd
+    mean = F.avg_pool2d(lum, k, stride=1, padding=k // 2, count_include_pad=False)
+    var = F.avg_pool2d(lum * lum, k, stride=1, padding=k // 2, count_include_pad=False) - mean * mean
+    m = (var.clamp_min(0) + floor * floor).sqrt()
+    return m / m.pow(2).mean().sqrt()
+
+
+def add_residual(x: Tensor, d: Tensor, rms: float, mask: Tensor | None = None) -> Tensor:
+    """``x`` plus ``d`` stretched bicubically to ``x``'s size (times ``mask``, if given) and scaled to ``rms``
+    8-bit levels, clamped."""
     h, w = x.shape[-2:]
     up = F.interpolate(d, size=(h, w), mode="bicubic", align_corners=False) if d.shape[-2:] != (h, w) else d
+    if mask is not None:
+        up = up * mask
     return (x + up * (rms / 255) / up.pow(2).mean().sqrt().clamp_min(1e-8)).clamp(0, 1)
 
 
@@ -140,8 +156,10 @@ def own_classes(models: list[Scorer], x: Tensor) -> dict[tuple[str, str], int]:
 
 
 def optimise_residual(x: Tensor, models: list[Scorer], rms: float, steps: int, thumb: int = 224,
-                      lr: float = 0.05, seed: int = 0, transfer: Transfer | None = None) -> Tensor:
-    """The photo ``x`` (``1 x 3 x H x W`` in [0, 1]) with its per-photo residual (``thumb`` 0: full size)."""
+                      lr: float = 0.05, seed: int = 0, transfer: Transfer | None = None,
+                      masked: bool = False) -> Tensor:
+    """The photo ``x`` (``1 x 3 x H x W`` in [0, 1]) with its per-photo residual (``thumb`` 0: full size;
+    ``masked``: shaped by :func:`texture_mask`)."""
     transfer = transfer or Transfer()
     bad = UNSEEN & {m.spec for m in models}
     if bad:
@@ -150,14 +168,15 @@ def optimise_residual(x: Tensor, models: list[Scorer], rms: float, steps: int, t
     gen = torch.Generator().manual_seed(seed)
     side = (thumb, thumb) if thumb else tuple(x.shape[-2:])
     d = torch.randn(1, 3, *side, generator=gen).requires_grad_(True)
+    mask = texture_mask(x, thumb or 224) if masked else None
     opt = torch.optim.Adam([d], lr=lr)
     for _ in range(steps):
-        loss = residual_loss(add_residual(x, d, rms), models, own, refs, transfer, gen)
+        loss = residual_loss(add_residual(x, d, rms, mask), models, own, refs, transfer, gen)
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        return add_residual(x, d, rms)
+        return add_residual(x, d, rms, mask)
 
 
 PROMPT_1000 = ("a photo of a {}.",)  # the caption of each ImageNet class the residual pushes a photo away from
@@ -173,6 +192,7 @@ class PerPhoto:
     rms: dict[str, float] | None = None
     budget: dict[str, float] | None = None
     transfer: Transfer | None = None
+    masked: bool = False  # shape the residual by the photo's texture (texture_mask)
 
     def rms_for(self, view: str, original, full) -> float:
         """The residual's RMS in 8-bit levels for ``view``.  With ``budget``, a fraction of the full view's RMS
@@ -189,7 +209,7 @@ class PerPhoto:
     def view(self, full, rms: float):
         """The full view (``H x W x 3`` uint8) with this photo's residual of ``rms`` levels, as uint8."""
         x = torch.from_numpy(full.copy()).permute(2, 0, 1)[None].float() / 255
-        y = optimise_residual(x, self.scorers, rms, self.steps, transfer=self.transfer)
+        y = optimise_residual(x, self.scorers, rms, self.steps, transfer=self.transfer, masked=self.masked)
         return (y[0] * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
 
     def record(self) -> dict:
@@ -198,6 +218,8 @@ class PerPhoto:
                **({"budget": self.budget} if self.budget is not None else {"rms": self.rms})}
         if self.transfer is not None:
             rec.update(embed_weight=self.transfer.embed_weight, diversity=self.transfer.diversity)
+        if self.masked:
+            rec["texture_mask"] = True
         return rec
 
 
@@ -217,6 +239,8 @@ def add_arguments(ap) -> None:
     ap.add_argument("--per-photo-budget", type=float, nargs=2, default=None, metavar=("SUBTLE", "STRONG"),
                     help="instead of --per-photo-rms: the residual's RMS as this fraction of each photo's full-view "
                          "RMS error (0.51 costs about 1 dB of PSNR, 1.0 about 3 dB)")
+    ap.add_argument("--per-photo-mask", action="store_true",
+                    help="per-photo residual: move its energy from flat areas into texture (same total RMS)")
 
 
 def from_arguments(args, views: tuple[str, str]) -> PerPhoto | None:
@@ -233,4 +257,4 @@ def from_arguments(args, views: tuple[str, str]) -> PerPhoto | None:
                 if args.per_photo_embed_weight or args.per_photo_diversity else None)
     return PerPhoto([Scorer(s, names1000, PROMPT_1000) for s in args.per_photo_against], args.per_photo_steps,
                     rms=None if args.per_photo_budget else sizes, budget=sizes if args.per_photo_budget else None,
-                    transfer=transfer)
+                    transfer=transfer, masked=args.per_photo_mask)
