@@ -64,7 +64,8 @@ DESIGN_TABLES = [
      ("target margin only", "with both changes")),
     ("transfer-surrogate", "shield-geometry-perphoto-transfer.json", "shield-geometry-perphoto-surrogate.json",
      ("target only", "target + surrogate-scratch")),
-    ("mask", "shield-geometry-perphoto-transfer.json", "shield-geometry-perphoto-mask.json", ("unmasked", "texture mask")),
+    ("mask", "shield-geometry-perphoto-transfer.json", "shield-geometry-perphoto-mask.json",
+     ("unmasked", "texture mask")),
 ]
 
 
