@@ -53,21 +53,20 @@ def _cell(old_q: dict, new_q: dict, view: View, key: str, spec: str) -> str:
 def compare_md(old: dict, new: dict, old_name: str = "old", new_name: str = "new") -> str:
     """The comparison tables (markdown) of the sizes both results files measured."""
     sizes = [k for k in old["sizes"] if k in new["sizes"]]
+    counts = ("labelled_images", "unlabelled_images")
+    same = {k: all(old["sizes"][k][c] == new["sizes"][k][c] for c in counts) for k in sizes}
     lines = [f"Each cell: {old_name} → {new_name}. {old_name}: `{old['model']['weights']}` "
              f"(sha256 `{old['model']['weights_sha256'][:12]}`, {old['model'].get('steps')} steps of its last stage); "
              f"{new_name}: `{new['model']['weights']}` (sha256 `{new['model']['weights_sha256'][:12]}`, "
              f"{new['model'].get('steps')} steps). Quality {new['quality']}, "
-             + ("the same images in both runs:" if all(
-                 (old["sizes"][k]["labelled_images"], old["sizes"][k]["unlabelled_images"])
-                 == (new["sizes"][k]["labelled_images"], new["sizes"][k]["unlabelled_images"]) for k in sizes)
+             + ("the same images in both runs:" if all(same.values())
                 else "the same list of images, cut short where a run stopped at its time limit (old / new):"), ""]
     lines += ["| long side | image sizes | labelled | unlabelled |", "|---|---|---|---|"]
     for s in sizes:
         o, n = old["sizes"][s], new["sizes"][s]
-        same = (o["labelled_images"], o["unlabelled_images"]) == (n["labelled_images"], n["unlabelled_images"])
-        counts = (f"{n['labelled_images']}", f"{n['unlabelled_images']}") if same else (
+        cells = (f"{n['labelled_images']}", f"{n['unlabelled_images']}") if same[s] else (
             f"{o['labelled_images']} / {n['labelled_images']}", f"{o['unlabelled_images']} / {n['unlabelled_images']}")
-        lines.append(f"| {s} | {', '.join(n['sizes'])} | {counts[0]} | {counts[1]} |")
+        lines.append(f"| {s} | {', '.join(n['sizes'])} | {cells[0]} | {cells[1]} |")
     lines += ["", "**Target `psic-vlp-mini`, 10-way top-1 on the labelled images** (goal: subtle ≤ 20%, strong ≤ 10% "
               "under every preprocessing; chance 10%). The strong view's extra rows: after JPEG q75, WebP q75 or a "
               "0.5x downscale (then short224), and per tile of a 2x2 grid.", "",
