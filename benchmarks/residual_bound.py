@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,9 @@ def render_md(res: dict, name: str = "residual-bound") -> str:
                          f"levels at 224) | {row['psnr']:.1f} | " + cells(row))
             continue
         thumb, rms = key.removeprefix("thumb").split("_rms")
+        rms, _, coarse = rms.partition("_coarse")
         res_name = "full resolution" if thumb == "0" else f"{thumb}x{thumb}"
+        res_name += f" + {coarse}x{coarse}" if coarse else ""
         lines.append(f"| {res_name}, RMS {rms} levels | {row['psnr']:.1f} | " + cells(row))
     n = len(res["rows"])
     through = "all four preprocessings each step" if res.get("eot") == "all" else "random indexer preprocessings"
@@ -126,6 +129,9 @@ def main() -> int:
                     help="optimise against these models without labels, as a codec could: a margin on each "
                          "model's own top class for the original under each preprocessing (e.g. psic-vlp-mini "
                          "effnet-lite1 surrogate-scratch; never the unseen judges)")
+    ap.add_argument("--coarse", type=int, nargs="+", default=[0],
+                    help="with --against: also a coarse residual of this many pixels a side in the same budget "
+                         "(0: none; several: one row each)")
     ap.add_argument("--embed-weight", type=float, default=0.0,
                     help="with --against: weight of the caption models' embedding cosine to the original")
     ap.add_argument("--diversity", type=float, default=0.0,
@@ -150,6 +156,7 @@ def main() -> int:
         Scorer,
         Transfer,
         add_residual,
+        init_residual,
         own_classes,
         reference_embeddings,
         residual_loss,
@@ -171,6 +178,11 @@ def main() -> int:
     judges = [Scorer(spec, captions) for spec in args.judges]
     sampler = IndexerSampler()
     transfer = Transfer(embed_weight=args.embed_weight, diversity=args.diversity)
+    variants = [(t, r, c) for t in args.thumbs for r in args.rms for c in args.coarse]
+
+    def vkey(thumb: int, rms: float, coarse: int) -> str:
+        return f"thumb{thumb}_rms{rms:g}" + (f"_coarse{coarse}" if coarse else "")
+
     files = []
     for i in range(args.images):
         k = i % len(wnids)
@@ -227,36 +239,35 @@ def main() -> int:
                     v = net.finish(x, cond)
                     row[f"net_{view}"] = {**top1(v, k), "psnr": float(-10 * torch.log10(((v - x) ** 2).mean())),
                                           "cos": cos(v, x)}
-        for thumb in args.thumbs:
-            for rms in args.rms:
-                gen = torch.Generator().manual_seed(args.seed)
-                side = (thumb, thumb) if thumb else (h, w)
-                d = torch.randn(1, 3, *side, generator=gen).requires_grad_(True)
-                opt = torch.optim.Adam([d], lr=args.lr)
+        for thumb, rms, coarse in variants:
+            gen = torch.Generator().manual_seed(args.seed)
+            side = (thumb, thumb) if thumb else (h, w)
+            d = init_residual(side, replace(transfer, coarse=coarse), gen)
+            opt = torch.optim.Adam(d, lr=args.lr)
 
-                def view(d: torch.Tensor, rms: float = rms, x: torch.Tensor = x) -> torch.Tensor:
-                    return add_residual(x, d, rms)
+            def view(d: tuple[torch.Tensor, ...], rms: float = rms, x: torch.Tensor = x) -> torch.Tensor:
+                return add_residual(x, d, rms)
 
-                def margin(t: torch.Tensor, k: int = k) -> torch.Tensor:
-                    logits = vlp.logit_scale * encode(t) @ text.t()
-                    other = logits.masked_fill(F.one_hot(torch.tensor(k), len(wnids)).bool(), -1e9)
-                    return (logits[:, k] - other.max(1).values).clamp_min(-5).mean()
+            def margin(t: torch.Tensor, k: int = k) -> torch.Tensor:
+                logits = vlp.logit_scale * encode(t) @ text.t()
+                other = logits.masked_fill(F.one_hot(torch.tensor(k), len(wnids)).bool(), -1e9)
+                return (logits[:, k] - other.max(1).values).clamp_min(-5).mean()
 
-                for _ in range(args.steps):
-                    v = view(d)
-                    if against:  # label-free, against the surrogates only: what an encoder can do
-                        loss = residual_loss(v, against, own, refs, transfer, gen)
-                    elif args.eot == "all":
-                        loss = sum(margin(ALL_VARIANTS[p](v)) for p in PREPROC)
-                    else:
-                        loss = margin(sampler(v, gen))
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                with torch.no_grad():
-                    v = view(d)
-                    row[f"thumb{thumb}_rms{rms:g}"] = {**top1(v, k), **read_judges(v, k), "cos": cos(v, x),
-                                                      "psnr": float(-10 * torch.log10(((v - x) ** 2).mean()))}
+            for _ in range(args.steps):
+                v = view(d)
+                if against:  # label-free, against the surrogates only: what an encoder can do
+                    loss = residual_loss(v, against, own, refs, transfer, gen)
+                elif args.eot == "all":
+                    loss = sum(margin(ALL_VARIANTS[p](v)) for p in PREPROC)
+                else:
+                    loss = margin(sampler(v, gen))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                v = view(d)
+                row[vkey(thumb, rms, coarse)] = {**top1(v, k), **read_judges(v, k), "cos": cos(v, x),
+                                                  "psnr": float(-10 * torch.log10(((v - x) ** 2).mean()))}
         rows.append(row)
         print(json.dumps(row), flush=True)
     jcols = tuple(f"{m.spec} short224" for m in judges)
@@ -265,14 +276,14 @@ def main() -> int:
         for view in conds:
             summary[f"net_{view}"] = {p: float(np.mean([r[f"net_{view}"][p] for r in rows]))
                                       for p in (*PREPROC, "psnr", "cos")}
-    for thumb in args.thumbs:
-        for rms in args.rms:
-            key = f"thumb{thumb}_rms{rms:g}"
-            summary[key] = {p: float(np.mean([r[key][p] for r in rows])) for p in (*PREPROC, *jcols, "psnr", "cos")}
+    for thumb, rms, coarse in variants:
+        key = vkey(thumb, rms, coarse)
+        summary[key] = {p: float(np.mean([r[key][p] for r in rows])) for p in (*PREPROC, *jcols, "psnr", "cos")}
     res = {"command": "python benchmarks/residual_bound.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
         for k, v in vars(args).items() if k not in ("out", "render_only") and v is not None),
         "size": [w, h], "steps": args.steps, "embed_weight": args.embed_weight, "diversity": args.diversity,
+        "coarse": args.coarse,
         "eot": args.eot, "against": args.against, "judges": list(jcols),
         "seconds": round(time.time() - t0, 1),
         "summary": summary, "rows": rows}

@@ -39,6 +39,31 @@ def test_the_residual_is_stretched_to_the_photo_at_exactly_its_budget():
     assert abs(rms - 4.5) < 0.05  # no clamping at these grey levels
 
 
+def test_a_coarse_residual_shares_the_budget_and_reaches_a_small_thumbnail():
+    """With ``coarse``, a second, coarser residual joins the fine one in the same RMS budget, and more of that
+    budget survives a downscale to a 16-pixel thumbnail than with the fine residual alone."""
+    import torch.nn.functional as F
+
+    from psic_lab.evaluation.per_photo import Transfer, init_residual
+
+    x = torch.full((1, 3, 128, 128), 0.5)
+    g = torch.Generator().manual_seed(3)
+    fine = init_residual((64, 64), Transfer(), g)
+    assert len(fine) == 1
+    g = torch.Generator().manual_seed(3)
+    both = init_residual((64, 64), Transfer(coarse=8), g)
+    assert [tuple(p.shape[-2:]) for p in both] == [(64, 64), (8, 8)]
+    assert torch.equal(both[0], fine[0])  # the fine residual does not depend on the coarse one
+
+    def thumb_rms(d) -> float:
+        v = add_residual(x, d, 4.0)
+        assert abs(float(((v - x) * 255).pow(2).mean().sqrt()) - 4.0) < 0.05
+        t = F.interpolate((v - x) * 255, size=(16, 16), mode="bilinear", antialias=True, align_corners=False)
+        return float(t.pow(2).mean().sqrt())
+
+    assert thumb_rms(both) > 1.5 * thumb_rms(fine)
+
+
 def test_the_texture_mask_moves_the_residual_out_of_flat_areas_at_the_same_budget():
     """Left half flat grey, right half noisy: masked, most of the residual's energy lands on the right, and
     its total RMS is still the budget."""
