@@ -17,13 +17,13 @@ def _mod():
 
 
 def test_design_doc_tables_match_results():
-    """The bound's table, each network's (``results/residual-net-*.json``) and the label-free runs'
-    (``results/residual-labelfree-*.json``) and the transfer runs' (``results/residual-transfer-*.json``) are
-    what their JSON renders."""
+    """The bound's table, each network's (``results/residual-net-*.json``), the label-free runs'
+    (``results/residual-labelfree-*.json``), the transfer runs' (``results/residual-transfer-*.json``) and the
+    coarse run's (``results/residual-coarse.json``) are what their JSON renders."""
     mod = _mod()
     files = [ROOT / "results" / "residual-bound.json", *sorted((ROOT / "results").glob("residual-net-*.json")),
              *sorted((ROOT / "results").glob("residual-labelfree-*.json")),
-             *sorted((ROOT / "results").glob("residual-transfer-*.json"))]
+             *sorted((ROOT / "results").glob("residual-transfer-*.json")), ROOT / "results" / "residual-coarse.json"]
     for path in files:
         res = json.loads(path.read_text())
         assert mod.pasted(ROOT / "docs" / "shield-design.md", path.stem) == mod.render_md(res, path.stem), (
