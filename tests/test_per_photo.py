@@ -56,7 +56,7 @@ def test_a_coarse_residual_shares_the_budget_and_reaches_a_small_thumbnail():
     assert torch.equal(both[0], fine[0])  # the fine residual does not depend on the coarse one
 
     def thumb_rms(d) -> float:
-        v = add_residual(x, d, 4.0)
+        v = add_residual(x, tuple(p.detach() for p in d), 4.0)
         assert abs(float(((v - x) * 255).pow(2).mean().sqrt()) - 4.0) < 0.05
         t = F.interpolate((v - x) * 255, size=(16, 16), mode="bilinear", antialias=True, align_corners=False)
         return float(t.pow(2).mean().sqrt())
