@@ -130,8 +130,8 @@ def main() -> int:
                          "model's own top class for the original under each preprocessing (e.g. psic-vlp-mini "
                          "effnet-lite1 surrogate-scratch; never the unseen judges)")
     ap.add_argument("--coarse", type=int, nargs="+", default=[0],
-                    help="with --against: also a coarse residual of this many pixels a side in the same budget "
-                         "(0: none; several: one row each)")
+                    help="also a coarse residual of this many pixels a side in the same budget (0: none; several: one "
+                         "row each)")
     ap.add_argument("--embed-weight", type=float, default=0.0,
                     help="with --against: weight of the caption models' embedding cosine to the original")
     ap.add_argument("--diversity", type=float, default=0.0,
