@@ -66,6 +66,8 @@ DESIGN_TABLES = [
      ("target only", "target + surrogate-scratch")),
     ("mask", "shield-geometry-perphoto-transfer.json", "shield-geometry-perphoto-mask.json",
      ("unmasked", "texture mask")),
+    ("mask-large", "shield-geometry-perphoto-transfer-large.json", "shield-geometry-perphoto-mask-large.json",
+     ("unmasked", "texture mask")),
 ]
 
 

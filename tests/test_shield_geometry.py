@@ -129,6 +129,16 @@ def test_committed_page_is_the_rendering_of_the_results():
     assert set(res["sizes"]) | set(res["missing"]) >= {str(s) for s in sg.SIZES}
 
 
+@pytest.mark.parametrize("results", sorted((REPO / "results").glob("shield-geometry-*.json")), ids=lambda p: p.stem)
+def test_every_lab_page_is_the_rendering_of_its_results(results):
+    """Each lab run's page (``docs/shield-geometry-<name>.md``, where one was written) matches its JSON."""
+    page = REPO / "docs" / f"{results.stem}.md"
+    if not page.exists():
+        pytest.skip(f"{results.name} is only read by the old-to-new tables of docs/shield-design.md")
+    assert sg.report_md(json.loads(results.read_text())) == page.read_text(), (
+        f"{page.name} is stale: re-render it from {results.name}")
+
+
 def test_lab_results_never_render_over_the_shipped_page(tmp_path, monkeypatch):
     """With another --out, the shipped weights' page is left alone unless --docs names a page."""
     monkeypatch.chdir(tmp_path)
