@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> dict:
                         "steps": lm.info.metadata.get("steps")}
         names1000 = list(imagenet_classes()[1])
         scorers = [pp.Scorer(s, names1000, pp.PROMPT_1000) for s in args.against]
-        per_photo = pp.PerPhoto(scorers, args.steps, budget={"strong": args.budget},
+        per_photo = pp.PerPhoto(scorers, args.steps, budget={str(View.STRONG): args.budget},
                                 transfer=pp.Transfer(embed_weight=args.embed_weight, diversity=args.diversity),
                                 masked=not args.no_mask)
         res["per_photo"] = per_photo.record()
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> dict:
                 full = codec.decode(data, key, View.FULL).pixels
                 t_full = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                per_photo.view(full, per_photo.rms_for("strong", px, full))
+                per_photo.view(full, per_photo.rms_for(str(View.STRONG), px, full))
                 rows.append({"decode_full_s": t_full, "per_photo_s": time.perf_counter() - t0})
             res["sizes"][str(side)] = {
                 "size": f"{px.shape[1]}x{px.shape[0]}", "megapixels": px.shape[0] * px.shape[1] / 1e6,
