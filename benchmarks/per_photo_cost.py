@@ -19,7 +19,6 @@ import argparse
 import json
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,13 +52,12 @@ def run(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from shield_geometry import labelled_image
+    from shield_geometry import _git_revision, labelled_image
 
     files = list_labelled_folder(args.val, args.images)[0]
     key = read_key(ROOT / "weights" / "shipped.key")
     res: dict = {"command": "python " + " ".join(sys.argv), "host": platform.node(), "threads": args.threads,
-                 "git_revision": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                                text=True, cwd=ROOT).stdout.strip() or None,
+                 "git_revision": _git_revision(),
                  "quality": args.quality, "images": [p.name for p in files], "sizes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         model_id = install_weights(args.weights, Path(tmp))
