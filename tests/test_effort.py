@@ -35,9 +35,26 @@ def test_the_search_lowers_the_rate_distortion_cost_and_never_raises_it(tiny_env
     start = _cost(model, x, 1, cond, y0, z0)
     y, z = model.refine(x, 1, cond, steps=12, lr=0.05)
     assert _cost(model, x, 1, cond, y, z) < start - 1e-3
-    y, z = model.refine(x, 1, cond, steps=3, lr=1e3)  # wild steps: the analysis output is kept
+    y, z = model.refine(x, 1, cond, steps=3, lr=1e3, z_lr=1e3)  # wild steps: the analysis output is kept
     assert torch.equal(y, y0) and torch.equal(z, z0)
     assert not any(p.grad is not None for p in model.parameters())  # the decoder is never touched
+
+
+def test_the_default_search_steps_grow_with_the_quality_and_lower_the_cost(tiny_env, rgb_image):
+    import torch
+
+    from psic_cli.zoo import load_model
+
+    model = load_model("tiny-msh").model
+    lrs = [model.refine_lr(q) for q in range(model.cfg.qualities)]
+    assert lrs[0] == model.REFINE_LR and all(a < b for a, b in zip(lrs, lrs[1:], strict=False))
+    x = codec.pad_to_multiple(torch.from_numpy(rgb_image.copy()).permute(2, 0, 1)[None].float() / 255, 16)
+    cond = torch.zeros(1, model.cfg.cond_dim)
+    top = model.cfg.qualities - 1
+    with torch.no_grad():
+        y0, z0 = model.analysis(x, torch.tensor([top]))
+    y, z = model.refine(x, top, cond, steps=12)
+    assert _cost(model, x, top, cond, y, z) < _cost(model, x, top, cond, y0, z0) - 1e-3
 
 
 def test_an_effort_file_is_a_valid_file_of_its_own(tiny_env, rgb_image):

@@ -372,23 +372,47 @@ class ConditionalHyperprior(nn.Module):
         bits = -(torch.log2(y_lik).sum() + torch.log2(eb.likelihood_lower_bound(z_lik)).sum())
         return bits, y_hat
 
-    def refine(self, x: Tensor, q: int, cond: Tensor, steps: int, lr: float = 0.01) -> tuple[Tensor, Tensor]:
-        """Encoder-side search: ``y`` and ``z`` moved by ``steps`` Adam steps (cosine-decayed ``lr``) to lower
-        the quality's own rate-distortion cost ``bits / pixels + lambda_q * 255^2 * MSE`` of the view of
-        ``cond``, keeping the best iterate (the analysis output when no step improves on it).  The decoder
-        is untouched: the result is coded by :meth:`compress` like any latent.  Untiled (memory grows with
-        the image); ``x`` is the padded image, batch of 1."""
+    #: the search's step size, in the analysis transform's units (before the quality's gain), at the lowest
+    #: quality; it grows as ``(lambda_q / lambda_1) ** REFINE_LR_POWER`` (:meth:`refine_lr`)
+    REFINE_LR = 0.005
+    REFINE_LR_POWER = 0.7
+    #: the hyper-latent's step size and the search's warm-up steps (at most a fifth of the search)
+    REFINE_Z_LR = 0.01
+    REFINE_WARMUP = 8
+
+    def refine_lr(self, q: int) -> float:
+        """The search's step size at quality index ``q``: high qualities weigh distortion more, and their
+        latents sit far from the analysis output's, so they take larger steps (tuned on BSDS500 crops,
+        ``benchmarks/refine_tuning.py``)."""
+        lams = self.cfg.lambdas
+        return self.REFINE_LR * (float(lams[q]) / float(lams[0])) ** self.REFINE_LR_POWER
+
+    def refine(self, x: Tensor, q: int, cond: Tensor, steps: int, lr: float | None = None,
+               z_lr: float | None = None) -> tuple[Tensor, Tensor]:
+        """Encoder-side search: ``y`` and ``z`` moved by ``steps`` Adam steps (linear warm-up, then cosine
+        decay) to lower the quality's own rate-distortion cost ``bits / pixels + lambda_q * 255^2 * MSE`` of
+        the view of ``cond``, keeping the best iterate (the analysis output when no step improves on it).
+        ``y`` moves in the analysis transform's units (each channel's step scaled by the quality's gain);
+        ``lr`` defaults to :meth:`refine_lr`.  The decoder is untouched: the result is coded by
+        :meth:`compress` like any latent.  Untiled (memory grows with the image); ``x`` is the padded
+        image, batch of 1."""
         qt = torch.tensor([q])
         with torch.no_grad():
             y0, z0 = self.analysis(x, qt)
+            gain = self.gain(qt)
         lam = float(self.cfg.lambdas[q]) * 255.0**2
         pixels = x.shape[-1] * x.shape[-2]
-        y, z = y0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
-        opt = torch.optim.Adam([y, z], lr=lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+        d = torch.zeros_like(y0, requires_grad=True)  # y = y0 + d * gain
+        z = z0.clone().requires_grad_(True)
+        opt = torch.optim.Adam([{"params": [d], "lr": self.refine_lr(q) if lr is None else lr},
+                                {"params": [z], "lr": self.REFINE_Z_LR if z_lr is None else z_lr}])
+        warm = max(1, min(self.REFINE_WARMUP, steps // 5))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * i / max(steps, 1))))
         best, best_yz = math.inf, (y0, z0)
         with torch.enable_grad():
             for _ in range(steps):
+                y = y0 + d * gain
                 bits, y_hat = self.rate_bits(y, z)
                 loss = bits / pixels + lam * (self.synthesize(y_hat, cond, qt) - x).pow(2).mean()
                 if loss.item() < best:  # the cost of the current iterate, before the step moves it
