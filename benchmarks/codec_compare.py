@@ -92,11 +92,12 @@ def curve_name(effort: int) -> str:
     return "psic-full" if effort == 0 else f"psic-full-effort{effort}"
 
 
-def measure_rd(folder: Path, model_id: str, key: bytes, limit: int | None, efforts: tuple[int, ...] = (0,)) -> dict:
+def measure_rd(folder: Path, model_id: str, key: bytes, limit: int | None, efforts: tuple[int, ...] = (0,),
+               skip: int = 0) -> dict:
     from psic_cli import codec
     from psic_cli.zoo import load_model
 
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:limit]
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[skip:][:limit]
     nq = load_model(model_id).model.cfg.qualities
     ours = [curve_name(e) for e in efforts]
     rows: dict[str, list] = {**{k: [] for k in ours}, "jpeg": [], "webp": [], "avif": []}
@@ -119,23 +120,63 @@ def measure_rd(folder: Path, model_id: str, key: bytes, limit: int | None, effor
         rows["webp"].append([_pillow(img, "WEBP", q) for q in WEBP_QUALITIES])
         rows["avif"].append([_pillow(img, "AVIF", q) for q in AVIF_QUALITIES])
     curves = {k: _mean(v) for k, v in rows.items()}
+    spi = {name: encode_s[name] / (len(paths) * nq) for name in ours}
+    return {"first_image": skip, "image_names": [p.name for p in paths],
+            **rd_summary(curves, dict(zip(ours, efforts, strict=True)), spi, len(paths))}
+
+
+def rd_summary(curves: dict, efforts: dict[str, int], encode_s_per_image: dict[str, float], images: int) -> dict:
+    """BD-rates and top points of psic's curves (``efforts``: curve name -> effort, the headline first)."""
+    ours = list(efforts)
     refs = {**{k: curves[k] for k in ("jpeg", "webp", "avif")},
             **{f"compressai-{k} (published)": v for k, v in COMPRESSAI_PUBLISHED.items()}}
     first = curves[ours[0]]
     res = {
-        "images": len(paths),
+        "images": images,
         "curves": curves,
         "bd_rate_psnr_percent": {k: bd_rate(v, first) for k, v in refs.items()},
         "top_quality_psnr": first["psnr"][-1],
         "top_quality_bpp": first["bpp"][-1],
     }
-    if efforts != (0,):  # the encoder's search: each effort's curve against the same references
-        res["efforts"] = {name: {"effort": e, "encode_s_per_image": round(encode_s[name] / (len(paths) * nq), 3),
+    if list(efforts.values()) != [0]:  # the encoder's search: each effort's curve against the same references
+        res["efforts"] = {name: {"effort": e, "encode_s_per_image": round(encode_s_per_image[name], 3),
                                  "bd_rate_psnr_percent": {k: bd_rate(v, curves[name]) for k, v in refs.items()},
                                  "top_quality_psnr": curves[name]["psnr"][-1],
                                  "top_quality_bpp": curves[name]["bpp"][-1]}
-                          for e, name in zip(efforts, ours, strict=True)}
+                          for name, e in efforts.items()}
     return res
+
+
+def merge(parts: list[Path], out: Path) -> dict:
+    """One result from ``measure`` runs on disjoint images of one folder (``--skip``/``--limit``) with the same
+    weights and efforts: every curve is the image-weighted mean of the parts' curves (each part's curve is a
+    mean over its images), and the BD-rates are computed again from the merged curves.  Speed comes from the
+    first part."""
+    res = [json.loads(p.read_text()) for p in parts]
+    first = res[0]
+    for r in res[1:]:
+        if r["model"]["weights_sha256"] != first["model"]["weights_sha256"]:
+            raise SystemExit("merge: the parts were measured on different weights")
+        if set(r["rd"]["curves"]) != set(first["rd"]["curves"]) or r["rd"]["folder"] != first["rd"]["folder"]:
+            raise SystemExit("merge: the parts measured different curves or folders")
+    spans = sorted((r["rd"].get("first_image", 0), r["rd"]["images"]) for r in res)
+    if any(a + n > b for (a, n), (b, _) in zip(spans, spans[1:], strict=False)):
+        raise SystemExit("merge: the parts' images overlap")
+    n = sum(r["rd"]["images"] for r in res)
+    curves = {k: {m: [round(sum(r["rd"]["curves"][k][m][i] * r["rd"]["images"] for r in res) / n, 5)
+                      for i in range(len(first["rd"]["curves"][k][m]))] for m in ("bpp", "psnr")}
+              for k in first["rd"]["curves"]}
+    eff = first["rd"].get("efforts") or {curve_name(0): {"effort": 0, "encode_s_per_image": 0.0}}
+    spi = {k: sum(r["rd"].get("efforts", eff)[k]["encode_s_per_image"] * r["rd"]["images"] for r in res) / n
+           for k in eff}
+    rd = {**rd_summary(curves, {k: v["effort"] for k, v in eff.items()}, spi, n), "folder": first["rd"]["folder"]}
+    merged = {"command": "python benchmarks/codec_compare.py merge " + " ".join(map(str, parts)) + f" --out {out}",
+              "git_revision": first.get("git_revision"), "model": first["model"], "host": first.get("host"),
+              "parts": [{"command": r["command"], "git_revision": r.get("git_revision"),
+                         "first_image": r["rd"].get("first_image", 0), "images": r["rd"]["images"]} for r in res],
+              "speed": first["speed"], "rd": rd, "load_average_at_end": first["load_average_at_end"]}
+    out.write_text(json.dumps(merged, indent=2) + "\n")
+    return merged
 
 
 def measure_speed(model_id: str, key: bytes, image: Path, repeats: int) -> dict:
@@ -235,7 +276,7 @@ def measure(args: argparse.Namespace) -> None:
         res["speed"] = measure_speed(model_id, key, files[0], args.repeats)
         print(json.dumps(res["speed"]), file=sys.stderr)
         if not args.skip_rd:
-            res["rd"] = measure_rd(args.folder, model_id, key, args.limit, tuple(args.effort))
+            res["rd"] = measure_rd(args.folder, model_id, key, args.limit, tuple(args.effort), args.skip)
             res["rd"]["folder"] = str(args.folder)
         if args.large:
             res["large"] = measure_large(model_id, args.key, files[0], Path(tmp))
@@ -256,6 +297,11 @@ def render(results: Path) -> str:
            f"Generated from `results/{results.name}` (measured by `{res['command']}` at revision "
            f"`{(res.get('git_revision') or '?')[:10]}`); do not edit by hand.", "",
            f"Model `{m['id']}` ({m.get('stage')} weights, {m.get('steps')} training steps).", ""]
+    if "parts" in res:
+        out += ["Measured in parts on disjoint images, then merged:", ""]
+        out += [f"- images {p['first_image'] + 1} to {p['first_image'] + p['images']}: `{p['command']}` at revision "
+                f"`{(p.get('git_revision') or '?')[:10]}`" for p in res["parts"]]
+        out.append("")
     if "rd" in res:
         rd = res["rd"]
         out += [f"## Rate-distortion on {rd['folder']} ({rd['images']} images, RGB PSNR)", "",
@@ -315,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     me.add_argument("--model", default="psic-sh", help="installed model id, when --weights is not given")
     me.add_argument("--key", type=Path, default=Path("weights/shipped.key"), help="key that opens the full view")
     me.add_argument("--limit", type=int, help="only the first N images (quick checks)")
+    me.add_argument("--skip", type=int, default=0,
+                    help="leave out the first N images (sorted by name): with --limit, one part of a split run")
     me.add_argument("--repeats", type=int, default=5, help="timing repeats (median is reported)")
     me.add_argument("--skip-rd", action="store_true", help="speed only")
     me.add_argument("--effort", type=int, nargs="+", default=[0],
@@ -322,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
                          "is the page's headline (default: 0)")
     me.add_argument("--large", action="store_true", help="also time a 6000x4000 encode and decode (slow)")
     me.add_argument("--out", type=Path, default=RESULTS, help="JSON to write")
+    mg = sub.add_parser("merge", help="one JSON from measure runs on disjoint images (--skip/--limit)")
+    mg.add_argument("parts", type=Path, nargs="+", help="JSONs written by measure, same weights and efforts")
+    mg.add_argument("--out", type=Path, default=RESULTS, help="JSON to write")
     re_ = sub.add_parser("render", help="JSON -> markdown (no measuring)")
     re_.add_argument("--results", type=Path, default=RESULTS, help="JSON written by measure")
     re_.add_argument("--out", type=Path, default=DOC, help="markdown to write")
@@ -331,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.effort[0] != 0 or len(set(args.effort)) != len(args.effort):
             ap.error("--effort: distinct values, starting with 0 (the headline curve)")
         measure(args)
+        return 0
+    if args.cmd == "merge":
+        merge(args.parts, args.out)
         return 0
     text = render(args.results)
     if args.check:

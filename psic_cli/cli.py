@@ -114,8 +114,9 @@ def encode(
                                                "Default: psic-sh.")] = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels than this.")] = 50_000_000,
     effort: Annotated[int, typer.Option("--effort", "-e", min=0, max=200, help="Search steps on the coded "
-                                         "latents: smaller files at the same quality, about a second per step "
-                                         "per 0.4 megapixels on one core (0: one pass; 40 is a good trade). "
+                                         "latents: a better trade of size and quality at the same level (the "
+                                         "top levels gain detail), about a second per step per 0.4 megapixels "
+                                         "on one core (0: one pass; 40 is a good trade). "
                                          "Images over 2 megapixels are coded in one pass.")] = 0,
     key: Annotated[str | None, typer.Option("--key", "-k", help="The model's key file: with --effort, the search "
                                              "keeps the full view close to the photo (needed once a model's "

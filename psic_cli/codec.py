@@ -117,7 +117,7 @@ def encode_pixels(pixels: np.ndarray, model_id: str = DEFAULT_MODEL, quality: in
     """Encode uint8 HxWx3 RGB pixels; ``quality`` is 1..Q (default: the middle level).
 
     ``effort`` > 0 spends that many search steps on the latents (:meth:`ConditionalHyperprior.refine`):
-    smaller files at the same quality, for about a second per step per 0.4 megapixels on one core; images
+    a better size-quality trade at the same level, for about a second per step per 0.4 megapixels on one core; images
     over :data:`EFFORT_MAX_PIXELS` are coded in one pass (:func:`encode` says so).  A model with a trained
     shield needs its ``key`` for that search."""
     import torch

@@ -38,3 +38,35 @@ def test_committed_page_matches_results(tmp_path, results_rel, doc_rel):
     fake = tmp_path / "edited.json"
     fake.write_text(json.dumps(edited))
     assert cc.render(fake) != (REPO / doc_rel).read_text()  # an edited number shows up as drift
+
+
+def _part(res: dict, first: int, shift: float) -> dict:
+    part = json.loads(json.dumps(res))
+    part["rd"]["first_image"] = first
+    for c in part["rd"]["curves"].values():
+        c["psnr"] = [p + shift for p in c["psnr"]]
+    return part
+
+
+def test_merge_averages_disjoint_parts_and_recomputes_the_bd_rates(tmp_path):
+    res = json.loads((REPO / "results/codec-compare-effort.json").read_text())
+    n = res["rd"]["images"]
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_part(res, 0, +0.5)))
+    b.write_text(json.dumps(_part(res, n, -0.5)))
+    merged = cc.merge([a, b], tmp_path / "m.json")
+    assert merged["rd"]["images"] == 2 * n
+    for k, c in res["rd"]["curves"].items():  # +0.5 dB and -0.5 dB average back to the original curve
+        assert merged["rd"]["curves"][k]["psnr"] == pytest.approx(c["psnr"], abs=1e-4)
+    for k, v in res["rd"]["efforts"].items():
+        assert merged["rd"]["efforts"][k]["bd_rate_psnr_percent"]["webp"] == pytest.approx(
+            v["bd_rate_psnr_percent"]["webp"], abs=1e-2)
+    assert "images 1 to" in cc.render(tmp_path / "m.json")
+    b.write_text(json.dumps(_part(res, n - 1, 0.0)))  # one image in both parts
+    with pytest.raises(SystemExit, match="overlap"):
+        cc.merge([a, b], tmp_path / "m.json")
+    other = _part(res, n, 0.0)
+    other["model"]["weights_sha256"] = "0" * 64
+    b.write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="different weights"):
+        cc.merge([a, b], tmp_path / "m.json")
