@@ -66,19 +66,12 @@ def coded_cost(model, x, q: int, cond, y, z) -> tuple[float, float]:
     """``(bpp, PSNR)`` of coding ``y``, ``z`` as ``compress`` does and decoding to rounded 8-bit pixels."""
     import torch
 
-    from psic_cli.models.backbones import cdf_indexes
-
-    eb, gc = model.entropy_bottleneck, model.gaussian_conditional
+    out = model.compress_latents(y, z)
     with torch.no_grad():
-        z_strings = eb.compress(z)
-        z_hat = eb.decompress(z_strings, z.shape[-2:])
-        scales, means = model.decoder_hyper(z_hat, y.shape[-2:])
-        mu = means if means is not None else torch.zeros_like(scales)
-        y_strings = gc.compress(y.double(), cdf_indexes(gc, scales), means=mu)
-        y_hat = (torch.round(y.double() - mu) + mu).float()
-        x_hat = torch.round(model.synthesize(y_hat, cond, torch.tensor([q])).clamp(0, 1) * 255) / 255
+        y_hat, _ = model.decode_latent(out["strings"], out["shape"], out["y_shape"])
+        x_hat = torch.round(model.synthesize(y_hat.float(), cond, torch.tensor([q])).clamp(0, 1) * 255) / 255
         mse = float((x_hat - x).pow(2).mean())
-    bits = 8 * (len(y_strings[0]) + len(z_strings[0]))
+    bits = 8 * sum(len(s[0]) for s in out["strings"])
     return bits / (x.shape[-1] * x.shape[-2]), 10 * math.log10(1 / mse)
 
 

@@ -435,6 +435,11 @@ class ConditionalHyperprior(nn.Module):
         else:
             y = tiled(self.g_a, x, scale=1 / 16, tile=self.tile_latent * 16, margin=128) * self.gain(qt)
             z = self.h_a(y if self.mean_scale else torch.abs(y))
+        return self.compress_latents(y, z)
+
+    @torch.no_grad()
+    def compress_latents(self, y: Tensor, z: Tensor) -> dict:
+        """Entropy-code the latents ``y`` and ``z`` (what :meth:`compress` returns, from its latents)."""
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
         scales_hat, means_hat = self.decoder_hyper(z_hat, y.shape[-2:])  # exactly what the decoder will compute
