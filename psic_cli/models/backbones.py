@@ -142,8 +142,9 @@ class ConditionalHyperprior(nn.Module):
         self.cfg = cfg
         N, M = cfg.N, cfg.M
         self.mean_scale = cfg.arch == "mean-scale-hyperprior"
+        A = cfg.analysis_width or N
         self.g_a = nn.Sequential(
-            _conv(3, N), GDN(N), _conv(N, N), GDN(N), _conv(N, N), GDN(N), _conv(N, M)
+            _conv(3, A), GDN(A), _conv(A, A), GDN(A), _conv(A, A), GDN(A), _conv(A, M)
         )
         if self.mean_scale:
             self.h_a = nn.Sequential(

@@ -33,6 +33,8 @@ class ModelConfig:
     # 8-bit levels at thumbnail resolution (a fixed budget); empty: bounded by a tanh instead (0.25 at most)
     indexer_residual_mask: float = 0.0  # > 0: the residual is weighted by the thumbnail's local activity to this
     # power before its budget is applied (texture masking: less in flat sky, more in texture); 0: uniform
+    analysis_width: int = 0  # > 0: channels of the analysis transform g_a's hidden layers, a wider encoder for the
+    # same decoder (the bitstream's decoding side does not change); 0: N, as the synthesis
     scale_keyless_only: bool = False  # the scale branch acts only for the public keyless conditions (the shields):
     # for any other condition (a key's full or machine view, a wrong key) its maps are exactly zero
 

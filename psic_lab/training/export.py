@@ -73,12 +73,17 @@ def export_weights(checkpoint: str | Path, out: str | Path, data_desc: str, shie
     model.load_state_dict(state["model"])
     extra = state.get("extra", {})
     stage = extra.get("stage", "rd")
+    steps = state["step"]
     if stage == "rd":  # later stages freeze the entropy models: refining would change the bitstream
         aux = refine_quantiles(model)
         notes = (notes + "; " if notes else "") + f"aux loss after quantile refinement {aux:.3g}"
+    elif stage == "rd-encoder":  # a new encoder for a frozen decoder: the steps are the decoder's plus its own
+        steps += int(extra.get("base_steps", 0))
+        notes = (notes + "; " if notes else "") + (f"analysis side (g_a, h_a) retrained for {state['step']} steps "
+                                                   f"on a frozen decoder of {extra.get('base_steps', 0)} steps")
     else:
         shield = "trained"
     meta_extra = {k: str(v) for k, v in extra.items() if k.endswith("_config")}
     meta_extra.update(views_metadata(str(extra.get("views", "full,shielded")).split(",")))
-    return write_weights(model, out, steps=state["step"], key_fingerprint=extra["key_fingerprint"],
+    return write_weights(model, out, steps=steps, key_fingerprint=extra["key_fingerprint"],
                          data_desc=data_desc, stage=stage, shield=shield, notes=notes, extra=meta_extra)

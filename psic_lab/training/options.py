@@ -52,6 +52,8 @@ class TrainConfig:
     max_minutes: float | None = None  # stop (with a checkpoint) after this many minutes of wall time
     amp: Literal["off", "bf16"] = "off"  # bf16: analysis and synthesis in bfloat16 autocast (entropy models fp32)
     compile: bool = False  # torch.compile the training step (pays off on a GPU, not on 2 CPU cores)
+    train_part: Literal["all", "encoder"] = "all"  # encoder: only the analysis side (g_a, h_a) learns, for the
+    # key's full view; the decoder, entropy models and gains stay frozen, so files keep decoding the same
 
     def __post_init__(self) -> None:
         check_choices(self)

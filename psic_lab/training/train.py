@@ -61,6 +61,9 @@ def draw_conditions(n: int, key_cond: torch.Tensor, gen: torch.Generator) -> tor
     return torch.where((u >= 0.75)[:, None], rand_keys, cond)
 
 
+#: the analysis side, all that ``train_part: encoder`` trains: nothing the decoder reads from a file
+ENCODER_PREFIXES = ("g_a.", "h_a.")
+
 #: tensors never copied between weights: the entropy models' derived tables (rebuilt by ``update``)
 _NOT_COPIED = ("entropy_bottleneck._", "gaussian_conditional._", "gaussian_conditional.scale_table")
 
@@ -150,6 +153,8 @@ def warm_start(model: nn.Module, spec: str) -> dict:
             elif own[k].dim() == v.dim() and all(a >= b for a, b in zip(own[k].shape, v.shape, strict=True)):
                 own[k] = _widen(own[k], v)
                 report["widened"] = report.get("widened", 0) + 1
+        if "steps" in meta:
+            report["source_steps"] = int(meta["steps"])
         if len(sources) == 1 and not prefixes and "config" in meta and \
                 ModelConfig.from_dict(json.loads(meta["config"])) == cfg:  # fields added since default alike
             report["continue_step"] = int(meta.get("steps", "0"))
@@ -175,21 +180,32 @@ class RDStage:
         self.model = build_model(self.cfg).to(device)
         self.key = read_key(tc.key)
         self.key_cond = torch.tensor(condition(View.FULL, self.key, self.cfg.cond_dim))
-        aux_params = [p for n, p in self.model.named_parameters() if n.endswith(".quantiles")]
-        self.clip_params = [p for n, p in self.model.named_parameters() if not n.endswith(".quantiles")]
+        self.encoder_only = tc.train_part == "encoder"
         self.clip = tc.clip
-        self.optimizers = {"opt": torch.optim.Adam(self.clip_params, lr=tc.lr),
-                           "aux_opt": torch.optim.Adam(aux_params, lr=tc.aux_lr)}
+        if self.encoder_only:  # the decoding side (h_s, g_s, entropy models, gains, CLTG) is frozen
+            self.name = "rd-encoder"
+            for n, p in self.model.named_parameters():
+                p.requires_grad_(n.startswith(ENCODER_PREFIXES))
+            self.clip_params = [p for p in self.model.parameters() if p.requires_grad]
+            self.optimizers = {"opt": torch.optim.Adam(self.clip_params, lr=tc.lr)}
+        else:
+            aux_params = [p for n, p in self.model.named_parameters() if n.endswith(".quantiles")]
+            self.clip_params = [p for n, p in self.model.named_parameters() if not n.endswith(".quantiles")]
+            self.optimizers = {"opt": torch.optim.Adam(self.clip_params, lr=tc.lr),
+                               "aux_opt": torch.optim.Adam(aux_params, lr=tc.aux_lr)}
+        self.base_steps = 0  # encoder-only: the steps of the weights it started from (their decoder's training)
         self.distributed = distributed
 
     def fresh_start(self) -> tuple[int, dict | None]:
         if not self.config.init_from:
             return 0, None
         rep = warm_start(self.model, self.config.init_from)
+        if self.encoder_only:  # a run of its own from step 0; the decoder's steps go into the weights' metadata
+            self.base_steps, rep["continue_step"] = rep.get("source_steps", 0), 0
         return rep["continue_step"], {"event": "init_from", "spec": self.config.init_from, **rep}
 
     def load_state(self, extra: dict) -> None:
-        pass
+        self.base_steps = int(extra.get("base_steps", 0))
 
     def start(self, step: int) -> None:
         tc, device = self.config, self.device
@@ -214,9 +230,13 @@ class RDStage:
         n, device = self.config.batch, self.device
         x = self.bank.batch(n).to(device)
         q = torch.randint(0, self.cfg.qualities, (n,), generator=self.gen).to(device)
-        cond = draw_conditions(n, self.key_cond, self.gen).to(device)
+        if self.encoder_only:  # what the encoder serves: the key's full view (the rate is the same for all)
+            cond = self.key_cond[None].expand(n, -1).to(device)
+        else:
+            cond = draw_conditions(n, self.key_cond, self.gen).to(device)
         out = self.stepper(x, cond, q)
-        return out["loss"] + out["aux"], {k: float(out[k].detach()) for k in ("loss", "bpp", "mse", "aux")}
+        total = out["loss"] if self.encoder_only else out["loss"] + out["aux"]
+        return total, {k: float(out[k].detach()) for k in ("loss", "bpp", "mse", "aux")}
 
     def after_step(self) -> dict[str, float]:
         return {}
@@ -228,7 +248,8 @@ class RDStage:
         return rec
 
     def state(self) -> dict:
-        return {"key_fingerprint": fingerprint(self.key)}
+        extra = {"key_fingerprint": fingerprint(self.key)}
+        return {**extra, "base_steps": self.base_steps} if self.encoder_only else extra
 
 
 def train(tc: TrainConfig) -> Path:

@@ -1,0 +1,86 @@
+"""A wider encoder for a frozen decoder (``analysis_width``, ``rd --train-part encoder``): it starts computing
+exactly what the narrow one did, only the analysis side learns, and its files decode with the old decoder."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from .conftest import TINY
+
+
+def _weights(tmp_path, cfg_dict, steps="5"):
+    from safetensors.torch import save_file
+
+    from psic_cli.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_dict(cfg_dict))
+    with torch.no_grad():  # not the identity-like initial GDN: a trained-looking network
+        for name, p in model.named_parameters():
+            if name.startswith("g_a.") and p.dim() == 4:
+                p.add_(0.05 * torch.randn_like(p))
+    model.update(force=True)  # the CDF tables, as exported weights carry them
+    path = tmp_path / "narrow.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+              metadata={"config": model.cfg.to_json(), "steps": steps})
+    return model, path
+
+
+def test_a_widened_encoder_starts_with_the_same_latents(tmp_path):
+    from psic_cli.models import ModelConfig, build_model
+    from psic_lab.training.train import warm_start
+
+    narrow, path = _weights(tmp_path, TINY)
+    wide = build_model(ModelConfig.from_dict({**TINY, "analysis_width": 2 * TINY["N"]}))
+    rep = warm_start(wide, str(path))
+    # 4 convolution weights, 3 of their biases (the last keeps M outputs), 3 GDN betas and 3 gammas
+    assert rep["widened"] == 13 and rep["source_steps"] == 5
+    assert wide.g_a[0].weight.shape[0] == 2 * TINY["N"]
+    x = torch.rand(1, 3, 64, 64)
+    q = torch.tensor([1])
+    with torch.no_grad():
+        y0, z0 = narrow.analysis(x, q)
+        y1, z1 = wide.analysis(x, q)
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(z1, z0, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture()
+def encoder_run(tmp_path, key_file):
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (80, 90, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    _, path = _weights(tmp_path, TINY, steps="40")
+    cfg = tmp_path / "wide.json"
+    cfg.write_text(json.dumps({**TINY, "analysis_width": 2 * TINY["N"]}))
+    return data, cfg, key_file, path
+
+
+def test_encoder_training_moves_only_the_analysis_side_and_keeps_the_bitstream(encoder_run, tmp_path):
+    from safetensors.torch import load_file
+
+    from psic_cli.zoo import bitstream_id
+    from psic_lab.training.__main__ import main
+
+    data, cfg, key, path = encoder_run
+    run_dir = tmp_path / "run"
+    args = ["rd", "--model-id", str(cfg), "--data", str(data), "--key", str(key), "--run-dir", str(run_dir),
+            "--steps", "3", "--batch", "2", "--patch", "64", "--log-every", "1", "--ckpt-every", "2",
+            "--lr", "1e-2", "--train-part", "encoder", "--init-from", str(path)]
+    assert main(args) == 0
+    out = tmp_path / "wide.safetensors"
+    assert main(["export", str(run_dir / "checkpoint.pt"), str(out), "--data-desc", "noise"]) == 0
+    old, new = load_file(str(path)), load_file(str(out))
+    moved = {k for k in old if k in new and old[k].shape == new[k].shape and not torch.equal(old[k], new[k])}
+    assert moved and all(k.startswith(("g_a.", "h_a.")) for k in moved)  # and nothing else, not even the CDFs
+    assert bitstream_id(new) == bitstream_id(old)
+    from safetensors import safe_open
+
+    with safe_open(str(out), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["steps"] == "43" and meta["stage"] == "rd-encoder"  # the decoder's 40 plus the encoder's 3
