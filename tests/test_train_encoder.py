@@ -84,3 +84,25 @@ def test_encoder_training_moves_only_the_analysis_side_and_keeps_the_bitstream(e
     with safe_open(str(out), framework="pt") as f:
         meta = f.metadata()
     assert meta["steps"] == "43" and meta["stage"] == "rd-encoder"  # the decoder's 40 plus the encoder's 3
+
+
+def test_new_channels_only_keeps_the_weights_it_was_widened_from(encoder_run, tmp_path):
+    from safetensors.torch import load_file
+
+    from psic_lab.training.__main__ import main
+
+    data, cfg, key, path = encoder_run
+    run_dir = tmp_path / "run"
+    args = ["rd", "--model-id", str(cfg), "--data", str(data), "--key", str(key), "--run-dir", str(run_dir),
+            "--steps", "2", "--batch", "2", "--patch", "64", "--log-every", "1", "--lr", "1e-2",
+            "--train-part", "encoder", "--new-channels-only", "--init-from", str(path)]
+    assert main(args) == 0
+    out = tmp_path / "wide.safetensors"
+    assert main(["export", str(run_dir / "checkpoint.pt"), str(out), "--data-desc", "noise"]) == 0
+    old, new = load_file(str(path)), load_file(str(out))
+    n = old["g_a.0.weight"].shape[0]
+    for k, v in old.items():
+        if k.startswith("g_a."):
+            torch.testing.assert_close(new[k][tuple(slice(0, s) for s in v.shape)], v, rtol=0, atol=0)
+    assert not torch.equal(new["g_a.2.weight"][n:], torch.zeros_like(new["g_a.2.weight"][n:]))
+    assert not torch.equal(new["g_a.2.weight"][:n, n:], torch.zeros_like(new["g_a.2.weight"][:n, n:]))

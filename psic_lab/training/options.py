@@ -54,6 +54,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training step (pays off on a GPU, not on 2 CPU cores)
     train_part: Literal["all", "encoder"] = "all"  # encoder: only the analysis side (g_a, h_a) learns, for the
     # key's full view; the decoder, entropy models and gains stay frozen, so files keep decoding the same
+    new_channels_only: bool = False  # train_part encoder with a widened g_a: only its added channels learn (the
+    # weights it was widened from and h_a stay fixed), so the run starts from them and stays near them
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -164,6 +164,29 @@ def warm_start(model: nn.Module, spec: str) -> dict:
 
 
 
+def _fix_leading_channels(g_a: nn.Module, n: int, width: int) -> None:
+    """Zero the gradient of each ``g_a`` tensor's slice that a narrower ``n``-channel transform had (what
+    :func:`_widen` copied), so Adam leaves those weights as they were and only the added channels learn."""
+    if width <= n:
+        raise ValueError("new_channels_only needs a widened analysis transform (analysis_width > N)")
+    layers = list(g_a)
+    for i, layer in enumerate(layers):
+        widened_in, widened_out = i > 0, i < len(layers) - 1  # g_a's input (RGB) and output (y) keep their width
+        for name, p in layer.named_parameters():
+            old = torch.zeros_like(p, dtype=torch.bool)
+            if isinstance(layer, nn.Conv2d):
+                rows = slice(0, n) if widened_out else slice(None)
+                if name == "weight":
+                    old[rows, slice(0, n) if widened_in else slice(None)] = True
+                else:
+                    old[rows] = True
+            elif p.dim() == 2:  # a GDN's gamma
+                old[:n, :n] = True
+            else:  # a GDN's beta
+                old[:n] = True
+            p.register_hook(lambda g, m=old: g.masked_fill(m, 0))
+
+
 class RDStage:
     """The ``rd`` stage for :class:`~psic_lab.training.trainer.Trainer`: the whole model, ``bpp + lambda D``,
     per-sample qualities and conditions; the quantiles have their own optimiser (``aux_opt``)."""
@@ -186,6 +209,10 @@ class RDStage:
             self.name = "rd-encoder"
             for n, p in self.model.named_parameters():
                 p.requires_grad_(n.startswith(ENCODER_PREFIXES))
+            if tc.new_channels_only:  # h_a stays as it was too
+                _fix_leading_channels(self.model.g_a, self.cfg.N, self.cfg.analysis_width or self.cfg.N)
+                for p in self.model.h_a.parameters():
+                    p.requires_grad_(False)
             self.clip_params = [p for p in self.model.parameters() if p.requires_grad]
             self.optimizers = {"opt": torch.optim.Adam(self.clip_params, lr=tc.lr)}
         else:
