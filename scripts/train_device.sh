@@ -5,6 +5,9 @@
 #   OUT=/tmp/out DATA=../shared/data/bsds500 MINUTES=0.05 BATCH=2 PATCH=128 COMPILE=0 bash scripts/train_device.sh
 #   OUT=$OUT MODEL=psic-msh3 MINUTES=8 BATCH=32 LR=2e-4 AMP=bf16 COMPILE=0 bash scripts/train_device.sh  # the wide
 #     model from scratch (no committed weights yet: it starts fresh; its weights come back in 15 MiB parts)
+#   OUT=$OUT MODEL=psic-msh2-wa MODEL_ID=psic_lab/training/model_configs/psic-msh2-wide-encoder.json \
+#     INIT=lab_weights/rd/psic-msh2.safetensors MINUTES=8 BATCH=32 AMP=off COMPILE=0 bash scripts/train_device.sh
+#     # a wider encoder for psic-msh2's frozen decoder (stage rd/psic-msh2-wa: train_part encoder)
 #
 # The stage is psic_lab/training/configs/rd/<model>.json (CONFIG); the settings below override it for the device.
 # It continues from the committed weights (their step count is in the metadata; see training.train.warm_start)
@@ -21,6 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-psic-msh2}
 CONFIG=${CONFIG:-psic_lab/training/configs/rd/$MODEL.json}
+MODEL_ID=${MODEL_ID:-$MODEL}  # the model config: a bundled id, or a JSON file when the stage's name is not one
 INIT=${INIT:-lab_weights/rd/$MODEL.safetensors}
 DATA=${DATA:-.devdata/bsds500}
 RUN_DIR=${RUN_DIR:-runs/device-$MODEL}
@@ -50,7 +54,7 @@ if [ "$COMPILE" = 1 ]; then compile=(--compile); fi
 config=()
 if [ -f "$CONFIG" ]; then config=(--config "$CONFIG"); fi
 phase() {  # phase <lr> <minutes> <log>
-  "$PY" -m psic_lab.training rd "${config[@]}" --model-id "$MODEL" --data "$DATA" --run-dir "$RUN_DIR" \
+  "$PY" -m psic_lab.training rd "${config[@]}" --model-id "$MODEL_ID" --data "$DATA" --run-dir "$RUN_DIR" \
     --steps "$STEPS" --batch "$BATCH" --patch "$PATCH" --lr "$1" --lr-final "$1" --max-minutes "$2" --amp "$AMP" \
     "${compile[@]}" "${init[@]}" --threads 0 --log-every 100 --ckpt-every 1000 2>&1 | tee -a "$OUT/$3"
   init=()  # the second phase resumes from RUN_DIR's checkpoint
