@@ -106,3 +106,11 @@ def test_new_channels_only_keeps_the_weights_it_was_widened_from(encoder_run, tm
             torch.testing.assert_close(new[k][tuple(slice(0, s) for s in v.shape)], v, rtol=0, atol=0)
     assert not torch.equal(new["g_a.2.weight"][n:], torch.zeros_like(new["g_a.2.weight"][n:]))
     assert not torch.equal(new["g_a.2.weight"][:n, n:], torch.zeros_like(new["g_a.2.weight"][:n, n:]))
+
+
+def test_new_channels_only_without_the_encoder_stage_is_refused():
+    from psic_lab.training.options import TrainConfig
+
+    with pytest.raises(ValueError, match="train_part encoder"):
+        TrainConfig(new_channels_only=True)
+    assert TrainConfig(new_channels_only=True, train_part="encoder").new_channels_only

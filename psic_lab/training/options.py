@@ -59,6 +59,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if self.new_channels_only and self.train_part != "encoder":
+            raise ValueError("new_channels_only needs train_part encoder")
 
 
 @dataclass(frozen=True)
