@@ -50,6 +50,17 @@ def make_tiny_weights(folder: Path, arch: str = "scale-hyperprior", model_id: st
     return out
 
 
+def noise_images(folder: Path, count: int) -> Path:
+    """``count`` 80x90 PNGs of seeded noise in ``folder`` (made here): a training set for tiny runs."""
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (80, 90, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("weights")

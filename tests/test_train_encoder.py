@@ -3,18 +3,16 @@ exactly what the narrow one did, only the analysis side learns, and its files de
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from .conftest import TINY
+from .conftest import TEST_KEY, TINY, noise_images
 
 
-def _weights(tmp_path, cfg_dict, steps="5"):
-    from safetensors.torch import save_file
-
+def _weights(tmp_path, cfg_dict, steps=5):
+    from psic_cli.keys import fingerprint
     from psic_cli.models import ModelConfig, build_model
+    from psic_lab.training.export import write_weights
 
     torch.manual_seed(0)
     model = build_model(ModelConfig.from_dict(cfg_dict))
@@ -22,10 +20,8 @@ def _weights(tmp_path, cfg_dict, steps="5"):
         for name, p in model.named_parameters():
             if name.startswith("g_a.") and p.dim() == 4:
                 p.add_(0.05 * torch.randn_like(p))
-    model.update(force=True)  # the CDF tables, as exported weights carry them
-    path = tmp_path / "narrow.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
-              metadata={"config": model.cfg.to_json(), "steps": steps})
+    path = tmp_path / "narrow.safetensors"  # with the CDF tables and metadata, as exported weights
+    write_weights(model, path, steps=steps, key_fingerprint=fingerprint(TEST_KEY), data_desc="none (test)")
     return model, path
 
 
@@ -50,12 +46,8 @@ def test_a_widened_encoder_starts_with_the_same_latents(tmp_path):
 
 @pytest.fixture()
 def encoder_run(tmp_path, key_file):
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (80, 90, 3), dtype=np.uint8)).save(data / f"{i}.png")
-    _, path = _weights(tmp_path, TINY, steps="40")
+    data = noise_images(tmp_path / "data", 3)
+    _, path = _weights(tmp_path, TINY, steps=40)
     cfg = tmp_path / "wide.json"
     cfg.write_text(json.dumps({**TINY, "analysis_width": 2 * TINY["N"]}))
     return data, cfg, key_file, path

@@ -8,18 +8,13 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from .conftest import TINY
+from .conftest import TINY, noise_images
 
 
 @pytest.fixture()
 def train_setup(tmp_path, key_file):
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 255, (80, 90, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    data = noise_images(tmp_path / "data", 4)
     cfg = tmp_path / "tiny.json"
     cfg.write_text(json.dumps(TINY))
     return data, cfg, key_file
