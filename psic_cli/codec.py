@@ -144,8 +144,7 @@ def encode_pixels(pixels: np.ndarray, model_id: str = DEFAULT_MODEL, quality: in
                              refine_steps=steps, cond=cond)
     if tuple(out["y_shape"]) != container.latent_shape(header):
         raise RuntimeError(f"latent shape {out['y_shape']} does not match the format's geometry")
-    y_strings, z_strings = out["strings"]
-    tile = container.Tile(tuple(out["shape"]), out["checksum"], (y_strings[0], z_strings[0]))
+    tile = container.Tile(tuple(out["shape"]), out["checksum"], tuple(s[0] for s in out["strings"]))
     return container.pack(container.PsicFile(header, (tile,)))
 
 
@@ -318,7 +317,7 @@ def decode(data: bytes, key: bytes | None = None, view: str | None = None,
     tile = f.tiles[0]
     cond = torch.tensor([condition(view, key, model.cfg.cond_dim)])
     with deadline(timeout), torch.no_grad():
-        y_hat, checksum = model.decode_latent([[tile.strings[0]], [tile.strings[1]]], tile.z_shape,
+        y_hat, checksum = model.decode_latent([[s] for s in tile.strings], tile.z_shape,
                                               container.latent_shape(h))
         if checksum != tile.checksum:  # before the synthesis: a crafted file costs no pixels
             raise ChecksumError("decoded symbols do not match the encoder's (entropy decoder desync)")

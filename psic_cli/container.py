@@ -26,6 +26,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from psic_cli.errors import ChecksumError, FormatError, TruncatedFile, UnsupportedVersion
+from psic_cli.models.config import ARCH_STRINGS
 
 MAGIC = b"PSIC"
 FORMAT_VERSION = 2
@@ -56,7 +57,8 @@ RANS_MIN_BYTES = 4  # an rANS string is whole 32-bit words and ends with the cod
 
 @dataclass(frozen=True)
 class Tile:
-    """The entropy-coded strings of one tile: ``strings[i]`` is the bytes of latent i (y, z)."""
+    """The entropy-coded strings of one tile: ``strings[i]`` is the bytes of latent i (y, z), in the order of
+    the arch's :data:`~psic_cli.models.config.ARCH_STRINGS`."""
 
     z_shape: tuple[int, int]
     checksum: int
@@ -140,9 +142,11 @@ def check_geometry(f: PsicFile) -> None:
     tile = f.tiles[0]
     if tile.z_shape != expected_z_shape(h):
         raise FormatError(f"tile shape {tile.z_shape} does not match image size {h.width}x{h.height}")
-    if len(tile.strings) != 2:
-        raise FormatError(f"expected 2 entropy-coded strings (y, z), found {len(tile.strings)}")
-    for s, what in zip(tile.strings, ("y string", "z string"), strict=True):
+    names = ARCH_STRINGS.get(h.arch, ARCH_STRINGS["scale-hyperprior"])  # an unknown arch fails at the model
+    if len(tile.strings) != len(names):
+        raise FormatError(f"expected {len(names)} entropy-coded strings ({', '.join(names)}) for arch {h.arch}, "
+                          f"found {len(tile.strings)}")
+    for s, what in zip(tile.strings, names, strict=True):
         check_string(s, what)
 
 

@@ -6,12 +6,14 @@ from psic_cli.models import ModelConfig, build_model, list_configs, load_config
 from .conftest import TINY
 
 
-@pytest.fixture(params=["scale-hyperprior", "mean-scale-hyperprior"])
+@pytest.fixture(params=["scale-hyperprior", "mean-scale-hyperprior", "mean-scale-checkerboard"])
 def tiny_model(request):
     torch.manual_seed(0)
     m = build_model(ModelConfig.from_dict({**TINY, "arch": request.param}))
     with torch.no_grad():
         m.g_a[-1].weight.mul_(20)
+        if m.context is not None:  # a trained context: it moves the non-anchors' scales and means
+            torch.nn.init.normal_(m.context.params[-1].weight, std=0.3)
     return m
 
 

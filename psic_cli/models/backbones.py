@@ -30,9 +30,11 @@ from torch import Tensor, nn
 from psic_cli._compat import import_compressai_core
 from psic_cli.models.config import ModelConfig
 from psic_cli.models.layers import (
+    CheckerboardContext,
     ConditionalSynthesis,
     IndexerResidual,
     TriggerGenerator,
+    anchor_mask,
     freeze_gdn,
     ste_round,
 )
@@ -96,6 +98,8 @@ def symbols_checksum(*arrays: Tensor) -> int:
 
 SYNTHESIS_MARGIN = 7  # g_s reaches 6.75 latents (measured: tests/test_models.py), so its tiles are exact
 HYPER_TILE = 32  # decoder_hyper's tiles, in z latents (2048x2048 pixels)
+CONTEXT_TILE = 64  # decoder_context's tiles, in y latents (1024x1024 pixels)
+CONTEXT_MARGIN = 2  # the context's 5x5 convolution reaches 2 latents (its 1x1 layers add nothing)
 HYPER_MARGIN = 2  # h_s reaches 1.75 z latents: two deconvolutions (1 and 0.5) and a 3x3 convolution (0.25)
 
 
@@ -141,7 +145,7 @@ class ConditionalHyperprior(nn.Module):
         super().__init__()
         self.cfg = cfg
         N, M = cfg.N, cfg.M
-        self.mean_scale = cfg.arch == "mean-scale-hyperprior"
+        self.mean_scale = cfg.arch != "scale-hyperprior"
         A = cfg.analysis_width or N
         self.g_a = nn.Sequential(
             _conv(3, A), GDN(A), _conv(A, A), GDN(A), _conv(A, A), GDN(A), _conv(A, M)
@@ -167,6 +171,8 @@ class ConditionalHyperprior(nn.Module):
             )
         self.entropy_bottleneck = EntropyBottleneck(N)
         self.gaussian_conditional = GaussianConditional(None)
+        # the checkerboard arch: the non-anchor half of y gets its entropy parameters from the anchor half
+        self.context = CheckerboardContext(M) if cfg.arch == "mean-scale-checkerboard" else None
         self.cltg = TriggerGenerator(cfg.cond_dim, cfg.trigger_width)
         self.g_s = ConditionalSynthesis(N, M, cfg.trigger_width, cfg.last_width, cfg.trigger_scale,
                                          cfg.trigger_head, cfg.scale_grid)
@@ -198,6 +204,31 @@ class ConditionalHyperprior(nn.Module):
             scales, means = params.chunk(2, 1)
             return scales, means
         return params, None
+
+    def checkerboard(self, y: Tensor, scales: Tensor, means: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The entropy parameters of ``y`` after the checkerboard context (unchanged without one): the anchors
+        keep the hyperprior's, the other positions get them from the anchors' symbols ``round(y - means)``
+        (no gradient flows through the symbols)."""
+        if self.context is None or means is None:
+            return scales, means
+        a = anchor_mask(*y.shape[-2:], device=y.device)
+        sym = torch.round(y.detach() - means.detach()) * a.to(y.dtype)
+        s2, m2 = self.context(sym, scales, means).chunk(2, 1)
+        return torch.where(a, scales, s2), torch.where(a, means, m2)
+
+    def decoder_context(self, sym: Tensor, scales: Tensor, means: Tensor) -> tuple[Tensor, Tensor]:
+        """The coding doors' context: the non-anchors' scales and means (float64, like ``decoder_hyper``'s
+        scales, since they pick CDFs) from the anchors' symbols ``sym`` (zero elsewhere) and the hyperprior's
+        float64 parameters; large latents in overlapping tiles (the margin covers the 5x5 context)."""
+        rt = self.runtime_modules()["context"]
+        m = scales.shape[1]
+
+        def run(t: Tensor) -> Tensor:
+            return rt(t[:, :m], t[:, m : 2 * m], t[:, 2 * m :])
+
+        out = tiled(run, torch.cat([sym, scales, means], 1), scale=1, tile=CONTEXT_TILE, margin=CONTEXT_MARGIN)
+        s2, m2 = out.chunk(2, 1)
+        return s2, m2
 
     def decoder_hyper(self, z_hat: Tensor, y_shape: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
         """The coding doors' ``_hyper`` (the encoder's ``compress`` and the decoder's ``decode_latent`` both
@@ -283,7 +314,7 @@ class ConditionalHyperprior(nn.Module):
         y, z = self.analysis(x, q)
         med = self.entropy_bottleneck._get_medians()
         z_hat = torch.round(z - med) + med
-        _, means = self.hyper(z_hat, y.shape[-2:])
+        _, means = self.checkerboard(y, *self.hyper(z_hat, y.shape[-2:]))
         mu = means if means is not None else torch.zeros_like(y)
         return torch.round(y - mu) + mu
 
@@ -296,7 +327,7 @@ class ConditionalHyperprior(nn.Module):
         """Training pass: noisy likelihoods for the rate, STE-rounded latents for the decoder."""
         y, z = self.analysis(x, q)
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
-        scales_hat, means_hat = self._hyper(z_hat, self.h_s, y.shape[-2:])
+        scales_hat, means_hat = self.checkerboard(y, *self._hyper(z_hat, self.h_s, y.shape[-2:]))
         _, y_likelihoods = self.gaussian_conditional(y, scales_hat, means=means_hat)
         mu = means_hat if means_hat is not None else torch.zeros_like(y)
         y_hat = ste_round(y - mu) + mu
@@ -344,6 +375,8 @@ class ConditionalHyperprior(nn.Module):
                 "g_s": freeze_gdn(copy.deepcopy(self.g_s).float().eval()).to(memory_format=torch.channels_last),
                 "cltg": copy.deepcopy(self.cltg).float().eval(),
             }
+            if self.context is not None:
+                self._runtime["context"] = copy.deepcopy(self.context).double().eval()
             if self.mean_scale:  # the last layer of h_s split into its scale and mean halves (decoder_hyper)
                 last, m = self.h_s[-1], self.cfg.M
                 halves = {}
@@ -366,7 +399,7 @@ class ConditionalHyperprior(nn.Module):
         z_hat = ste_round(z - med) + med
         c = z_hat.shape[1]
         z_lik, *_ = eb._likelihood(z_hat.permute(1, 0, 2, 3).reshape(c, 1, -1))
-        scales, means = self.hyper(z_hat, y.shape[-2:])
+        scales, means = self.checkerboard(y, *self.hyper(z_hat, y.shape[-2:]))
         mu = means if means is not None else torch.zeros_like(y)
         y_hat = ste_round(y - mu) + mu
         y_lik = gc.likelihood_lower_bound(gc._likelihood(y_hat, scales, means=means))
@@ -444,6 +477,9 @@ class ConditionalHyperprior(nn.Module):
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
         scales_hat, means_hat = self.decoder_hyper(z_hat, y.shape[-2:])  # exactly what the decoder will compute
+        z_sym = torch.round(z_hat - self.entropy_bottleneck._get_medians())
+        if self.context is not None:
+            return self._compress_checkerboard(y, z, z_strings, z_sym, scales_hat, means_hat)
         indexes = cdf_indexes(self.gaussian_conditional, scales_hat)
         mu = means_hat if means_hat is not None else torch.zeros_like(scales_hat)
         y_sym = torch.round(y.double() - mu)
@@ -456,17 +492,46 @@ class ConditionalHyperprior(nn.Module):
             "checksum": symbols_checksum(y_sym, z_sym),
         }
 
+    def _compress_checkerboard(self, y: Tensor, z: Tensor, z_strings: list[bytes], z_sym: Tensor, scales: Tensor,
+                               means: Tensor) -> dict:
+        """:meth:`compress_latents` with the checkerboard context: the anchors coded first with the hyperprior's
+        parameters, then the other positions with the context's (strings: y anchors, z, y others)."""
+        gc, yd = self.gaussian_conditional, y.double()
+        a = anchor_mask(*y.shape[-2:]).expand(y.shape)
+        sym = torch.zeros_like(yd)
+        sym[a] = torch.round(yd[a] - means[a])
+        y_a = gc.compress(yd[a][None], cdf_indexes(gc, scales[a][None]), means=means[a][None])
+        scales2, means2 = self.decoder_context(sym, scales, means)
+        n = ~a
+        sym[n] = torch.round(yd[n] - means2[n])
+        y_n = gc.compress(yd[n][None], cdf_indexes(gc, scales2[n][None]), means=means2[n][None])
+        return {
+            "strings": [y_a, z_strings, y_n],
+            "shape": tuple(z.shape[-2:]),
+            "y_shape": tuple(y.shape[-2:]),
+            "checksum": symbols_checksum(sym, z_sym),
+        }
+
     @torch.no_grad()
     def decode_latent(self, strings: list[list[bytes]], shape: tuple[int, int],
                       y_shape: tuple[int, int]) -> tuple[Tensor, int]:
         """Entropy-decode to ``y_hat`` (float64) and the checksum of the decoded symbols.  ``shape`` is
         ``z``'s, ``y_shape`` is ``y``'s (``compress`` returns both; a file's header gives them through
         ``container.latent_shape``)."""
-        with guarded(self.entropy_bottleneck, self.gaussian_conditional):  # crafted strings cannot crash us
+        gc = self.gaussian_conditional
+        with guarded(self.entropy_bottleneck, gc):  # crafted strings cannot crash us
             z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
             scales_hat, means_hat = self.decoder_hyper(z_hat, y_shape)
-            indexes = cdf_indexes(self.gaussian_conditional, scales_hat)
-            y_sym = decode_symbols(self.gaussian_conditional, strings[0], indexes)
+            if self.context is None:
+                y_sym = decode_symbols(gc, strings[0], cdf_indexes(gc, scales_hat))
+            else:  # the anchors first, then the others with the context of the anchors' symbols
+                a = anchor_mask(*y_shape).expand(scales_hat.shape)
+                y_sym = torch.zeros_like(scales_hat)
+                y_sym[a] = decode_symbols(gc, strings[0], cdf_indexes(gc, scales_hat[a][None]))[0]
+                scales2, means2 = self.decoder_context(y_sym, scales_hat, means_hat)
+                n = ~a
+                y_sym[n] = decode_symbols(gc, strings[2], cdf_indexes(gc, scales2[n][None]))[0]
+                means_hat = torch.where(a, means_hat, means2)
         z_sym = torch.round(z_hat - self.entropy_bottleneck._get_medians())
         checksum = symbols_checksum(y_sym, z_sym)
         y_hat = y_sym.add_(means_hat) if means_hat is not None else y_sym  # y_sym is ours: no 8-byte copy per latent

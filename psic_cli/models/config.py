@@ -7,7 +7,11 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 
-ARCHS = ("scale-hyperprior", "mean-scale-hyperprior")
+ARCHS = ("scale-hyperprior", "mean-scale-hyperprior", "mean-scale-checkerboard")
+#: entropy-coded strings per tile of each arch, in file order: y and z; the checkerboard's y anchors, z, and the
+#: y positions coded after them (the file format's tile record holds any count; the reader checks this one)
+ARCH_STRINGS = {"scale-hyperprior": ("y string", "z string"), "mean-scale-hyperprior": ("y string", "z string"),
+                "mean-scale-checkerboard": ("y anchor string", "z string", "y string")}
 
 
 @dataclass(frozen=True)
@@ -15,7 +19,8 @@ class ModelConfig:
     """Shape-defining settings of a conditional codec."""
 
     model_id: str  # name stored in .psic headers and weight files
-    arch: str  # one of ARCHS: Balle 2018 scale hyperprior or Minnen 2018 mean-scale hyperprior
+    arch: str  # one of ARCHS: Balle 2018 scale hyperprior, Minnen 2018 mean-scale hyperprior, or the latter with
+    # He 2021's checkerboard context (half the latent coded first, the other half predicted from it)
     N: int  # channels of the analysis/synthesis and hyper transforms
     M: int  # channels of the latent y
     cond_dim: int  # length of the condition vector (key-derived +-1 bits, zeros = shielded)

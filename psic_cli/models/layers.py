@@ -337,6 +337,41 @@ class ConditionalSynthesis(nn.Module):
         return self.out(h)
 
 
+class CheckerboardContext(nn.Module):
+    """The checkerboard context model (He et al., CVPR 2021) on top of a mean-scale hyperprior.
+
+    The latent's positions split like a checkerboard: the *anchors* (row + column even) are coded first
+    with the hyperprior's own scales and means; the others get theirs refined from the anchors' decoded
+    symbols, which the decoder has by then.  ``ctx`` (5x5, M -> M) reads the anchors' symbols (zero at the
+    other positions, so it sees anchors only); ``params`` (1x1 convolutions) maps the hyperprior's scales and
+    means with that context to a correction.  Its last layer starts at zero: a fresh context changes nothing,
+    so it can be trained on a frozen codec and start from the hyperprior's own rate.
+    """
+
+    def __init__(self, M: int):
+        super().__init__()
+        self.ctx = nn.Conv2d(M, M, 5, padding=2)
+        self.params = nn.Sequential(
+            nn.Conv2d(3 * M, 2 * M, 1), nn.LeakyReLU(inplace=True),
+            nn.Conv2d(2 * M, 2 * M, 1), nn.LeakyReLU(inplace=True),
+            nn.Conv2d(2 * M, 2 * M, 1),
+        )
+        nn.init.zeros_(self.params[-1].weight)
+        nn.init.zeros_(self.params[-1].bias)
+
+    def forward(self, anchor_symbols: Tensor, scales: Tensor, means: Tensor) -> Tensor:
+        """The refined ``cat(scales, means)`` at every position (only the non-anchors' are used)."""
+        hyper = torch.cat([scales, means], 1)
+        return hyper + self.params(torch.cat([hyper, self.ctx(anchor_symbols)], 1))
+
+
+def anchor_mask(h: int, w: int, device: torch.device | str | None = None) -> Tensor:
+    """``(h, w)`` booleans: True at the checkerboard's anchors, the positions whose row + column is even."""
+    i = torch.arange(h, device=device)[:, None]
+    j = torch.arange(w, device=device)[None, :]
+    return (i + j) % 2 == 0
+
+
 def ste_round(x: Tensor) -> Tensor:
     """Round with a straight-through gradient."""
     return x + (torch.round(x) - x).detach()

@@ -81,6 +81,10 @@ def export_weights(checkpoint: str | Path, out: str | Path, data_desc: str, shie
         steps += int(extra.get("base_steps", 0))
         notes = (notes + "; " if notes else "") + (f"analysis side (g_a, h_a) retrained for {state['step']} steps "
                                                    f"on a frozen decoder of {extra.get('base_steps', 0)} steps")
+    elif stage == "rd-context":  # a context model for a frozen codec: the codec's steps plus its own
+        steps += int(extra.get("base_steps", 0))
+        notes = (notes + "; " if notes else "") + (f"checkerboard context trained for {state['step']} steps on a "
+                                                   f"frozen codec of {extra.get('base_steps', 0)} steps")
     else:
         shield = "trained"
     meta_extra = {k: str(v) for k, v in extra.items() if k.endswith("_config")}

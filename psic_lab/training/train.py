@@ -284,4 +284,10 @@ def train(tc: TrainConfig) -> Path:
     distributed, rank, device = init_distributed()
     if tc.threads:
         torch.set_num_threads(tc.threads)
+    if tc.train_part == "context":
+        from psic_lab.training.context import ContextStage
+
+        if distributed:
+            raise SystemExit("train_part context runs in one process (its steps take milliseconds)")
+        return Trainer(tc).run(ContextStage(tc, device))
     return Trainer(tc, distributed).run(RDStage(tc, device, rank, distributed))
