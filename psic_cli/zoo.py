@@ -20,7 +20,7 @@ WEIGHTS_FORMAT = "psic-weights/1"
 DEFAULT_MODEL = "psic-sh"
 # tensors that define the bitstream (entropy decoding); a file decodes only with the same ones
 _REQUIRED_METADATA = ("model_id", "arch", "config", "qualities", "key_fingerprint")
-_BITSTREAM_PREFIXES = ("h_s.", "entropy_bottleneck.", "gaussian_conditional.", "log_gain")
+_BITSTREAM_PREFIXES = ("h_s.", "entropy_bottleneck.", "gaussian_conditional.", "log_gain", "context.")
 
 
 def weights_dir() -> Path:

@@ -98,6 +98,9 @@ def test_context_training_moves_only_the_context(tmp_path, key_file):
     added = {k for k in new if k not in old}
     assert added and all(k.startswith("context.") for k in added)
     assert new["context.params.4.weight"].abs().sum() > 0  # it learnt: the last layer left zero
+    from psic_cli.zoo import bitstream_id
+
+    assert bitstream_id(new) != bitstream_id(old)  # the context picks CDFs: its files are not the base's
     with safe_open(str(out), framework="pt") as f:
         meta = f.metadata()
     assert meta["steps"] == "43" and meta["stage"] == "rd-context"
