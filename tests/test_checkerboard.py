@@ -115,3 +115,41 @@ def test_context_training_needs_the_checkerboard_arch(tmp_path, key_file):
             "--run-dir", str(tmp_path / "run"), "--steps", "1", "--train-part", "context", "--init-from", "x"]
     with pytest.raises(SystemExit, match="mean-scale-checkerboard"):
         main(args)
+
+
+@pytest.fixture()
+def cb_env(tmp_path, monkeypatch):
+    """Installed weights of a tiny checkerboard model whose context is not the identity."""
+    from psic_cli import zoo
+    from psic_cli.keys import fingerprint
+    from psic_cli.models import ModelConfig, build_model
+    from psic_lab.training.export import write_weights
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_dict({**CB, "model_id": "tiny-cb"}))
+    with torch.no_grad():
+        model.g_a[-1].weight.mul_(20)
+        torch.nn.init.normal_(model.context.params[-1].weight, std=0.3)
+    write_weights(model, tmp_path / "tiny-cb.safetensors", steps=0, key_fingerprint=fingerprint(TEST_KEY),
+                  data_desc="none (test)")
+    monkeypatch.setenv("PSIC_WEIGHTS", str(tmp_path))
+    zoo.load_model.cache_clear()
+    yield model
+    zoo.load_model.cache_clear()
+
+
+def test_checkerboard_files_decode_and_crafted_strings_end_in_a_clean_error(cb_env, rgb_image):
+    from psic_cli import codec, container
+    from psic_cli.errors import FormatError
+
+    data = codec.encode_pixels(rgb_image, "tiny-cb", 2)
+    f = container.unpack(data)
+    assert len(f.tiles[0].strings) == 3
+    assert codec.decode(data, TEST_KEY).pixels.shape == rgb_image.shape
+    rng = torch.Generator().manual_seed(1)
+    for i in (0, 2):  # the anchors' string, the others' string: garbage of a valid rANS length
+        strings = list(f.tiles[0].strings)
+        strings[i] = bytes(torch.randint(0, 256, (len(strings[i]),), generator=rng, dtype=torch.uint8).tolist())
+        tile = container.Tile(f.tiles[0].z_shape, f.tiles[0].checksum, tuple(strings))
+        with pytest.raises(FormatError):
+            codec.decode(container.pack(container.PsicFile(f.header, (tile,))), TEST_KEY)
