@@ -153,3 +153,21 @@ def test_checkerboard_files_decode_and_crafted_strings_end_in_a_clean_error(cb_e
         tile = container.Tile(f.tiles[0].z_shape, f.tiles[0].checksum, tuple(strings))
         with pytest.raises(FormatError):
             codec.decode(container.pack(container.PsicFile(f.header, (tile,))), TEST_KEY)
+
+
+@pytest.mark.parametrize("parity", [0, 1])
+def test_the_decoders_sparse_context_equals_the_dense_one_at_the_non_anchors(parity):
+    """``CheckerboardContext.others`` (the coding doors') skips the taps that read non-anchors and the
+    anchors' outputs; at the non-anchors it computes what the training ``forward`` does."""
+    from psic_cli.models.layers import CheckerboardContext, anchor_mask
+
+    torch.manual_seed(0)
+    c = CheckerboardContext(8).double()
+    torch.nn.init.normal_(c.params[-1].weight, std=0.3)
+    a = anchor_mask(7, 10, parity=parity)
+    sym = torch.randn(1, 8, 7, 10, dtype=torch.float64).mul(4).round() * a
+    scales, means = torch.rand(1, 8, 7, 10, dtype=torch.float64), torch.randn(1, 8, 7, 10, dtype=torch.float64)
+    with torch.no_grad():
+        dense = c(sym, scales, means).reshape(16, -1)[:, ~a.reshape(-1)]
+        sparse = c.others(sym, scales, means, parity=parity)
+    torch.testing.assert_close(sparse, dense, rtol=1e-12, atol=1e-12)

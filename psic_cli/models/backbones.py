@@ -219,14 +219,20 @@ class ConditionalHyperprior(nn.Module):
     def decoder_context(self, sym: Tensor, scales: Tensor, means: Tensor) -> tuple[Tensor, Tensor]:
         """The coding doors' context: the non-anchors' scales and means (float64, like ``decoder_hyper``'s
         scales, since they pick CDFs) from the anchors' symbols ``sym`` (zero elsewhere) and the hyperprior's
-        float64 parameters; large latents in overlapping tiles (the margin covers the 5x5 context)."""
+        float64 parameters, computed at the non-anchors only (``CheckerboardContext.others``; the anchors keep
+        the hyperprior's); large latents in overlapping tiles (the margin covers the 5x5 context)."""
         rt = self.runtime_modules()["context"]
         m = scales.shape[1]
 
-        def run(t: Tensor) -> Tensor:
-            return rt(t[:, :m], t[:, m : 2 * m], t[:, 2 * m :])
+        def run(t: Tensor, region: tuple[int, int, int, int]) -> Tensor:
+            a = anchor_mask(*t.shape[-2:], parity=(region[0] + region[2]) % 2)
+            out = t[:, m:].clone()  # the hyperprior's scales and means, replaced at the non-anchors
+            out.view(2 * m, -1)[:, ~a.reshape(-1)] = rt.others(t[:, :m], t[:, m : 2 * m], t[:, 2 * m :],
+                                                             parity=(region[0] + region[2]) % 2)
+            return out
 
-        out = tiled(run, torch.cat([sym, scales, means], 1), scale=1, tile=CONTEXT_TILE, margin=CONTEXT_MARGIN)
+        out = tiled(run, torch.cat([sym, scales, means], 1), scale=1, tile=CONTEXT_TILE, margin=CONTEXT_MARGIN,
+                    region=True)
         s2, m2 = out.chunk(2, 1)
         return s2, m2
 
