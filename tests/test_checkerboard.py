@@ -34,11 +34,15 @@ def test_a_fresh_context_codes_the_hyperpriors_symbols_in_three_strings():
     x = torch.rand(1, 3, 96, 128)
     a, b = ms.compress(x, 1), cb.compress(x, 1)
     assert len(a["strings"]) == 2 and len(b["strings"]) == 3
-    assert b["checksum"] == a["checksum"]  # the same symbols, the anchors' and the others', in the same layout
     assert b["strings"][1] == a["strings"][1]  # the same hyper-latent
     ya, _ = ms.decode_latent(a["strings"], a["shape"], a["y_shape"])
-    yb, _ = cb.decode_latent(b["strings"], b["shape"], b["y_shape"])
-    assert torch.equal(ya, yb)
+    yb, checksum = cb.decode_latent(b["strings"], b["shape"], b["y_shape"])
+    assert checksum == b["checksum"]
+    # the same latents, up to the means' rounding (float64 here, float32 in the hyperprior's decoder) and a
+    # symbol that this rounding moves across a half, rarely
+    off = (ya - yb).abs()
+    assert float((off > 1e-4).double().mean()) < 0.01 and float(off.max()) <= 1.0 + 1e-4
+    assert float(off.median()) < 1e-5
 
 
 def test_a_trained_context_changes_the_others_strings_and_still_round_trips_in_tiles(monkeypatch):
@@ -171,3 +175,12 @@ def test_the_decoders_sparse_context_equals_the_dense_one_at_the_non_anchors(par
         dense = c(sym, scales, means).reshape(16, -1)[:, ~a.reshape(-1)]
         sparse = c.others(sym, scales, means, parity=parity)
     torch.testing.assert_close(sparse, dense, rtol=1e-12, atol=1e-12)
+
+
+def test_everything_that_picks_a_cdf_runs_in_float64():
+    """The context reads the hyperprior's means: in float32 they differ between CPU kernel sets, and a
+    non-anchor's CDF then flips on another machine (benchmarks/portability.py found one in 28 Kodak files)."""
+    _, cb = _pair()
+    rt = cb.runtime_modules()
+    assert rt["h_s_means"].weight.dtype == torch.float64 and rt["h_s_scales"].weight.dtype == torch.float64
+    assert all(p.dtype == torch.float64 for p in rt["context"].parameters())

@@ -237,20 +237,23 @@ class ConditionalHyperprior(nn.Module):
         return s2, m2
 
     def decoder_hyper(self, z_hat: Tensor, y_shape: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
-        """The coding doors' ``_hyper`` (the encoder's ``compress`` and the decoder's ``decode_latent`` both
-        call it, so their CDF indexes come from one computation): the scales, which pick the CDFs, in float64;
-        the means of the mean-scale hyperprior, which pick no CDF (the encoder codes ``y - means``, the decoder
-        adds them back), from the same float64 features by a float32 convolution, half the last layer's
-        float64 work.  Large latents run in overlapping tiles (the margin covers ``h_s``'s reach, so every
-        scale is computed as without tiles, to float64 rounding): float64 convolutions build their im2col
-        buffers per call, and one the size of a whole 24-megapixel latent costs more in page faults than in
-        arithmetic."""
+        """The coding doors' ``_hyper`` (the encoder's ``compress`` and the decoder's ``decode_latent`` both call it, so
+        their CDF indexes come from one computation): the scales, which pick the CDFs, in float64; the means of
+        the mean-scale hyperprior, which pick no CDF (the encoder codes ``y - means``, the decoder adds them
+        back), from the same float64 features by a float32 convolution, half the last layer's float64 work (with
+        a checkerboard context the means are float64 too: the context reads them to pick the other half's CDFs,
+        and float32 convolutions differ between CPU kernel sets). Large latents run in overlapping tiles (the
+        margin covers ``h_s``'s reach, so every scale is computed as without tiles, to float64 rounding):
+        float64 convolutions build their im2col buffers per call, and one the size of a whole 24-megapixel
+        latent costs more in page faults than in arithmetic."""
         rt = self.runtime_modules()
 
         def run(z: Tensor) -> Tensor:
             if not self.mean_scale:
                 return rt["h_s"](z)
             feats = rt["h_s"][:-1](z)
+            if self.context is not None:  # the context reads the means to pick the others' CDFs: float64
+                return torch.cat([rt["h_s_scales"](feats), rt["h_s_means"](feats)], 1)
             means = rt["h_s_means"](feats.float().contiguous(memory_format=torch.channels_last))
             return torch.cat([rt["h_s_scales"](feats), means.double()], 1)
 
@@ -386,13 +389,15 @@ class ConditionalHyperprior(nn.Module):
             if self.mean_scale:  # the last layer of h_s split into its scale and mean halves (decoder_hyper)
                 last, m = self.h_s[-1], self.cfg.M
                 halves = {}
+                means_dtype = torch.float32 if self.context is None else torch.float64
                 for name, rows, dtype in (("h_s_scales", slice(0, m), torch.float64),
-                                          ("h_s_means", slice(m, 2 * m), torch.float32)):
+                                          ("h_s_means", slice(m, 2 * m), means_dtype)):
                     conv = nn.Conv2d(last.in_channels, m, last.kernel_size, last.stride, last.padding)
                     conv.weight.data.copy_(last.weight.detach()[rows])
                     conv.bias.data.copy_(last.bias.detach()[rows])
                     halves[name] = conv.to(dtype).eval()
-                halves["h_s_means"] = halves["h_s_means"].to(memory_format=torch.channels_last)
+                if means_dtype == torch.float32:
+                    halves["h_s_means"] = halves["h_s_means"].to(memory_format=torch.channels_last)
                 self._runtime.update(halves)
         return self._runtime
 
