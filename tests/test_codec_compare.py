@@ -24,6 +24,8 @@ def test_bd_rate_sign_and_size():
 
 PAGES = [(cc.RESULTS, cc.DOC), (Path("results/codec-large-psic-sh.json"), Path("docs/codec-large-psic-sh.md")),
          (Path("results/codec-large-psic-msh2.json"), Path("docs/codec-large-psic-msh2.md")),
+         (Path("results/codec-large-psic-msh2c.json"), Path("docs/codec-large-psic-msh2c.md")),
+         (Path("results/codec-compare-psic-msh2.json"), Path("docs/codec-compare-psic-msh2.md")),
          (Path("results/codec-compare-effort.json"), Path("docs/codec-compare-effort.md"))]
 
 
