@@ -1,6 +1,6 @@
-"""The checkerboard context arch (``mean-scale-checkerboard``): a fresh context codes exactly what the hyperprior
-codes, a trained one still round-trips (in tiles too), the file carries three strings, and ``rd --train-part
-context`` moves only the context."""
+"""The checkerboard context arch (``mean-scale-checkerboard``): a fresh context codes what the hyperprior codes (up
+to the means' float rounding), a trained one still round-trips (in tiles too), the file carries three strings,
+everything that picks a CDF runs in float64, and ``rd --train-part context`` moves only the context."""
 
 import json
 
@@ -29,7 +29,7 @@ def _pair():
     return ms, cb
 
 
-def test_a_fresh_context_codes_the_hyperpriors_symbols_in_three_strings():
+def test_a_fresh_context_codes_the_hyperpriors_latents_in_three_strings():
     ms, cb = _pair()
     x = torch.rand(1, 3, 96, 128)
     a, b = ms.compress(x, 1), cb.compress(x, 1)
