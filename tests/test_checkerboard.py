@@ -179,7 +179,7 @@ def test_the_decoders_sparse_context_equals_the_dense_one_at_the_non_anchors(par
 
 def test_everything_that_picks_a_cdf_runs_in_float64():
     """The context reads the hyperprior's means: in float32 they differ between CPU kernel sets, and a
-    non-anchor's CDF then flips on another machine (benchmarks/portability.py found one in 28 Kodak files)."""
+    non-anchor's CDF then flips on another machine (benchmarks/portability.py found such a Kodak file)."""
     _, cb = _pair()
     rt = cb.runtime_modules()
     assert rt["h_s_means"].weight.dtype == torch.float64 and rt["h_s_scales"].weight.dtype == torch.float64
