@@ -20,12 +20,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-VARIANTS = {
-    "native": ({}, "-"),
+#: the kernel sets a user's CPU may give besides the native ones: environment, and "nomkldnn" to switch oneDNN
+#: off in the process (tests/test_determinism.py decodes the golden files under the same ones)
+KERNEL_SETS = {
     "sse41+aten-default": ({"ONEDNN_MAX_CPU_ISA": "SSE41", "DNNL_MAX_CPU_ISA": "SSE41",
                             "ATEN_CPU_CAPABILITY": "default"}, "-"),
     "onednn-off": ({}, "nomkldnn"),
 }
+VARIANTS = {"native": ({}, "-"), **KERNEL_SETS}
 
 # decodes every .psic file of argv[1] (full view, with the key argv[3]) into <name>.npy; prints failures as JSON
 DECODE = """

@@ -6,6 +6,7 @@ checksum inside every decode) must not change.  ``g_s`` runs in float32 with the
 may differ by one level.  Each kernel set runs in a fresh process, since the ISA variables are read once.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -36,12 +37,12 @@ for path in sorted(pathlib.Path('tests/golden').glob('v*/*.psic')):
         np.save(out / f'{path.parent.name}-{path.stem}-{view}.npy', px)
 """
 
-# the native kernels are what test_golden runs; these are the others a user's CPU may give
-VARIANTS = {
-    "sse41+aten-default": ({"ONEDNN_MAX_CPU_ISA": "SSE41", "DNNL_MAX_CPU_ISA": "SSE41",
-                            "ATEN_CPU_CAPABILITY": "default"}, "-"),
-    "onednn-off": ({}, "nomkldnn"),
-}
+# the native kernels are what test_golden runs; these are the others a user's CPU may give (one list, shared with
+# benchmarks/portability.py, which checks weights that are not installed)
+_SPEC = importlib.util.spec_from_file_location("portability", REPO / "benchmarks" / "portability.py")
+_PORTABILITY = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(_PORTABILITY)
+VARIANTS = _PORTABILITY.KERNEL_SETS
 
 
 @pytest.mark.slow

@@ -61,6 +61,11 @@ def write_weights(model, out: str | Path, *, steps: int, key_fingerprint: str, d
     return meta
 
 
+#: stages that train one part on frozen weights (``base_steps`` in the checkpoint): what trains, on what
+PART_STAGES = {"rd-encoder": ("analysis side (g_a, h_a) retrained", "a frozen decoder"),
+               "rd-context": ("checkerboard context trained", "a frozen codec")}
+
+
 def export_weights(checkpoint: str | Path, out: str | Path, data_desc: str, shield: str = "untrained",
                    notes: str = "") -> dict:
     """Write ``out`` (safetensors) from a training checkpoint and return its metadata.
@@ -77,14 +82,11 @@ def export_weights(checkpoint: str | Path, out: str | Path, data_desc: str, shie
     if stage == "rd":  # later stages freeze the entropy models: refining would change the bitstream
         aux = refine_quantiles(model)
         notes = (notes + "; " if notes else "") + f"aux loss after quantile refinement {aux:.3g}"
-    elif stage == "rd-encoder":  # a new encoder for a frozen decoder: the steps are the decoder's plus its own
-        steps += int(extra.get("base_steps", 0))
-        notes = (notes + "; " if notes else "") + (f"analysis side (g_a, h_a) retrained for {state['step']} steps "
-                                                   f"on a frozen decoder of {extra.get('base_steps', 0)} steps")
-    elif stage == "rd-context":  # a context model for a frozen codec: the codec's steps plus its own
-        steps += int(extra.get("base_steps", 0))
-        notes = (notes + "; " if notes else "") + (f"checkerboard context trained for {state['step']} steps on a "
-                                                   f"frozen codec of {extra.get('base_steps', 0)} steps")
+    elif stage in PART_STAGES:  # one part trained on frozen weights: their steps plus its own
+        base = int(extra.get("base_steps", 0))
+        steps += base
+        what, on = PART_STAGES[stage]
+        notes = (notes + "; " if notes else "") + f"{what} for {state['step']} steps on {on} of {base} steps"
     else:
         shield = "trained"
     meta_extra = {k: str(v) for k, v in extra.items() if k.endswith("_config")}
