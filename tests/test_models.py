@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch import Tensor
 
 from psic_cli.models import ModelConfig, build_model, list_configs, load_config
 
@@ -207,30 +208,44 @@ def test_decoder_hyper_in_tiles_equals_one_pass(monkeypatch, arch):
         assert means.shape == t_means.shape and (means - t_means).abs().max() < 1e-5  # float32 convolution
 
 
-def test_synthesis_margin_covers_the_decoders_reach():
-    """One latent changed moves pixels at most 6.75 latents away (every block, the upsampling branches, the
-    output layer): the tiled synthesis keeps SYNTHESIS_MARGIN latents around each tile, at least that."""
+def test_synthesis_margins_cover_the_decoders_reach():
+    """One changed input moves outputs only as far as each tiled part's margin: the blocks before the last
+    upsampling reach at most 5.75 latents (SYNTHESIS_FRONT_MARGIN), the rest (the last upsampling, the
+    conditional blocks after it, the output layer) 4 pixels of their input (SYNTHESIS_BACK_MARGIN); the
+    whole decoder reaches 6.75 latents."""
     import math
 
-    from psic_cli.models.backbones import SYNTHESIS_MARGIN
+    from psic_cli.models.backbones import SYNTHESIS_BACK_MARGIN, SYNTHESIS_FRONT_MARGIN
 
     torch.manual_seed(5)
-    m = build_model(ModelConfig.from_dict({**TINY, "arch": "mean-scale-hyperprior"})).eval()
+    cfg = {**TINY, "arch": "mean-scale-hyperprior", "trigger_head": True}  # the deepest decoder built
+    m = build_model(ModelConfig.from_dict(cfg)).eval()
     with torch.no_grad():
         for p in m.g_s.parameters():
             p.add_(torch.randn_like(p) * 0.05)  # no zero-initialised path hides a branch's reach
         rt = m.runtime_modules()
+        g_s = rt["g_s"]
         cond = torch.randn(1, m.cfg.cond_dim)
         tau = m.trigger(rt["cltg"], cond)
+        split, u = g_s.split, g_s.split_stride
+        assert u == 4
+
+        def reach(fn, x: Tensor, scale: int) -> float:
+            """How far (in input pixels) a change at the centre of ``x`` moves ``fn``'s output."""
+            c = x.shape[-1] // 2
+            x2 = x.clone()
+            x2[..., c, c] += 5.0
+            moved = ((fn(x) - fn(x2)).abs().amax(1)[0] > 0).nonzero()
+            return max(c * scale - int(moved[:, 0].min()), int(moved[:, 0].max()) - ((c + 1) * scale - 1)) / scale
+
+        def cl(t: Tensor) -> Tensor:
+            return t.contiguous(memory_format=torch.channels_last)
+
         y = torch.randn(1, m.cfg.M, 25, 25)
-        maps = m.scale_maps(rt["g_s"], y, tau, cond)
-
-        def run(t):
-            return rt["g_s"](t.contiguous(memory_format=torch.channels_last), tau, maps, (25, 25, 0, 25, 0, 25))
-
-        y2 = y.clone()
-        y2[..., 12, 12] += 5.0
-        moved = ((run(y) - run(y2)).abs().amax(1)[0] > 0).nonzero()
-    reach = max(12 * 16 - int(moved[:, 0].min()), int(moved[:, 0].max()) - (13 * 16 - 1)) / 16
-    assert reach > 6, reach  # the change does travel (the test would pass vacuously otherwise)
-    assert math.ceil(reach) <= SYNTHESIS_MARGIN
+        whole = reach(lambda t: g_s(cl(t), tau, None, (25, 25, 0, 25, 0, 25)), y, 16)
+        front = reach(lambda t: g_s(cl(t), tau, None, (25, 25, 0, 25, 0, 25), blocks=slice(0, split)), y, u)
+        f = torch.randn(1, m.cfg.N, 41, 41)
+        back = reach(lambda t: g_s(cl(t), tau, None, (41, 41, 0, 41, 0, 41), blocks=slice(split, None), unit=u),
+                     f, 16 // u)
+    assert whole > 6.5 and front > 5.5 and back > 3.5, (whole, front, back)  # the changes do travel
+    assert math.ceil(front) <= SYNTHESIS_FRONT_MARGIN and math.ceil(back) <= SYNTHESIS_BACK_MARGIN, (front, back)

@@ -315,26 +315,44 @@ class ConditionalSynthesis(nn.Module):
         """The scale branch's bias maps for the whole latent (None without a branch)."""
         return None if self.scale_branch is None else self.scale_branch(y_hat, tau)
 
+    @property
+    def split(self) -> int:
+        """The index of the last upsampling block: the runtime decoder runs the blocks before it on the latent
+        and the rest on their output, each part in tiles of its own (:meth:`ConditionalHyperprior.synthesize`)."""
+        return max(i for i, b in enumerate(self.blocks) if not isinstance(b, CondResBlock))
+
+    @property
+    def split_stride(self) -> int:
+        """Pixels per latent of the features entering block :attr:`split`."""
+        return 2 ** sum(not isinstance(b, CondResBlock) for b in self.blocks[: self.split])
+
     def forward(self, y_hat: Tensor, tau: Tensor, maps: list[Tensor] | None = None,
-                latent: tuple[int, int, int, int, int, int] | None = None) -> Tensor:
+                latent: tuple[int, int, int, int, int, int] | None = None, blocks: slice = slice(None),
+                unit: int = 1) -> Tensor:
         """``maps`` (from :meth:`scale_maps`) and ``latent`` = ``(H, W, r0, r1, c0, c1)``, the whole latent's
         size and this tile's rows and columns in it, let a tile take its part of the whole image's maps;
-        without them the maps are computed from ``y_hat`` itself (the whole image)."""
+        without them the maps are computed from ``y_hat`` itself (the whole image).
+
+        ``blocks`` runs only those blocks (the output layer comes with the last one): ``y_hat`` is then the
+        features entering the first of them, ``unit`` their pixels per latent, and ``latent`` is in their pixels.
+        """
         if maps is None:
             maps = self.scale_maps(y_hat, tau)
             latent = (*y_hat.shape[-2:], 0, y_hat.shape[-2], 0, y_hat.shape[-1])
+        start, stop, _ = blocks.indices(len(self.blocks))
         h, k = y_hat, 0
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks[:stop]):
             if isinstance(block, CondResBlock):
-                h = block(h, tau)
-                if maps is not None:
-                    s = self._stages[k][0]
-                    H, W, r0, r1, c0, c1 = latent
-                    h = h + upsample_region(maps[k], (H * s, W * s), (r0 * s, r1 * s, c0 * s, c1 * s)).to(h.dtype)
+                if i >= start:
+                    h = block(h, tau)
+                    if maps is not None:
+                        s = self._stages[k][0] // unit  # this stage's pixels per input pixel
+                        H, W, r0, r1, c0, c1 = latent
+                        h = h + upsample_region(maps[k], (H * s, W * s), (r0 * s, r1 * s, c0 * s, c1 * s)).to(h.dtype)
                 k += 1
-            else:
+            elif i >= start:
                 h = block(h)
-        return self.out(h)
+        return self.out(h) if stop == len(self.blocks) else h
 
 
 class CheckerboardContext(nn.Module):
