@@ -13,7 +13,7 @@
 - speed: in-process decode (and encode) of one 768x512 image against CompressAI's ``bmshj2018_hyperprior``
   (quality 3, random weights, the same input) built in the same run, interleaved, as a ratio;
 - with ``--large``: a 6000x4000 encode and decode in fresh processes, wall time, user/system CPU time and
-  peak memory.
+  peak memory; and seams: a 1536x1024 file decoded in tiles against decoded whole.
 
 ``render`` turns that JSON into ``docs/codec-compare.md``; it never measures.
 """
@@ -252,6 +252,29 @@ def measure_large(model_id: str, key_file: Path, image: Path, tmp: Path) -> dict
     return {"size": [6000, 4000], "encode": enc, "decode": dec}
 
 
+def measure_seams(model_id: str, key: bytes, image: Path, size: tuple[int, int] = (1536, 1024)) -> dict:
+    """Seams: one file decoded whole and in tiles (the decoder's default tiles, and 16-latent ones, which put
+    a tile border every 256 pixels), in process; the largest pixel difference of each against the whole."""
+    from psic_cli import codec
+    from psic_cli.zoo import load_model
+
+    img = np.asarray(Image.open(image).convert("RGB").resize(size, Image.BICUBIC))
+    data = codec.encode_pixels(img, model_id, 3)
+    model = load_model(model_id).model
+    default = model.tile_latent
+    out = {}
+    try:
+        for name, tile in (("whole", 10**6), ("default_tiles", default), ("tiles_16", 16)):
+            model.tile_latent = tile
+            model.reset_runtime()
+            out[name] = codec.decode(data, key=key).pixels.astype(np.int16)
+    finally:
+        model.tile_latent = default
+        model.reset_runtime()
+    return {"size": list(size), "default_tile_latents": default,
+            "max_abs_diff": {k: int(np.abs(out[k] - out["whole"]).max()) for k in ("default_tiles", "tiles_16")}}
+
+
 def measure(args: argparse.Namespace) -> None:
     from psic_cli.keys import read_key
 
@@ -280,6 +303,7 @@ def measure(args: argparse.Namespace) -> None:
             res["rd"]["folder"] = str(args.folder)
         if args.large:
             res["large"] = measure_large(model_id, args.key, files[0], Path(tmp))
+            res["large"]["seams"] = measure_seams(model_id, key, files[0])
         res["load_average_at_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
@@ -348,6 +372,13 @@ def render(results: Path) -> str:
         out += [f"| {k} | {v['wall_s']:.1f} | {v['user_s']:.1f} | {v['sys_s']:.1f} | {v['peak_rss_gib']:.2f} |"
                 for k, v in ((k, lg[k]) for k in ("encode", "decode"))]
         out.append("")
+        if "seams" in lg:
+            sm = lg["seams"]
+            d = sm["max_abs_diff"]
+            out += [f"Seams ({sm['size'][0]}x{sm['size'][1]}, in process): decoded in tiles against decoded whole, the "
+                    f"largest pixel difference is {d['default_tiles']} with the decoder's tiles "
+                    f"({sm['default_tile_latents']} latents) and {d['tiles_16']} with 16-latent tiles (a border every "
+                    "256 pixels).", ""]
     out.append(f"Load average at the end of the run: {', '.join(f'{v:.1f}' for v in res['load_average_at_end'])}.")
     return "\n".join(out) + "\n"
 
