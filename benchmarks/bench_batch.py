@@ -91,7 +91,7 @@ def seams(size: str, model: str) -> None:
     lm.model.reset_runtime()
     tiled = codec.decode(data).pixels
     same = np.array_equal(whole, tiled)
-    print(f"| seams at {w}x{h} | tiled vs untiled PSNR | identical pixels |\n|---|---|---|")
+    print(f"\n| seams at {w}x{h} | tiled vs untiled PSNR | identical pixels |\n|---|---|---|")
     print(f"| 256-px tiles | {psnr(whole, tiled) if not same else float('inf'):.2f} dB | {same} |")
     del torch
 
