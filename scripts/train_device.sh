@@ -5,6 +5,10 @@
 #   OUT=/tmp/out DATA=../shared/data/bsds500 MINUTES=0.05 BATCH=2 PATCH=128 COMPILE=0 bash scripts/train_device.sh
 #   OUT=$OUT MODEL=psic-msh3 MINUTES=8 BATCH=32 LR=2e-4 AMP=bf16 COMPILE=0 bash scripts/train_device.sh  # the wide
 #     model from scratch (no committed weights yet: it starts fresh; its weights come back in 15 MiB parts)
+#   OUT=$OUT MODEL=psic-msh3cj MODEL_ID=psic-msh3c MINUTES=8 BATCH=32 LR=2e-4 AMP=bf16 COMPILE=0 \
+#     bash scripts/train_device.sh  # the wide model with its checkerboard context, all learnt together from
+#     scratch (stage rd/psic-msh3cj; the export is a psic-msh3c model, cat its parts into
+#     lab_weights/rd/psic-msh3c.safetensors)
 #   OUT=$OUT MODEL=psic-msh2-wa MODEL_ID=psic_lab/training/model_configs/psic-msh2-wide-encoder.json \
 #     INIT=lab_weights/rd/psic-msh2.safetensors MINUTES=8 BATCH=32 AMP=off COMPILE=0 bash scripts/train_device.sh
 #     # a wider encoder for psic-msh2's frozen decoder (stage rd/psic-msh2-wa: train_part encoder)
