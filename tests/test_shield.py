@@ -273,3 +273,51 @@ def test_unseen_judges_are_refused_whatever_their_spec(tmp_path):
     with pytest.raises(ValueError, match="unseen judge"):
         check_seen([ScratchJudge.load(copy)])
     check_seen([TinyClassifier(), TinyVLP()])  # models without a judge's name pass
+
+
+def test_lattice_energy_is_the_pattern_that_repeats_every_16_pixels():
+    """A pattern tiled every 16 pixels scores its own (luma) variance; noise of the same variance scores about
+    that over the number of cells; a constant offset scores 0; and the term has a gradient."""
+    from psic_lab.training.losses import lattice_energy
+
+    torch.manual_seed(0)
+    cell = torch.randn(1, 3, 16, 16)
+    luma = (cell[0] * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0)
+    pattern = cell.repeat(1, 1, 4, 6)  # 64x96: 24 cells
+    e = lattice_energy(pattern)
+    assert torch.allclose(e, ((luma - luma.mean()) ** 2).mean()[None], rtol=1e-5)
+    noise = torch.randn(8, 3, 64, 96) * pattern.std()
+    assert float(lattice_energy(noise).mean()) < 0.1 * float(e)
+    assert float(lattice_energy(torch.full((2, 3, 64, 96), 0.3)).abs().max()) < 1e-10
+    assert torch.equal(lattice_energy(torch.ones(1, 3, 8, 8)), torch.zeros(1))  # smaller than one cell
+    r = pattern.clone().requires_grad_(True)
+    lattice_energy(r).sum().backward()
+    assert r.grad.abs().sum() > 0
+
+
+def test_grid_weight_adds_the_keyless_views_lattice_to_the_loss(tmp_path, key_file, monkeypatch):
+    """The same first step with and without grid_weight: the same logged lattice (it is logged either way),
+    and a larger loss with it (the lattice term is added)."""
+    import psic_lab.vlp
+    from psic_lab.training.__main__ import main
+
+    monkeypatch.setattr(psic_lab.vlp, "load_vlp", lambda spec: TinyVLP())
+    cfg, data = _tiny_setup(tmp_path)
+    rd = tmp_path / "rd"
+    main(["rd", "--model-id", str(cfg), "--data", str(data), "--key", str(key_file), "--run-dir", str(rd),
+          "--steps", "2", "--batch", "2", "--patch", "64"])
+    with torch.no_grad():  # a lattice for the keyless views to pay for: make the condition path act
+        state = torch.load(rd / "checkpoint.pt", weights_only=False)
+        for k, v in state["model"].items():
+            if ".p1." in k or ".p2." in k:
+                v.normal_(0, 0.5)
+        torch.save(state, rd / "checkpoint.pt")
+    first = {}
+    for weight in (0.0, 1000.0):
+        run = tmp_path / f"sh{weight}"
+        assert main(["shield", "--init", str(rd / "checkpoint.pt"), "--model-id", str(cfg), "--data", str(data),
+                     "--key", str(key_file), "--run-dir", str(run), "--steps", "1", "--batch", "4", "--patch", "64",
+                     "--p-full", "0", "--grid-weight", str(weight), "--log-every", "1"]) == 0
+        first[weight] = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if '"loss"' in x][0]
+    assert first[0.0]["lattice_rms"] > 0 and first[0.0]["lattice_rms"] == pytest.approx(first[1000.0]["lattice_rms"])
+    assert first[1000.0]["loss"] > first[0.0]["loss"] + 1e-3

@@ -96,6 +96,26 @@ def _truth(logits_u: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
     return pred, torch.where(labels >= 0, labels, pred)
 
 
+#: BT.601 luma weights, as the grid score (psic_lab.evaluation.metrics) weighs the channels
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def lattice_energy(r: torch.Tensor, period: int = 16) -> torch.Tensor:
+    """Per sample, the mean square of the part of ``r`` (``[b, 3, H, W]``, a view minus its reference) that
+    repeats every ``period`` pixels from the top left, in luma: ``r`` averaged over all ``period x period``
+    cells at each of the cell's positions, less its mean.  That pattern is exactly what the grid score
+    measures at the decoder's 16- and 8-pixel lattice harmonics (a period-8 pattern also repeats every 16), so
+    a loss on it lowers the score; it is 0 for a residual with no lattice and differentiable.  ``H`` and ``W``
+    are cropped to multiples of ``period``; ``[b]`` zeros for inputs smaller than one cell."""
+    b, _, h, w = r.shape
+    h, w = h // period * period, w // period * period
+    if h == 0 or w == 0:
+        return r.new_zeros(b)
+    luma = torch.einsum("bchw,c->bhw", r[..., :h, :w], r.new_tensor(_LUMA))
+    cells = luma.reshape(b, h // period, period, w // period, period).mean(dim=(1, 3))
+    return (cells - cells.mean(dim=(1, 2), keepdim=True)).pow(2).mean(dim=(1, 2))
+
+
 def uaeo_loss(z: torch.Tensor, u: torch.Tensor, text: torch.Tensor, labels: torch.Tensor,
               scale: float) -> tuple[torch.Tensor, dict]:
     """Uncertainty-aware encryption-oriented loss on shielded embeddings ``z`` (see module docstring).

@@ -102,6 +102,8 @@ class ShieldConfig:
     aspects: str = "1:1,3:2,2:3"  # width:height ratios drawn per step with sizes (sides rounded to multiples of 16)
     min_batch: int = 2  # with sizes: images per step = batch * patch^2 / (height * width), at least this many
     embed_weight: float = 0.0  # weight of cos(target embedding of the keyless view, of the original) (0: off)
+    grid_weight: float = 0.0  # > 0: the keyless views also pay this times lambda times the energy of their
+    # lattice pattern, the part of (view - reference full view) that repeats every 16 pixels (losses.lattice_energy)
     scale_grid: int = 0  # > 0: give the decoder a scale branch with this many cells a side (ScaleBranch); 0: as init
     indexer_residual: int = 0  # > 0: give the model an IndexerResidual on thumbnails this many pixels a side
     train_part: Literal["decoder", "residual", "pattern"] = "decoder"  # what trains: the decoder and condition

@@ -66,6 +66,7 @@ from psic_lab.training.losses import (
     ViewBatch,
     ViewLoss,
     get_indexer,
+    lattice_energy,
 )
 from psic_lab.training.options import ShieldConfig, parse_aspects, parse_sizes, parse_views
 from psic_lab.training.train import load_matching
@@ -423,6 +424,12 @@ class ShieldStage:
             for t in terms.terms:
                 loss = loss + t
             rec.update(terms.rec)
+        keyless = torch.tensor([v in SHIELD_VIEWS for v in vs])
+        if keyless.any():  # the keyless views' lattice pattern (a loss with grid_weight, logged always)
+            energy = lattice_energy(x_hat[keyless] - x_ref[keyless])
+            if sc.grid_weight > 0:
+                loss = loss + sc.grid_weight * (lam[keyless] * energy).sum() / n
+            rec["lattice_rms"] = float(energy.detach().mean().sqrt()) * 255  # 8-bit levels
         self._measured = (x, x_ref, x_hat.detach(), sel)
         if self.sizes:
             rec.update(height=float(height), width=float(width))
