@@ -37,13 +37,14 @@ from psic_cli.views import View  # noqa: E402 (after the path)
 
 def measure(weights: Path, args: argparse.Namespace, idx, files: list[tuple[Path, int]]) -> dict:
     """One weights file's records at every size."""
+    from shield_geometry import _tensor, labelled_image
+
     from psic_cli import codec
     from psic_cli.keys import read_key
     from psic_cli.zoo import load_model
     from psic_lab.evaluation.metrics import grid_score, psnr
     from psic_lab.evaluation.weights import install_weights
     from psic_lab.training.losses import lattice_energy
-    from shield_geometry import _tensor, labelled_image
 
     key = read_key(args.key)
     out: dict = {"weights": str(weights), "sizes": {}}
