@@ -273,7 +273,8 @@ class ConditionalSynthesis(nn.Module):
     """g_s: ``CRB(M->N), [RBUp x2, CRB] x3, subpel conv (->3, x2)``; total upsampling 16.
 
     The last stage (at half resolution) is ``last_width`` channels wide instead of N: it holds most of
-    the decoder's arithmetic, and the runtime decoder runs in float64 for cross-machine determinism.
+    the decoder's arithmetic (``psic-sh`` and ``psic-msh`` narrowed it when the runtime decoder ran in
+    float64; it now runs in float32, and the later models keep it at N).
 
     With ``trigger_head`` a further conditional block at the last stage gives the condition new features
     to work with (the others were learnt for reconstruction); its second convolution starts at zero, so
