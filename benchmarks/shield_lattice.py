@@ -69,7 +69,7 @@ def measure(weights: Path, args: argparse.Namespace, idx, files: list[tuple[Path
             read = idx.read(prepared)
             labels = [label for _, label in files]
             top1 = {}
-            for k, name in enumerate(("original", "full", "shielded")):
+            for k, name in enumerate(("original", str(View.FULL), str(View.SHIELDED))):
                 hits = [read[3 * i + k]["target/short224"][0][0] == y for i, y in enumerate(labels)]
                 top1[name] = float(np.mean(hits))
             q = {k: float(np.nanmean(v)) for k, v in quality.items()}
@@ -93,7 +93,7 @@ def render(res: dict) -> str:
         for size, s in r["sizes"].items():
             t = s["target_top1"]
             lines.append(f"| `{Path(r['weights']).name}` | {r['steps']} | {size} | {s['images']} | "
-                         f"{t['original']:.0%} | {t['full']:.0%} | {t['shielded']:.0%} | {s['psnr_full']:.2f} | "
+                         f"{t['original']:.0%} | {t[View.FULL]:.0%} | {t[View.SHIELDED]:.0%} | {s['psnr_full']:.2f} | "
                          f"{s['gap_db']:+.2f} | {s['grid']:.1f} | {s['lattice_rms']:.2f} |")
     return "\n".join(lines) + "\n"
 

@@ -320,4 +320,6 @@ def test_grid_weight_adds_the_keyless_views_lattice_to_the_loss(tmp_path, key_fi
                      "--p-full", "0", "--grid-weight", str(weight), "--log-every", "1"]) == 0
         first[weight] = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if '"loss"' in x][0]
     assert first[0.0]["lattice_rms"] > 0 and first[0.0]["lattice_rms"] == pytest.approx(first[1000.0]["lattice_rms"])
+    # the live trigger units of each trained view's condition are logged (0 = a dead CLTG for that view)
+    assert {"tau_live_full", "tau_live_shielded"} <= set(first[0.0]) and first[0.0]["tau_live_full"] > 0
     assert first[1000.0]["loss"] > first[0.0]["loss"] + 1e-3

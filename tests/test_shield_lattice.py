@@ -25,3 +25,10 @@ def test_render_gives_a_row_per_weights_and_size():
     assert len(rows) == 3
     assert rows[0] == "| `one.safetensors` | 10 | 224 | 4 | 100% | 75% | 25% | 27.50 | -0.60 | 2.5 | 0.12 |"
     assert rows[2].startswith("| `two.safetensors` | 20 | 224 |")
+
+
+def test_the_committed_page_is_its_json_rendered():
+    import json
+
+    res = json.loads((ROOT / "results/shield-lattice.json").read_text())
+    assert _module().render(res) == (ROOT / "docs/shield-lattice.md").read_text()
