@@ -445,7 +445,8 @@ class ShieldStage:
             if sel.get(v) is not None and sel[v].any():
                 rec[f"{v}_drop_db"] = float(drop[sel[v]].mean())
         with torch.no_grad():  # live trigger units of each trained view's own condition: 0 means the CLTG's last
-            # ReLU is dead for it, and that view decodes like every other view whose trigger is dead
+            # ReLU is dead for it, and that view decodes like every other view whose trigger is dead (with an
+            # indexer residual the shield conditions' trigger is 0 by design: ConditionalHyperprior.trigger)
             for v in self.views:
                 tau = self.model.trigger(self.model.cltg, self.conds[v][None].float())
                 rec[f"tau_live_{v}"] = float((tau > 0).sum())
