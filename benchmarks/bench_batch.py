@@ -75,25 +75,20 @@ def big_image(size: str, model: str) -> None:
 
 
 def seams(size: str, model: str) -> None:
-    import torch
+    from codec_compare import decode_in_tiles
 
     from psic_cli import codec
-    from psic_cli.zoo import load_model
     from psic_lab.evaluation.metrics import psnr
 
     w, h = (int(v) for v in size.split("x"))
     img = np.asarray(Image.open("../shared/data/kodak/kodim23.png").convert("RGB").resize((w, h)))
-    lm = load_model(model)
     data = codec.encode_pixels(img, model, 2)
-    lm.model.tile_latent = 10**6  # untiled
-    whole = codec.decode(data).pixels
-    lm.model.tile_latent = 16  # 256-pixel tiles: many tile borders
-    lm.model.reset_runtime()
-    tiled = codec.decode(data).pixels
+    # untiled, and 256-pixel tiles: many tile borders
+    out = decode_in_tiles(model, data, None, {"whole": 10**6, "tiled": 16})
+    whole, tiled = out["whole"], out["tiled"]
     same = np.array_equal(whole, tiled)
     print(f"\n| seams at {w}x{h} | tiled vs untiled PSNR | identical pixels |\n|---|---|---|")
     print(f"| 256-px tiles | {psnr(whole, tiled) if not same else float('inf'):.2f} dB | {same} |")
-    del torch
 
 
 def main() -> int:

@@ -252,6 +252,26 @@ def measure_large(model_id: str, key_file: Path, image: Path, tmp: Path) -> dict
     return {"size": [6000, 4000], "encode": enc, "decode": dec}
 
 
+def decode_in_tiles(model_id: str, data: bytes, key: bytes | None, tiles: dict[str, int]) -> dict[str, np.ndarray]:
+    """``data`` decoded in process once per entry of ``tiles`` (name -> the model's ``tile_latent``; a huge value
+    decodes whole), the model's own tiling restored afterwards."""
+    from psic_cli import codec
+    from psic_cli.zoo import load_model
+
+    model = load_model(model_id).model
+    default = model.tile_latent
+    out = {}
+    try:
+        for name, tile in tiles.items():
+            model.tile_latent = tile
+            model.reset_runtime()
+            out[name] = codec.decode(data, key=key).pixels
+    finally:
+        model.tile_latent = default
+        model.reset_runtime()
+    return out
+
+
 def measure_seams(model_id: str, key: bytes, image: Path, size: tuple[int, int] = (1536, 1024)) -> dict:
     """Seams: one file decoded whole and in tiles (the decoder's default tiles, and 16-latent ones, which put
     a tile border every 256 pixels), in process; the largest pixel difference of each against the whole."""
@@ -260,19 +280,11 @@ def measure_seams(model_id: str, key: bytes, image: Path, size: tuple[int, int] 
 
     img = np.asarray(Image.open(image).convert("RGB").resize(size, Image.BICUBIC))
     data = codec.encode_pixels(img, model_id, 3)
-    model = load_model(model_id).model
-    default = model.tile_latent
-    out = {}
-    try:
-        for name, tile in (("whole", 10**6), ("default_tiles", default), ("tiles_16", 16)):
-            model.tile_latent = tile
-            model.reset_runtime()
-            out[name] = codec.decode(data, key=key).pixels.astype(np.int16)
-    finally:
-        model.tile_latent = default
-        model.reset_runtime()
-    return {"size": list(size), "default_tile_latents": default,
-            "max_abs_diff": {k: int(np.abs(out[k] - out["whole"]).max()) for k in ("default_tiles", "tiles_16")}}
+    default = load_model(model_id).model.tile_latent
+    out = decode_in_tiles(model_id, data, key, {"whole": 10**6, "default_tiles": default, "tiles_16": 16})
+    whole = out["whole"].astype(np.int16)
+    diff = {k: int(np.abs(out[k].astype(np.int16) - whole).max()) for k in ("default_tiles", "tiles_16")}
+    return {"size": list(size), "default_tile_latents": default, "max_abs_diff": diff}
 
 
 def measure(args: argparse.Namespace) -> None:

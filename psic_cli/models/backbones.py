@@ -229,10 +229,10 @@ class ConditionalHyperprior(nn.Module):
         m = scales.shape[1]
 
         def run(t: Tensor, region: tuple[int, int, int, int]) -> Tensor:
-            a = anchor_mask(*t.shape[-2:], parity=(region[0] + region[2]) % 2)
+            parity = (region[0] + region[2]) % 2
+            a = anchor_mask(*t.shape[-2:], parity=parity)
             out = t[:, m:].clone()  # the hyperprior's scales and means, replaced at the non-anchors
-            out.view(2 * m, -1)[:, ~a.reshape(-1)] = rt.others(t[:, :m], t[:, m : 2 * m], t[:, 2 * m :],
-                                                             parity=(region[0] + region[2]) % 2)
+            out.view(2 * m, -1)[:, ~a.reshape(-1)] = rt.others(t[:, :m], t[:, m : 2 * m], t[:, 2 * m :], parity=parity)
             return out
 
         out = tiled(run, torch.cat([sym, scales, means], 1), scale=1, tile=CONTEXT_TILE, margin=CONTEXT_MARGIN,

@@ -49,12 +49,12 @@ def bd_rate(rate_a, dist_a, rate_b, dist_b) -> float:
 #: the decoder's lattices (pixels): g_s upsamples 16x in four 2x stages, so its pattern repeats every 16 pixels
 #: (the latent grid) with a strong 8-pixel sub-harmonic
 GRID_PERIODS = (16, 8)
-_LUMA = np.array([0.299, 0.587, 0.114])
+LUMA = np.array([0.299, 0.587, 0.114])  # BT.601 luma weights of R, G, B
 
 
 def _luma(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
-    return a @ _LUMA if a.ndim == 3 else a
+    return a @ LUMA if a.ndim == 3 else a
 
 
 def grid_score_parts(a: np.ndarray, b: np.ndarray | None = None, radius: int = 4) -> dict[str, float]:

@@ -96,10 +96,6 @@ def _truth(logits_u: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
     return pred, torch.where(labels >= 0, labels, pred)
 
 
-#: BT.601 luma weights, as the grid score (psic_lab.evaluation.metrics) weighs the channels
-_LUMA = (0.299, 0.587, 0.114)
-
-
 def lattice_energy(r: torch.Tensor, period: int = 16) -> torch.Tensor:
     """Per sample, the mean square of the part of ``r`` (``[b, 3, H, W]``, a view minus its reference) that
     repeats every ``period`` pixels from the top left, in luma: ``r`` averaged over all ``period x period``
@@ -111,7 +107,9 @@ def lattice_energy(r: torch.Tensor, period: int = 16) -> torch.Tensor:
     h, w = h // period * period, w // period * period
     if h == 0 or w == 0:
         return r.new_zeros(b)
-    luma = torch.einsum("bchw,c->bhw", r[..., :h, :w], r.new_tensor(_LUMA))
+    from psic_lab.evaluation.metrics import LUMA  # the grid score's channel weights
+
+    luma = torch.einsum("bchw,c->bhw", r[..., :h, :w], r.new_tensor(LUMA))
     cells = luma.reshape(b, h // period, period, w // period, period).mean(dim=(1, 3))
     return (cells - cells.mean(dim=(1, 2), keepdim=True)).pow(2).mean(dim=(1, 2))
 
