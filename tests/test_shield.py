@@ -323,3 +323,33 @@ def test_grid_weight_adds_the_keyless_views_lattice_to_the_loss(tmp_path, key_fi
     # the live trigger units of each trained view's condition are logged (0 = a dead CLTG for that view)
     assert {"tau_live_full", "tau_live_shielded"} <= set(first[0.0]) and first[0.0]["tau_live_full"] > 0
     assert first[1000.0]["loss"] > first[0.0]["loss"] + 1e-3
+
+
+def test_a_dead_trigger_stops_the_stage(tmp_path, key_file, monkeypatch):
+    """With the CLTG's last ReLU dead for every condition (no shield can train), the stage checkpoints and
+    stops after ``dead_trigger_patience`` steps and says why; with patience 0 it runs all its steps."""
+    import psic_lab.vlp
+    from psic_lab.training.__main__ import main
+
+    monkeypatch.setattr(psic_lab.vlp, "load_vlp", lambda spec: TinyVLP())
+    cfg, data = _tiny_setup(tmp_path)
+    rd = tmp_path / "rd"
+    main(["rd", "--model-id", str(cfg), "--data", str(data), "--key", str(key_file), "--run-dir", str(rd),
+          "--steps", "1", "--batch", "2", "--patch", "64"])
+    with torch.no_grad():  # the last Linear's outputs far below zero for any condition
+        state = torch.load(rd / "checkpoint.pt", weights_only=False)
+        state["model"]["cltg.mlp.2.weight"].zero_()
+        state["model"]["cltg.mlp.2.bias"].fill_(-10.0)
+        torch.save(state, rd / "checkpoint.pt")
+    logs = {}
+    for patience in (2, 0):
+        run = tmp_path / f"sh{patience}"
+        assert main(["shield", "--init", str(rd / "checkpoint.pt"), "--model-id", str(cfg), "--data", str(data),
+                     "--key", str(key_file), "--run-dir", str(run), "--steps", "4", "--batch", "2",
+                     "--patch", "64", "--no-reset-trigger", "--dead-trigger-patience", str(patience),
+                     "--log-every", "1"]) == 0
+        logs[patience] = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    steps = {p: max(r.get("step", 0) for r in log) for p, log in logs.items()}
+    assert steps == {2: 2, 0: 4}
+    assert logs[2][-1]["event"].startswith("trigger dead for shielded")
+    assert all(r["tau_live_shielded"] == 0 for r in logs[0] if "loss" in r)

@@ -119,6 +119,8 @@ class ShieldConfig:
     captions: Literal["data", "imagenet"] = "data"  # UAEO's text set: the data's class captions, or ImageNet's 1000
     reset_trigger: bool = True  # re-initialise CLTG and zero the trigger projections at the start
     trigger_lr_mult: float = 10.0  # learning-rate multiplier of the condition path (CLTG, P, S)
+    dead_trigger_patience: int = 50  # > 0: stop the stage once a keyless view's trigger has been dead (no live
+    # CLTG unit for its condition: it decodes as the full view) for this many steps in a row; 0: never stop
     branch_lr_mult: float = 0.0  # > 0: the scale branch's own learning-rate multiplier (0: trigger_lr_mult)
     views: str = "full,shielded"  # trained views, comma-separated: full, shielded (required), strong, machine
     preserve: str = ""  # views held to the starting decoder's output (e.g. shielded, in a later stage)

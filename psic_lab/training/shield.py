@@ -298,6 +298,8 @@ class ShieldStage:
             {v: {View.SHIELDED: sc.psnr_budget_db, View.STRONG: sc.strong_budget_db}[v] for v in trained},
             lr=sc.nu_lr, nu_min=sc.nu_min, nu_max=sc.nu_max, adaptive=sc.weighting == "adaptive")
         self.vlp, self.ensemble = vlp, ensemble
+        self.stop_reason: str | None = None  # set when the stage should end early (read by the trainer)
+        self._dead_steps = 0
 
     def fresh_start(self) -> tuple[int, dict | None]:
         if self.config.reset_trigger:
@@ -450,6 +452,7 @@ class ShieldStage:
             for v in self.views:
                 tau = self.model.trigger(self.model.cltg, self.conds[v][None].float())
                 rec[f"tau_live_{v}"] = float((tau > 0).sum())
+        self._check_trigger(rec)
         for v in SHIELD_VIEWS:
             m = sel.get(v)
             if m is None or not m.any() or v in self.preserve:
@@ -458,6 +461,20 @@ class ShieldStage:
             self.weighting.update(v, gap)
             rec[f"gap_db_{v}"] = gap
         return rec
+
+    def _check_trigger(self, rec: dict[str, float]) -> None:
+        """Count the steps in a row in which a keyless view's trigger is dead; past ``dead_trigger_patience``,
+        set :attr:`stop_reason` (the trainer checkpoints and stops).  A dead trigger gets no gradient, so the
+        view stays the full view: the rest of the stage would train no shield.  Models with an indexer residual
+        are exempt (their shield conditions' trigger is 0 by design), and so is ``train_part`` other than
+        decoder (the condition path is frozen)."""
+        patience = self.config.dead_trigger_patience
+        if patience <= 0 or self.model.indexer_residual is not None or self.config.train_part != "decoder":
+            return
+        dead = [v for v in SHIELD_VIEWS if v in self.views and rec.get(f"tau_live_{v}", 1.0) == 0]
+        self._dead_steps = self._dead_steps + 1 if dead else 0
+        if self._dead_steps >= patience:
+            self.stop_reason = f"trigger dead for {','.join(map(str, dead))} for {patience} steps"
 
     def summary(self, recs: list[dict[str, float]]) -> dict[str, float]:
         """The last step's terms and the weighting's state."""

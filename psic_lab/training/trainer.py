@@ -33,6 +33,8 @@ class Stage(Protocol):
     optimizers: dict[str, torch.optim.Optimizer]  # "opt" follows the schedule (times a group's "lr_mult")
     clip_params: list[torch.Tensor]
     clip: float
+    # optional: ``stop_reason`` (str), set by the stage when it should end early; the trainer checkpoints, logs
+    # the reason as the event and stops
 
     def fresh_start(self) -> tuple[int, dict | None]:
         """No checkpoint: initialise; return the first step and the event to log."""
@@ -206,7 +208,8 @@ class Trainer:
             step += 1
             recs.append({**rec, **stage.after_step()})
             out_of_time = cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes
-            halt = out_of_time or stop["signal"] is not None
+            reason = getattr(stage, "stop_reason", None)
+            halt = out_of_time or stop["signal"] is not None or reason is not None
             if step % cfg.log_every == 0 or step == cfg.steps:
                 self.log({"step": step, **stage.summary(recs), "lr": round(self.lr_at(step), 8),
                           "s_per_step": round((time.time() - last) / len(recs), 3)})
@@ -214,5 +217,6 @@ class Trainer:
             if (step % cfg.ckpt_every == 0 or step == cfg.steps or halt) and is_main():
                 self.save(stage, step)
             if halt:
-                self.log({"event": "time limit" if out_of_time else f"stopped by {stop['signal']}", "step": step})
+                event = "time limit" if out_of_time else (f"stopped by {stop['signal']}" if stop["signal"] else reason)
+                self.log({"event": event, "step": step})
                 break
