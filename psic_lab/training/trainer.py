@@ -208,8 +208,8 @@ class Trainer:
             step += 1
             recs.append({**rec, **stage.after_step()})
             out_of_time = cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes
-            reason = getattr(stage, "stop_reason", None)
-            halt = out_of_time or stop["signal"] is not None or reason is not None
+            halt = ("time limit" if out_of_time else f"stopped by {stop['signal']}" if stop["signal"]
+                    else getattr(stage, "stop_reason", None))  # why the run ends here; None: it goes on
             if step % cfg.log_every == 0 or step == cfg.steps:
                 self.log({"step": step, **stage.summary(recs), "lr": round(self.lr_at(step), 8),
                           "s_per_step": round((time.time() - last) / len(recs), 3)})
@@ -217,6 +217,5 @@ class Trainer:
             if (step % cfg.ckpt_every == 0 or step == cfg.steps or halt) and is_main():
                 self.save(stage, step)
             if halt:
-                event = "time limit" if out_of_time else (f"stopped by {stop['signal']}" if stop["signal"] else reason)
-                self.log({"event": event, "step": step})
+                self.log({"event": halt, "step": step})
                 break
