@@ -1,16 +1,17 @@
-"""Shield weights side by side on the keyless `shielded` view: what the target reads, and the lattice (not a test).
+"""Shield weights side by side on their keyless views: what the target reads, and the lattice (not a test).
 
     python benchmarks/shield_lattice.py --weights A.safetensors B.safetensors --out results/shield-lattice.json
     python benchmarks/shield_lattice.py --render-only --out results/shield-lattice.json
 
-For each weights file (a model with a trained `shielded` view; no `strong` view needed, unlike
-``benchmarks/shield_geometry.py``), the same Imagenette val images as 3:2 photos of each ``--sizes`` long side
-(``shield_geometry.labelled_image``), coded at ``--quality`` through the runtime API and decoded full (key)
-and shielded (no key). Reported per size: the target's 10-way top-1 after the standard preprocessing (shorter
-side to 224, centre crop) on the original, full and shielded views; the PSNR of both views and the shielded
-view's gap to the full one; the grid score of (shielded - full) (1 = no peak at the decoder's 16- and 8-pixel
-lattice harmonics); and the RMS of its part that repeats every 16 pixels
-(``psic_lab.training.losses.lattice_energy``, 8-bit levels), the term ``--grid-weight`` trains against.
+For each weights file (a model with the keyless ``--views`` trained: `shielded` by default, `strong` where asked;
+unlike ``benchmarks/shield_geometry.py`` no judges and no strong view needed), the same Imagenette val images as 3:2
+photos of each ``--sizes`` long side (``shield_geometry.labelled_image``), coded at ``--quality`` through the
+runtime API and decoded full (key) and each keyless view (no key). Reported per size: the target's 10-way top-1
+after the standard preprocessing (shorter side to 224, centre crop) on the original, full and keyless views; the
+full view's PSNR and each keyless view's gap to it; the grid score of (view - full) (1 = no peak at the decoder's
+16- and 8-pixel lattice harmonics); the RMS of its part that repeats every 16 pixels
+(``psic_lab.training.losses.lattice_energy``, 8-bit levels), the term ``--grid-weight`` trains against; and search
+by image: how often the target's embedding of the view ranks its own original first among the run's originals.
 
 Writes ``--out`` (JSON) and ``--docs`` (markdown rendered from it).
 """
@@ -32,11 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from psic_cli.views import View  # noqa: E402 (after the path)
+from psic_cli.views import SHIELD_VIEWS, View  # noqa: E402 (after the path)
 
 
 def measure(weights: Path, args: argparse.Namespace, idx, files: list[tuple[Path, int]]) -> dict:
-    """One weights file's records at every size."""
+    """One weights file's records at every size: per keyless view in ``args.views``, its top-1, PSNR gap, grid
+    score, lattice RMS and search-by-image R@1 (its own original ranked first among the originals of the run)."""
     from shield_geometry import _tensor, labelled_image
 
     from psic_cli import codec
@@ -47,54 +49,78 @@ def measure(weights: Path, args: argparse.Namespace, idx, files: list[tuple[Path
     from psic_lab.training.losses import lattice_energy
 
     key = read_key(args.key)
+    views = [View(v) for v in args.views]
     out: dict = {"weights": str(weights), "sizes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         model_id = install_weights(weights, Path(tmp))
         load_model.cache_clear()  # the weights files share a model id: load this one's
         lm = load_model(model_id)
         out.update(model=model_id, weights_sha256=lm.weights_sha256, steps=lm.info.metadata.get("steps"))
+        names = ["original", str(View.FULL)] + [str(v) for v in views]
         for size in args.sizes:
-            prepared, quality = [], {"psnr_full": [], "psnr_shielded": [], "grid": [], "lattice_rms": []}
+            prepared, psnr_full = [], []
+            per_view: dict[str, dict[str, list]] = {str(v): {"psnr": [], "grid": [], "lattice_rms": []}
+                                                   for v in views}
             for path, _ in files:
                 px = labelled_image(path, size)
                 data = codec.encode_pixels(np.ascontiguousarray(px), model_id, args.quality)
                 full = codec.decode(data, key, View.FULL).pixels
-                shielded = codec.decode(data, None, View.SHIELDED).pixels
-                prepared += [idx.prepare(v, extras=False) for v in (px, full, shielded)]
-                quality["psnr_full"].append(psnr(px, full))
-                quality["psnr_shielded"].append(psnr(px, shielded))
-                quality["grid"].append(grid_score(shielded, full))
-                diff = _tensor(shielded) - _tensor(full)
-                quality["lattice_rms"].append(float(lattice_energy(diff).sqrt()) * 255)
+                keyless = [codec.decode(data, None, v).pixels for v in views]
+                prepared += [idx.prepare(v, extras=False) for v in (px, full, *keyless)]
+                psnr_full.append(psnr(px, full))
+                for v, pix in zip(views, keyless, strict=True):
+                    q = per_view[str(v)]
+                    q["psnr"].append(psnr(px, pix))
+                    q["grid"].append(grid_score(pix, full))
+                    q["lattice_rms"].append(float(lattice_energy(_tensor(pix) - _tensor(full)).sqrt()) * 255)
             read = idx.read(prepared)
             labels = [label for _, label in files]
-            top1 = {}
-            for k, name in enumerate(("original", str(View.FULL), str(View.SHIELDED))):
-                hits = [read[3 * i + k]["target/short224"][0][0] == y for i, y in enumerate(labels)]
-                top1[name] = float(np.mean(hits))
-            q = {k: float(np.nanmean(v)) for k, v in quality.items()}
-            q["gap_db"] = q["psnr_shielded"] - q["psnr_full"]
-            out["sizes"][str(size)] = {"images": len(files), "target_top1": top1, **q}
-            print(weights.name, size, json.dumps(out["sizes"][str(size)]), file=sys.stderr, flush=True)
+            n = len(names)
+            top1 = {name: float(np.mean([read[n * i + k]["target/short224"][0][0] == y
+                                         for i, y in enumerate(labels)]))
+                    for k, name in enumerate(names)}
+            gallery = torch.stack([read[n * i]["emb/target"] for i in range(len(files))])
+            rec = {"images": len(files), "target_top1": top1, "psnr_full": float(np.nanmean(psnr_full)), "views": {}}
+            for k, name in enumerate(names[2:], start=2):
+                queries = torch.stack([read[n * i + k]["emb/target"] for i in range(len(files))])
+                r1 = float(((queries @ gallery.t()).argmax(1) == torch.arange(len(files))).float().mean())
+                q = {m: float(np.nanmean(v)) for m, v in per_view[name].items()}
+                rec["views"][name] = {**q, "gap_db": q["psnr"] - rec["psnr_full"], "r1": r1}
+            out["sizes"][str(size)] = rec
+            print(weights.name, size, json.dumps(rec), file=sys.stderr, flush=True)
     return out
 
 
+def _view_rows(s: dict) -> dict[str, dict]:
+    """Per keyless view of one size record: top-1, gap, grid, lattice RMS and R@1 (None where a record from
+    before the ``views`` layout, which held the shielded view only, has no R@1)."""
+    if "views" in s:
+        return {v: {**r, "top1": s["target_top1"][v]} for v, r in s["views"].items()}
+    return {str(View.SHIELDED): {"top1": s["target_top1"][View.SHIELDED], "gap_db": s["gap_db"], "grid": s["grid"],
+                                 "lattice_rms": s["lattice_rms"], "r1": None}}
+
+
 def render(res: dict) -> str:
-    lines = ["# Shield weights side by side: the shielded view and its lattice", "",
+    lines = ["# Shield weights side by side: the keyless views and their lattice", "",
              f"Generated from `{res['out']}` (measured by `{res['command']}` at revision "
              f"`{(res.get('git_revision') or '?')[:10]}`); do not edit by hand.", "",
              f"Imagenette val images as 3:2 photos, quality {res['quality']}, target `psic-vlp-mini` after the "
-             "standard preprocessing (shorter side to 224, centre crop), 10-way top-1 (chance 10%). Grid: the "
-             "grid score of (shielded - full), 1 = no peak at the lattice harmonics. Lattice RMS: the part of "
-             "(shielded - full) that repeats every 16 pixels, in 8-bit levels.", "",
-             "| weights | steps | long side | images | top-1: original | full | shielded | PSNR full | gap (dB) "
-             "| grid | lattice RMS |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "standard preprocessing (shorter side to 224, centre crop), 10-way top-1 (chance 10%). Gap: the "
+             "view's PSNR minus the full view's. Grid: the grid score of (view - full), 1 = no peak at the lattice "
+             "harmonics. Lattice RMS: the part of (view - full) that repeats every 16 pixels, in 8-bit levels. "
+             "R@1: search by image, the view's own original ranked first by the target's embedding among the "
+             "run's originals of that size (one gallery entry per image; - where not measured).", "",
+             "| weights | steps | long side | images | top-1: original | full | view | top-1 | PSNR full | gap (dB) "
+             "| grid | lattice RMS | R@1 |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["results"]:
         for size, s in r["sizes"].items():
             t = s["target_top1"]
-            lines.append(f"| `{Path(r['weights']).name}` | {r['steps']} | {size} | {s['images']} | "
-                         f"{t['original']:.0%} | {t[View.FULL]:.0%} | {t[View.SHIELDED]:.0%} | {s['psnr_full']:.2f} | "
-                         f"{s['gap_db']:+.2f} | {s['grid']:.1f} | {s['lattice_rms']:.2f} |")
+            for view, v in _view_rows(s).items():
+                r1 = "-" if v["r1"] is None else f"{v['r1']:.0%}"
+                lines.append(f"| `{Path(r['weights']).name}` | {r['steps']} | {size} | {s['images']} | "
+                             f"{t['original']:.0%} | {t[View.FULL]:.0%} | {view} | {v['top1']:.0%} | "
+                             f"{s['psnr_full']:.2f} | {v['gap_db']:+.2f} | {v['grid']:.1f} | {v['lattice_rms']:.2f} | "
+                             f"{r1} |")
     return "\n".join(lines) + "\n"
 
 
@@ -107,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=40, help="images, taken round-robin over the classes")
     ap.add_argument("--sizes", type=int, nargs="+", default=[224, 512], help="long sides in pixels")
     ap.add_argument("--quality", type=int, default=2, help="quality level to code at")
+    ap.add_argument("--views", nargs="+", default=[str(View.SHIELDED)],
+                    choices=[str(v) for v in SHIELD_VIEWS], help="keyless views to measure")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--out", type=Path, default=ROOT / "results/shield-lattice.json", help="JSON to write")
     ap.add_argument("--docs", type=Path, default=ROOT / "docs/shield-lattice.md", help="markdown to write")
