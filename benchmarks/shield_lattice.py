@@ -91,6 +91,33 @@ def measure(weights: Path, args: argparse.Namespace, idx, files: list[tuple[Path
     return out
 
 
+def reference_psnr(weights: Path, args: argparse.Namespace, files: list[tuple[Path, int]]) -> dict:
+    """The full view's mean PSNR per size from ``weights`` (the decoder the shield stages started from), on the
+    same images and quality: what the key holder would get without the shield training."""
+    from shield_geometry import labelled_image
+
+    from psic_cli import codec
+    from psic_cli.keys import read_key
+    from psic_cli.zoo import load_model
+    from psic_lab.evaluation.metrics import psnr
+    from psic_lab.evaluation.weights import install_weights
+
+    key = read_key(args.key)
+    out: dict = {"weights": str(weights), "psnr_full": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        model_id = install_weights(weights, Path(tmp))
+        load_model.cache_clear()
+        out["weights_sha256"] = load_model(model_id).weights_sha256
+        for size in args.sizes:
+            values = []
+            for path, _ in files:
+                px = np.ascontiguousarray(labelled_image(path, size))
+                values.append(psnr(px, codec.decode(codec.encode_pixels(px, model_id, args.quality), key,
+                                                    View.FULL).pixels))
+            out["psnr_full"][str(size)] = float(np.nanmean(values))
+    return out
+
+
 def _view_rows(s: dict) -> dict[str, dict]:
     """Per keyless view of one size record: top-1, gap, grid, lattice RMS and R@1 (None where a record from
     before the ``views`` layout, which held the shielded view only, has no R@1)."""
@@ -109,24 +136,31 @@ def render(res: dict) -> str:
              "view's PSNR minus the full view's. Grid: the grid score of (view - full), 1 = no peak at the lattice "
              "harmonics. Lattice RMS: the part of (view - full) that repeats every 16 pixels, in 8-bit levels. "
              "R@1: search by image, the view's own original ranked first by the target's embedding among the "
-             "run's originals of that size (one gallery entry per image; - where not measured).", "",
-             "| weights | steps | long side | images | top-1: original | full | view | top-1 | PSNR full | gap (dB) "
-             "| grid | lattice RMS | R@1 |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "run's originals of that size (one gallery entry per image; - where not measured). vs ref: the full "
+             "view's PSNR minus that of the reference decoder's full view"
+             + (f" (`{Path(res['reference']['weights']).name}`, sha256 `{res['reference']['weights_sha256'][:12]}`)"
+                if "reference" in res else "") + ", on the same images (- where not measured).", "",
+             "| weights | steps | long side | images | top-1: original | full | view | top-1 | PSNR full | vs ref (dB) "
+             "| gap (dB) | grid | lattice RMS | R@1 |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    ref = res.get("reference", {}).get("psnr_full", {})
     for r in res["results"]:
         for size, s in r["sizes"].items():
             t = s["target_top1"]
             for view, v in _view_rows(s).items():
                 r1 = "-" if v["r1"] is None else f"{v['r1']:.0%}"
+                vs_ref = f"{s['psnr_full'] - ref[size]:+.2f}" if size in ref else "-"
                 lines.append(f"| `{Path(r['weights']).name}` | {r['steps']} | {size} | {s['images']} | "
                              f"{t['original']:.0%} | {t[View.FULL]:.0%} | {view} | {v['top1']:.0%} | "
-                             f"{s['psnr_full']:.2f} | {v['gap_db']:+.2f} | {v['grid']:.1f} | {v['lattice_rms']:.2f} | "
-                             f"{r1} |")
+                             f"{s['psnr_full']:.2f} | {vs_ref} | {v['gap_db']:+.2f} | {v['grid']:.1f} | "
+                             f"{v['lattice_rms']:.2f} | {r1} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", type=Path, nargs="+", default=[], help="weights files with a shielded view")
+    ap.add_argument("--reference", type=Path, default=None,
+                    help="weights whose full view the table compares each full view with (the stages' start)")
     ap.add_argument("--key", type=Path, default=ROOT / "weights/shipped.key", help="key of the full view")
     ap.add_argument("--val", type=Path, default=ROOT.parent / "shared/data/imagenette/val",
                     help="Imagenette val (<wnid>/ folders)")
@@ -156,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                "git_revision": git.stdout.strip() or None, "quality": args.quality,
                "out": str(args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out),
                "results": [measure(w, args, idx, files) for w in args.weights]}
+        if args.reference is not None:
+            res["reference"] = reference_psnr(args.reference, args, files)
         res["seconds"] = round(time.time() - t0, 1)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(res, indent=2) + "\n")

@@ -32,9 +32,9 @@ def test_render_gives_a_row_per_weights_size_and_view():
                                {"weights": "b/two.safetensors", "steps": 20, "sizes": {"224": size}}))
     rows = [line for line in md.splitlines() if line.startswith("| `")]
     assert len(rows) == 6
-    assert rows[0] == ("| `one.safetensors` | 10 | 224 | 4 | 100% | 75% | shielded | 25% | 27.50 | -0.60 | 2.5 "
+    assert rows[0] == ("| `one.safetensors` | 10 | 224 | 4 | 100% | 75% | shielded | 25% | 27.50 | - | -0.60 | 2.5 "
                        "| 0.12 | 50% |")
-    assert rows[1].startswith("| `one.safetensors` | 10 | 224 | 4 | 100% | 75% | strong | 0% | 27.50 | -2.25 |")
+    assert rows[1].startswith("| `one.safetensors` | 10 | 224 | 4 | 100% | 75% | strong | 0% | 27.50 | - | -2.25 |")
     assert rows[4].startswith("| `two.safetensors` | 20 | 224 |")
 
 
@@ -43,8 +43,20 @@ def test_records_from_before_the_views_layout_render_as_the_shielded_view():
             "psnr_shielded": 26.9, "gap_db": -0.6, "grid": 2.5, "lattice_rms": 0.125}
     md = _module().render(_res({"weights": "a/one.safetensors", "steps": 10, "sizes": {"224": size}}))
     rows = [line for line in md.splitlines() if line.startswith("| `")]
-    assert rows == ["| `one.safetensors` | 10 | 224 | 4 | 100% | 75% | shielded | 25% | 27.50 | -0.60 | 2.5 | 0.12 "
-                    "| - |"]
+    assert rows == ["| `one.safetensors` | 10 | 224 | 4 | 100% | 75% | shielded | 25% | 27.50 | - | -0.60 | 2.5 "
+                    "| 0.12 | - |"]
+
+
+def test_a_reference_gives_each_full_view_its_drop():
+    size = {"images": 4, "target_top1": {"original": 1.0, str(View.FULL): 0.75, SHIELDED: 0.25}, "psnr_full": 27.5,
+            "views": {SHIELDED: {"psnr": 26.9, "gap_db": -0.6, "grid": 2.5, "lattice_rms": 0.125, "r1": 0.5}}}
+    res = _res({"weights": "a/one.safetensors", "steps": 10, "sizes": {"224": size, "512": size}})
+    res["reference"] = {"weights": "rd/ref.safetensors", "weights_sha256": "ab" * 32, "psnr_full": {"224": 27.75}}
+    md = _module().render(res)
+    rows = [line for line in md.splitlines() if line.startswith("| `")]
+    assert "| 27.50 | -0.25 | -0.60 |" in rows[0]
+    assert "| 27.50 | - | -0.60 |" in rows[1]  # no reference measured at 512
+    assert "`ref.safetensors`, sha256 `abababababab`" in md
 
 
 @pytest.mark.parametrize("page", sorted(p.stem for p in (ROOT / "docs").glob("shield-lattice*.md")))
