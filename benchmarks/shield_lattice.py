@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,25 +38,32 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from psic_cli.views import SHIELD_VIEWS, View  # noqa: E402 (after the path)
 
 
+@contextmanager
+def _installed(weights: Path) -> Iterator[tuple[str, object]]:
+    """``weights`` installed as a runtime model for the block: its model id and the loaded model."""
+    from psic_cli.zoo import load_model
+    from psic_lab.evaluation.weights import install_weights
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_id = install_weights(weights, Path(tmp))
+        load_model.cache_clear()  # the weights files share a model id: load this one's
+        yield model_id, load_model(model_id)
+
+
 def measure(weights: Path, args: argparse.Namespace, idx, files: list[tuple[Path, int]]) -> dict:
     """One weights file's records at every size: per keyless view in ``args.views``, its top-1, PSNR gap, grid
     score, lattice RMS and search-by-image R@1 (its own original ranked first among the originals of the run)."""
-    from shield_geometry import _tensor, labelled_image
+    from shield_geometry import _r1, _tensor, labelled_image
 
     from psic_cli import codec
     from psic_cli.keys import read_key
-    from psic_cli.zoo import load_model
     from psic_lab.evaluation.metrics import grid_score, psnr
-    from psic_lab.evaluation.weights import install_weights
     from psic_lab.training.losses import lattice_energy
 
     key = read_key(args.key)
     views = [View(v) for v in args.views]
     out: dict = {"weights": str(weights), "sizes": {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        model_id = install_weights(weights, Path(tmp))
-        load_model.cache_clear()  # the weights files share a model id: load this one's
-        lm = load_model(model_id)
+    with _installed(weights) as (model_id, lm):
         out.update(model=model_id, weights_sha256=lm.weights_sha256, steps=lm.info.metadata.get("steps"))
         names = ["original", str(View.FULL)] + [str(v) for v in views]
         for size in args.sizes:
@@ -83,9 +92,8 @@ def measure(weights: Path, args: argparse.Namespace, idx, files: list[tuple[Path
             rec = {"images": len(files), "target_top1": top1, "psnr_full": float(np.nanmean(psnr_full)), "views": {}}
             for k, name in enumerate(names[2:], start=2):
                 queries = torch.stack([read[n * i + k]["emb/target"] for i in range(len(files))])
-                r1 = float(((queries @ gallery.t()).argmax(1) == torch.arange(len(files))).float().mean())
                 q = {m: float(np.nanmean(v)) for m, v in per_view[name].items()}
-                rec["views"][name] = {**q, "gap_db": q["psnr"] - rec["psnr_full"], "r1": r1}
+                rec["views"][name] = {**q, "gap_db": q["psnr"] - rec["psnr_full"], "r1": _r1(queries, gallery)}
             out["sizes"][str(size)] = rec
             print(weights.name, size, json.dumps(rec), file=sys.stderr, flush=True)
     return out
@@ -98,16 +106,12 @@ def reference_psnr(weights: Path, args: argparse.Namespace, files: list[tuple[Pa
 
     from psic_cli import codec
     from psic_cli.keys import read_key
-    from psic_cli.zoo import load_model
     from psic_lab.evaluation.metrics import psnr
-    from psic_lab.evaluation.weights import install_weights
 
     key = read_key(args.key)
     out: dict = {"weights": str(weights), "psnr_full": {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        model_id = install_weights(weights, Path(tmp))
-        load_model.cache_clear()
-        out["weights_sha256"] = load_model(model_id).weights_sha256
+    with _installed(weights) as (model_id, lm):
+        out["weights_sha256"] = lm.weights_sha256
         for size in args.sizes:
             values = []
             for path, _ in files:
