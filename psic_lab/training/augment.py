@@ -24,14 +24,14 @@ def jpeg_ste(x: torch.Tensor, quality: int) -> torch.Tensor:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, "JPEG", quality=int(quality))
     dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-    y = torch.from_numpy(dec.copy()).permute(2, 0, 1).to(x.dtype) / 255
+    y = torch.from_numpy(dec.copy()).permute(2, 0, 1).to(x.device, x.dtype) / 255
     return x + (y - x).detach()
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of ``[B, 3, H, W]`` (reflect padding)."""
     r = max(1, int(round(3 * sigma)))
-    t = torch.arange(-r, r + 1, dtype=x.dtype)
+    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
     k = torch.exp(-(t**2) / (2 * sigma**2))
     k = k / k.sum()
     c = x.shape[1]

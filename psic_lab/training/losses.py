@@ -177,6 +177,9 @@ class EnsembleMember:
         """Class scores, the true class's column in them, and which images have a scorable label."""
         if self.caption_emb is None:
             return self.model.logits(x), labels.clamp_min(0), labels >= 0
+        if self.index.device != labels.device:  # the model and the batch moved to a device after this was made
+            self.index = self.index.to(labels.device)
+            self.caption_emb = self.caption_emb.to(labels.device)
         target = torch.where(labels >= 0, self.index[labels.clamp_min(0)], -1)
         logits = self.model.logit_scale * self.model.encode_image(x) @ self.caption_emb.t()
         return logits, target.clamp_min(0), target >= 0
@@ -278,7 +281,8 @@ class CaptionPrivacy:
         """Top-1 of the target among the data's classes (nan without labelled classes)."""
         if not self.present or len(z) == 0:
             return float("nan")
-        truth = torch.tensor([self.present.index(int(y)) if int(y) in self.present else -1 for y in labels])
+        truth = torch.tensor([self.present.index(int(y)) if int(y) in self.present else -1 for y in labels],
+                             device=z.device)
         return float(((z.detach() @ self.text10.t()).argmax(-1) == truth).float().mean())
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

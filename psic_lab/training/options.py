@@ -133,6 +133,8 @@ class ShieldConfig:
     machine_weight: float = 1.0  # weight of the machine view's VLP feature losses (global, local, instance)
     machine_dist_weight: float = 0.25  # weight of the machine view's distortion to the image
     threads: int = 0  # CPU threads for torch (0: torch's default)
+    device: str = "cpu"  # where the networks run: cpu, cuda, or auto (cuda when there is one); the data, the
+    # draws and the JPEG/WebP round trips stay on the CPU
     seed: int = 2000  # random seed of crops, qualities, views, keys and augmentations
     log_every: int = 20  # append a JSON line (the last step's terms) to log.jsonl every this many steps
     ckpt_every: int = 100  # write checkpoint.pt every this many steps (and at the end or the time limit)

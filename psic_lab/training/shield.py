@@ -163,7 +163,8 @@ def view_conditions(views: list[View], conds: dict[View, torch.Tensor], gen: tor
     out = []
     for v in views:
         if wrong_keys and v is View.SHIELDED and torch.rand(1, generator=gen).item() >= 0.5:
-            out.append(torch.randint(0, 2, conds[v].shape, generator=gen).float() * 2 - 1)
+            wrong = torch.randint(0, 2, conds[v].shape, generator=gen).float() * 2 - 1  # drawn on the CPU
+            out.append(wrong.to(conds[v].device))
         else:
             out.append(conds[v])
     return torch.stack(out)
@@ -190,6 +191,16 @@ def _is_trigger(name: str) -> bool:
         name.startswith("g_s.") and name.split(".")[-2] in ("p1", "p2", "s1", "s2"))
 
 
+def resolve_device(name: str) -> torch.device:
+    """The stage's device: ``cpu``, ``cuda`` (an error without one), or ``auto`` (cuda when there is one)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda: torch sees no CUDA device here (use cpu or auto)")
+    return device
+
+
 def reset_trigger(model, seed: int) -> None:
     """Fresh CLTG weights and zero trigger projections.
 
@@ -198,13 +209,13 @@ def reset_trigger(model, seed: int) -> None:
     random keys is exactly zero, dead ReLUs).  The shield stage therefore restarts that path; with zero
     projections the decoder's output is unchanged at the start.
     """
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # drawn on the CPU, so the draw is the same on every device
     for m in model.cltg.modules():
         if isinstance(m, torch.nn.Linear):
             bound = 1 / math.sqrt(m.in_features)
             with torch.no_grad():
-                m.weight.uniform_(-bound, bound, generator=g)
-                m.bias.uniform_(-bound, bound, generator=g)
+                for p in (m.weight, m.bias):
+                    p.copy_(torch.empty(p.shape).uniform_(-bound, bound, generator=g))
     for name, p in model.named_parameters():
         if _is_trigger(name) and not name.startswith(("cltg.", "g_s.scale_branch.")):
             with torch.no_grad():
@@ -260,16 +271,23 @@ class ShieldStage:
             raise ValueError("residual_input original needs train_part residual (the decoder would not train)")
         self.qualities = torch.tensor(parse_qualities(sc.qualities, cfg.qualities))
         self.lambdas = torch.tensor(cfg.lambdas)
+        self.device = device = resolve_device(sc.device)
+        if device.type == "cuda":  # TF32 matmuls/convolutions: fp32 range, tensor-core speed
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self.model = model = build_model(cfg)
         self.n_init = load_matching(model, sc.init) if sc.init else 0  # no init: random weights (tests)
+        model.to(device)  # before the optimiser exists: a resumed optimiser state follows its parameters' device
         self.teacher = copy.deepcopy(model).eval()  # the starting decoder: reference full view, preserved views
         if sc.reference:  # a fresh model: tensors the reference lacks keep their neutral initial values
             self.teacher = build_model(cfg).eval()
             load_matching(self.teacher, sc.reference)
+            self.teacher.to(device)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+        self.lambdas = self.lambdas.to(device)
         self.key = read_key(sc.key)
-        self.conds = {v: torch.tensor(condition(v, self.key, cfg.cond_dim)) for v in View}
+        self.conds = {v: torch.tensor(condition(v, self.key, cfg.cond_dim), device=device) for v in View}
         named = list(model.named_parameters())
         own_branch = sc.branch_lr_mult > 0 and model.g_s.scale_branch is not None
         in_branch = {n for n, _ in named if own_branch and n.startswith("g_s.scale_branch.")}
@@ -335,15 +353,18 @@ class ShieldStage:
         check_seen(self.ensemble)
         vlp = self.vlp
         for m in [vlp, *self.ensemble]:
-            for p in m.parameters() if isinstance(m, torch.nn.Module) else ():
-                p.requires_grad_(False)
+            if isinstance(m, torch.nn.Module):
+                m.to(self.device)
+                for p in m.parameters():
+                    p.requires_grad_(False)
         names, _ = imagenet_classes()
-        text_cache = run_dir / "class_text.pt"
+        text_cache = run_dir / "class_text.pt"  # a copy in a fresh run folder spares loading the text tower
         if text_cache.exists():
-            text = torch.load(text_cache)
+            text = torch.load(text_cache, map_location="cpu")
         else:
-            text = vlp.class_embeddings(names)
+            text = vlp.class_embeddings(names).cpu()
             torch.save(text, text_cache)
+        text = text.to(self.device)
         self.bank = bank = LabelledBank(sc.data, sc.patch, sc.seed, sc.limit_images)
         present = sorted({y for y in bank.labels if y >= 0})  # the classes of the data (10-way accuracy)
         ensemble = [e if isinstance(e, EnsembleMember) else
@@ -354,6 +375,7 @@ class ShieldStage:
             to_caption[torch.tensor(present)] = torch.arange(len(present))
         else:
             u_text, to_caption = text, torch.arange(len(names))
+        to_caption = to_caption.to(self.device)
         log_event(run_dir, {"event": "data", "images": len(bank.images), "classes": len(present), "views": views,
                             "preserve": sorted(self.preserve)})
         self.gen = torch.Generator().manual_seed(sc.seed + step)
@@ -383,8 +405,10 @@ class ShieldStage:
             x, labels = self.bank.batch_at(n, height, width)
         else:
             x, labels = self.bank.batch(sc.batch)
+        dev = self.device
+        x, labels = x.to(dev), labels.to(dev)
         n = len(x)
-        q = self.qualities[torch.randint(0, len(self.qualities), (n,), generator=gen)]
+        q = self.qualities[torch.randint(0, len(self.qualities), (n,), generator=gen)].to(dev)
         vs = draw_views(n, views, sc.p_full, gen)
         if View.FULL in views and View.FULL not in vs:
             vs[0] = View.FULL
@@ -393,7 +417,7 @@ class ShieldStage:
         keyless = [v for v in SHIELD_VIEWS if v in views] if self.sizes else [View.SHIELDED]
         if not any(v in vs for v in keyless):
             vs[-1] = View.SHIELDED
-        sel = {v: torch.tensor([w == v for w in vs]) for v in views}
+        sel = {v: torch.tensor([w == v for w in vs], device=dev) for v in views}
         cond = view_conditions(vs, self.conds, gen, wrong_keys=sc.train_part == "decoder")
         height, width = x.shape[-2:]
         if sc.residual_input == "original":  # no codec: the residual on the original (the full view's stand-in)
@@ -426,7 +450,7 @@ class ShieldStage:
             for t in terms.terms:
                 loss = loss + t
             rec.update(terms.rec)
-        keyless = torch.tensor([v in SHIELD_VIEWS for v in vs])
+        keyless = torch.tensor([v in SHIELD_VIEWS for v in vs], device=dev)
         if keyless.any():  # the keyless views' lattice pattern (a loss with grid_weight, logged always)
             energy = lattice_energy(x_hat[keyless] - x_ref[keyless])
             if sc.grid_weight > 0:

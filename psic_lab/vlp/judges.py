@@ -118,15 +118,20 @@ class ScratchJudge(VLP):
         self.tower = tower if tower is not None else SmallResNet()
         self.image_size = image_size
         self.logit_scale = float(logit_scale)
-        self.text = shared_minilm()
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised embedding of ``[0, 1]`` images (resized to ``image_size`` inside)."""
         x = normalise(resize_center_crop(images, self.image_size), SCRATCH_MEAN, SCRATCH_STD)
         return F.normalize(self.tower(x), dim=-1)
 
+    @property
+    def text(self) -> nn.Module:
+        """The frozen MiniLM text tower, loaded on first use: a run that reads only images (a shield stage with
+        its class embeddings cached) never needs it, nor ``transformers``.  It stays on the CPU."""
+        return shared_minilm()
+
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """L2-normalised MiniLM embedding ``[N, 384]``."""
+        """L2-normalised MiniLM embedding ``[N, 384]`` (on the CPU)."""
         return self.text(list(texts))
 
     @classmethod

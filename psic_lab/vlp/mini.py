@@ -85,7 +85,6 @@ class PsicVlpMini(VLP):
         self.image_size = LITE_SIZES["efficientnet-lite0"]
         self.projection = projection if projection is not None else Projection()
         self.logit_scale = float(logit_scale)
-        self.text = shared_minilm()
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Frozen backbone features ``[B, 1280]`` (differentiable w.r.t. ``images``)."""
@@ -100,8 +99,14 @@ class PsicVlpMini(VLP):
         """L2-normalised 384-d embedding of ``[B, 3, H, W]`` images in ``[0, 1]``."""
         return F.normalize(self.projection(self.image_features(images)), dim=-1)
 
+    @property
+    def text(self) -> nn.Module:
+        """The frozen MiniLM text tower, loaded on first use: a run that reads only images (a shield stage with
+        its class embeddings cached) never needs it, nor ``transformers``.  It stays on the CPU."""
+        return shared_minilm()
+
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """L2-normalised MiniLM embedding ``[N, 384]``."""
+        """L2-normalised MiniLM embedding ``[N, 384]`` (on the CPU)."""
         return self.text(list(texts))
 
     def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
