@@ -10,7 +10,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 chmod 600 weights/shipped.key 2>/dev/null || true  # git does not keep file modes; the shipped key is public anyway
-if ! .venv/bin/python -c "import psic_cli, compressai, open_clip, pytest, hypothesis" >/dev/null 2>&1; then
+# compressai and open_clip import torchvision, which needs psic's shim first (psic_cli/_compat.py)
+check="from psic_cli._compat import ensure_torchvision_importable as shim; shim()
+import compressai, open_clip, pytest, hypothesis"
+if ! .venv/bin/python -c "$check" >/dev/null 2>&1; then
   # torch first and pinned with torchvision: an open range pulls a multi-GB CUDA build
   say "installing torch 2.13.0 (first run: a large download, a few minutes)"
   .venv/bin/pip install -q torch==2.13.0
