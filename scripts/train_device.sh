@@ -45,11 +45,9 @@ COMPILE=${COMPILE:-1}
 : "${OUT:?set OUT to the folder that receives the weights}"
 PY=${PYTHON:-python3}
 WHEELS=${WHEELS:-.whl}  # carried wheels, installed first when there are any
-if compgen -G "$WHEELS/*.whl" >/dev/null; then
-  echo "installing carried wheels" >&2
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+# shellcheck source=scripts/device_lib.sh
+. scripts/device_lib.sh
+install_carried_wheels "$PY" "$WHEELS"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 init=()
 if [ -f "$INIT" ] && [ ! -f "$RUN_DIR/checkpoint.pt" ]; then init=(--init-from "$INIT"); fi
@@ -68,12 +66,5 @@ if [ "$DECAY_MINUTES" != 0 ]; then phase "$DECAY_LR" "$DECAY_MINUTES" train.log;
 "$PY" -m psic_lab.training export "$RUN_DIR/checkpoint.pt" "$OUT/$MODEL.safetensors" \
   --data-desc "BSDS500 train+val+test (500): random 256x256 crops with flips; never Kodak"
 cp "$RUN_DIR/log.jsonl" "$OUT/log.jsonl"
-# the device tool brings back files of at most 16 MiB: a wider model's weights come back in parts
-# (join them with: cat $MODEL.safetensors.part* > $MODEL.safetensors)
-if [ "$(stat -c %s "$OUT/$MODEL.safetensors")" -gt $((PART_MIB * 1024 * 1024)) ]; then
-  split -b "${PART_MIB}M" -d "$OUT/$MODEL.safetensors" "$OUT/$MODEL.safetensors.part"
-  rm "$OUT/$MODEL.safetensors"
-  echo "weights in $OUT/$MODEL.safetensors.part*; join with cat" >&2
-else
-  echo "weights in $OUT/$MODEL.safetensors" >&2
-fi
+# a wider model's weights come back in parts
+split_for_return "$OUT/$MODEL.safetensors" "$PART_MIB"

@@ -32,11 +32,9 @@ PART_MIB=${PART_MIB:-15}  # weights bigger than this come back in parts (the dev
 : "${OUT:?set OUT to the folder that receives the weights}"
 PY=${PYTHON:-python3}
 WHEELS=${WHEELS:-.whl}  # carried wheels, installed first when there are any
-if compgen -G "$WHEELS/*.whl" >/dev/null; then
-  echo "installing carried wheels" >&2
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+# shellcheck source=scripts/device_lib.sh
+. scripts/device_lib.sh
+install_carried_wheels "$PY" "$WHEELS"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 mkdir -p "$RUN_DIR" "$OUT"
 if [ -f "$TEXT" ] && [ ! -f "$RUN_DIR/class_text.pt" ]; then cp "$TEXT" "$RUN_DIR/class_text.pt"; fi
@@ -47,10 +45,4 @@ if [ -f "$TEXT" ] && [ ! -f "$RUN_DIR/class_text.pt" ]; then cp "$TEXT" "$RUN_DI
 "$PY" -m psic_lab.training export "$RUN_DIR/checkpoint.pt" "$OUT/$STAGE.safetensors" \
   --data-desc "Imagenette train ($(find "$DATA" -type f | wc -l) images packed by scripts/pack_shield_device.py); never Kodak"
 cp "$RUN_DIR/log.jsonl" "$OUT/log.jsonl"
-if [ "$(stat -c %s "$OUT/$STAGE.safetensors")" -gt $((PART_MIB * 1024 * 1024)) ]; then
-  split -b "${PART_MIB}M" -d "$OUT/$STAGE.safetensors" "$OUT/$STAGE.safetensors.part"
-  rm "$OUT/$STAGE.safetensors"
-  echo "weights in $OUT/$STAGE.safetensors.part*; join with cat" >&2
-else
-  echo "weights in $OUT/$STAGE.safetensors" >&2
-fi
+split_for_return "$OUT/$STAGE.safetensors" "$PART_MIB"
