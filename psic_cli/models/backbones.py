@@ -176,8 +176,8 @@ class ConditionalHyperprior(nn.Module):
         # the checkerboard arch: the non-anchor half of y gets its entropy parameters from the anchor half
         self.context = CheckerboardContext(M) if cfg.arch == "mean-scale-checkerboard" else None
         self.cltg = TriggerGenerator(cfg.cond_dim, cfg.trigger_width)
-        self.g_s = ConditionalSynthesis(N, M, cfg.trigger_width, cfg.last_width, cfg.trigger_scale,
-                                         cfg.trigger_head, cfg.scale_grid)
+        self.g_s = ConditionalSynthesis(cfg.synthesis_width or N, M, cfg.trigger_width, cfg.last_width,
+                                         cfg.trigger_scale, cfg.trigger_head, cfg.scale_grid)
         # log-gain per quality and channel; higher lambda -> finer quantisation (larger gain)
         lam = torch.tensor(cfg.lambdas, dtype=torch.float32)
         init = 0.5 * torch.log(lam / lam.max())

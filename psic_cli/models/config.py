@@ -40,6 +40,8 @@ class ModelConfig:
     # power before its budget is applied (texture masking: less in flat sky, more in texture); 0: uniform
     analysis_width: int = 0  # > 0: channels of the analysis transform g_a's hidden layers, a wider encoder for the
     # same decoder (the bitstream's decoding side does not change); 0: N, as the synthesis
+    synthesis_width: int = 0  # > 0: channels of the synthesis transform g_s's stages before the last one (which is
+    # ``last_width``); 0: N.  The hyper transforms stay N wide
     scale_keyless_only: bool = False  # the scale branch acts only for the public keyless conditions (the shields):
     # for any other condition (a key's full or machine view, a wrong key) its maps are exactly zero
 

@@ -58,9 +58,12 @@ class TrainConfig:
     latent_crops: int = 4096  # train_part context: random crops whose latents the frozen encoder computes once
     new_channels_only: bool = False  # train_part encoder with a widened g_a: only its added channels learn (the
     # weights it was widened from and h_a stay fixed), so the run starts from them and stays near them
+    quality_weights: str = ""  # relative share of each quality level (1, 2, ...) in the training batches, e.g.
+    # 1,1,1,1,1,2,3 to train the top levels more; empty: uniform
 
     def __post_init__(self) -> None:
         check_choices(self)
+        parse_weights(self.quality_weights)
         if self.new_channels_only and self.train_part != "encoder":
             raise ValueError("new_channels_only needs train_part encoder")
 
@@ -148,6 +151,17 @@ class ShieldConfig:
             raise ValueError(f"views must include {View.SHIELDED}: {self.views!r}")
         parse_sizes(self.sizes)
         parse_aspects(self.aspects)
+
+
+def parse_weights(spec: str) -> list[float]:
+    """``"1,1,2"`` -> ``[1.0, 1.0, 2.0]`` (empty: ``[]``); ValueError unless all are >= 0 with a positive sum."""
+    try:
+        weights = [float(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"quality weights: expected numbers separated by commas, got {spec!r}") from None
+    if weights and (min(weights) < 0 or sum(weights) <= 0):
+        raise ValueError(f"quality weights must be >= 0 with a positive sum, got {spec!r}")
+    return weights
 
 
 def parse_sizes(spec: str) -> list[int]:

@@ -25,10 +25,10 @@ from psic_cli.models import build_model, load_config
 from psic_cli.models.config import ModelConfig
 from psic_cli.views import View, condition
 from psic_lab.training.data import PatchBank
-from psic_lab.training.options import TrainConfig
+from psic_lab.training.options import TrainConfig, parse_weights
 from psic_lab.training.trainer import Trainer, init_distributed, log_event, read_checkpoint
 
-__all__ = ["RDStage", "TrainConfig", "draw_conditions", "load_matching", "train", "warm_start"]
+__all__ = ["RDStage", "TrainConfig", "draw_conditions", "draw_qualities", "load_matching", "train", "warm_start"]
 
 
 class RDStep(nn.Module):
@@ -59,6 +59,15 @@ def draw_conditions(n: int, key_cond: torch.Tensor, gen: torch.Generator) -> tor
     shielded = torch.tensor(condition(View.SHIELDED, None, key_cond.numel()), dtype=rand_keys.dtype)
     cond = torch.where((u < 0.5)[:, None], key_cond[None], shielded[None].expand_as(rand_keys))
     return torch.where((u >= 0.75)[:, None], rand_keys, cond)
+
+
+def draw_qualities(n: int, levels: int, weights: list[float], gen: torch.Generator) -> torch.Tensor:
+    """Per-sample quality indexes: uniform over ``levels``, or in proportion to ``weights`` (one per level)."""
+    if not weights:
+        return torch.randint(0, levels, (n,), generator=gen)
+    if len(weights) != levels:
+        raise ValueError(f"quality_weights has {len(weights)} entries; the model has {levels} quality levels")
+    return torch.multinomial(torch.tensor(weights, dtype=torch.float64), n, replacement=True, generator=gen)
 
 
 #: the analysis side, all that ``train_part: encoder`` trains: nothing the decoder reads from a file
@@ -141,7 +150,10 @@ def warm_start(model: nn.Module, spec: str) -> dict:
     sources = list(_sources(spec))
     for src, meta, prefixes in sources:
         for k, v in src.items():
-            if k not in own or not k.startswith(prefixes or ("",)) or k.startswith(_NOT_COPIED):
+            if not k.startswith(prefixes or ("",)) or k.startswith(_NOT_COPIED):
+                continue
+            if k not in own:  # e.g. a 1x1 skip that became the identity: the start is not the source's function
+                report["dropped"] = report.get("dropped", 0) + 1
                 continue
             if own[k].shape == v.shape:
                 own[k] = v
@@ -256,7 +268,7 @@ class RDStage:
     def loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         n, device = self.config.batch, self.device
         x = self.bank.batch(n).to(device)
-        q = torch.randint(0, self.cfg.qualities, (n,), generator=self.gen).to(device)
+        q = draw_qualities(n, self.cfg.qualities, parse_weights(self.config.quality_weights), self.gen).to(device)
         if self.encoder_only:  # what the encoder serves: the key's full view (the rate is the same for all)
             cond = self.key_cond[None].expand(n, -1).to(device)
         else:
