@@ -9,6 +9,9 @@
 #     bash scripts/train_device.sh  # the wide model with its checkerboard context, all learnt together from
 #     scratch (stage rd/psic-msh3cj; the export is a psic-msh3c model, cat its parts into
 #     lab_weights/rd/psic-msh3c.safetensors)
+#   OUT=$OUT MODEL=psic-msh4 MINUTES=8 BATCH=32 LR=1e-4 AMP=bf16 COMPILE=0 bash scripts/train_device.sh  # psic-msh2c
+#     with a wider synthesis (stage rd/psic-msh4): it continues lab_weights/rd/psic-msh4.safetensors, or starts from
+#     psic-msh2c widened when there is none
 #   OUT=$OUT MODEL=psic-msh2-wa MODEL_ID=psic_lab/training/model_configs/psic-msh2-wide-encoder.json \
 #     INIT=lab_weights/rd/psic-msh2.safetensors MINUTES=8 BATCH=32 AMP=off COMPILE=0 bash scripts/train_device.sh
 #     # a wider encoder for psic-msh2's frozen decoder (stage rd/psic-msh2-wa: train_part encoder)

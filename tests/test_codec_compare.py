@@ -26,7 +26,9 @@ PAGES = [(cc.RESULTS, cc.DOC), (Path("results/codec-large-psic-sh.json"), Path("
          (Path("results/codec-large-psic-msh2.json"), Path("docs/codec-large-psic-msh2.md")),
          (Path("results/codec-large-psic-msh2c.json"), Path("docs/codec-large-psic-msh2c.md")),
          (Path("results/codec-compare-psic-msh2.json"), Path("docs/codec-compare-psic-msh2.md")),
-         (Path("results/codec-compare-effort.json"), Path("docs/codec-compare-effort.md"))]
+         (Path("results/codec-compare-effort.json"), Path("docs/codec-compare-effort.md")),
+         (Path("results/codec-compare-psic-msh4.json"), Path("docs/codec-compare-psic-msh4.md")),
+         (Path("results/codec-compare-psic-msh2c-cont.json"), Path("docs/codec-compare-psic-msh2c-cont.md"))]
 
 
 @pytest.mark.parametrize(("results_rel", "doc_rel"), PAGES, ids=lambda p: Path(p).name)
