@@ -51,15 +51,16 @@ def test_a_source_tensor_with_no_place_in_the_model_is_reported(tmp_path):
 
 def test_quality_weights_set_the_share_of_each_level():
     from psic_lab.training.options import TrainConfig
-    from psic_lab.training.train import draw_qualities
+    from psic_lab.training.train import draw_qualities, quality_weights
 
     gen = torch.Generator().manual_seed(0)
     q = draw_qualities(20000, 3, [1, 0, 3], gen)
     counts = torch.bincount(q, minlength=3).float() / q.numel()
     assert counts[1] == 0 and abs(counts[2] - 0.75) < 0.02 and abs(counts[0] - 0.25) < 0.02
     assert set(draw_qualities(3000, 3, [], gen).tolist()) == {0, 1, 2}
+    assert quality_weights("1,0,3", 3) == [1, 0, 3] and quality_weights("", 3) == []
     with pytest.raises(ValueError, match="2 entries"):
-        draw_qualities(4, 3, [1, 1], gen)
+        quality_weights("1,1", 3)
     with pytest.raises(ValueError, match="positive sum"):
         TrainConfig(quality_weights="0,0")
     with pytest.raises(ValueError, match="numbers"):

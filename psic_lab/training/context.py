@@ -22,6 +22,7 @@ from psic_cli.keys import fingerprint, read_key
 from psic_cli.models import build_model, load_config
 from psic_lab.training.data import PatchBank
 from psic_lab.training.options import TrainConfig
+from psic_lab.training.train import draw_qualities, quality_weights
 from psic_lab.training.trainer import log_event
 
 CONTEXT_PREFIXES = ("context.",)
@@ -36,6 +37,7 @@ class ContextStage:
         self.config, self.device = tc, device
         torch.manual_seed(tc.seed)
         self.cfg = load_config(tc.model_id)
+        self.quality_weights = quality_weights(tc.quality_weights, self.cfg.qualities)
         if self.cfg.arch != "mean-scale-checkerboard":
             raise SystemExit(f"train_part context needs a mean-scale-checkerboard model, not {self.cfg.arch}")
         if not tc.init_from:
@@ -78,7 +80,7 @@ class ContextStage:
     def loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         n = self.config.batch
         idx = torch.randint(len(self.latents), (n,), generator=self.gen)
-        q = torch.randint(self.cfg.qualities, (n,), generator=self.gen)
+        q = draw_qualities(n, self.cfg.qualities, self.quality_weights, self.gen)
         m = self.model
         with torch.no_grad():
             y = self.latents[idx].float().to(self.device) * m.gain(q.to(self.device))

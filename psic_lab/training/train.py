@@ -28,7 +28,8 @@ from psic_lab.training.data import PatchBank
 from psic_lab.training.options import TrainConfig, parse_weights
 from psic_lab.training.trainer import Trainer, init_distributed, log_event, read_checkpoint
 
-__all__ = ["RDStage", "TrainConfig", "draw_conditions", "draw_qualities", "load_matching", "train", "warm_start"]
+__all__ = ["RDStage", "TrainConfig", "draw_conditions", "draw_qualities", "load_matching", "quality_weights", "train",
+           "warm_start"]
 
 
 class RDStep(nn.Module):
@@ -61,12 +62,19 @@ def draw_conditions(n: int, key_cond: torch.Tensor, gen: torch.Generator) -> tor
     return torch.where((u >= 0.75)[:, None], rand_keys, cond)
 
 
+def quality_weights(spec: str, levels: int) -> list[float]:
+    """``--quality-weights`` for a model of ``levels`` quality levels (empty: uniform); ValueError otherwise."""
+    weights = parse_weights(spec)
+    if weights and len(weights) != levels:
+        raise ValueError(f"quality_weights has {len(weights)} entries; the model has {levels} quality levels")
+    return weights
+
+
 def draw_qualities(n: int, levels: int, weights: list[float], gen: torch.Generator) -> torch.Tensor:
-    """Per-sample quality indexes: uniform over ``levels``, or in proportion to ``weights`` (one per level)."""
+    """Per-sample quality indexes: uniform over ``levels``, or in proportion to ``weights`` (one per level, as
+    :func:`quality_weights` returns them)."""
     if not weights:
         return torch.randint(0, levels, (n,), generator=gen)
-    if len(weights) != levels:
-        raise ValueError(f"quality_weights has {len(weights)} entries; the model has {levels} quality levels")
     return torch.multinomial(torch.tensor(weights, dtype=torch.float64), n, replacement=True, generator=gen)
 
 
@@ -213,6 +221,7 @@ class RDStage:
         # parameters' device by ``load_state_dict`` (built on the CPU, Adam's moments stayed there, and the first
         # step of a resumed GPU run failed)
         self.model = build_model(self.cfg).to(device)
+        self.quality_weights = quality_weights(tc.quality_weights, self.cfg.qualities)  # checked before any data
         self.key = read_key(tc.key)
         self.key_cond = torch.tensor(condition(View.FULL, self.key, self.cfg.cond_dim))
         self.encoder_only = tc.train_part == "encoder"
@@ -268,7 +277,7 @@ class RDStage:
     def loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         n, device = self.config.batch, self.device
         x = self.bank.batch(n).to(device)
-        q = draw_qualities(n, self.cfg.qualities, parse_weights(self.config.quality_weights), self.gen).to(device)
+        q = draw_qualities(n, self.cfg.qualities, self.quality_weights, self.gen).to(device)
         if self.encoder_only:  # what the encoder serves: the key's full view (the rate is the same for all)
             cond = self.key_cond[None].expand(n, -1).to(device)
         else:
