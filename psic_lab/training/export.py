@@ -63,6 +63,7 @@ def write_weights(model, out: str | Path, *, steps: int, key_fingerprint: str, d
 
 #: stages that train one part on frozen weights (``base_steps`` in the checkpoint): what trains, on what
 PART_STAGES = {"rd-encoder": ("analysis side (g_a, h_a) retrained", "a frozen decoder"),
+               "rd-decoder": ("synthesis (g_s, CLTG) retrained", "a frozen encoder and entropy model"),
                "rd-context": ("checkerboard context trained", "a frozen codec")}
 
 

@@ -52,8 +52,10 @@ class TrainConfig:
     max_minutes: float | None = None  # stop (with a checkpoint) after this many minutes of wall time
     amp: Literal["off", "bf16"] = "off"  # bf16: analysis and synthesis in bfloat16 autocast (entropy models fp32)
     compile: bool = False  # torch.compile the training step (pays off on a GPU, not on 2 CPU cores)
-    train_part: Literal["all", "encoder", "context"] = "all"  # encoder: only the analysis side (g_a, h_a) learns,
-    # for the key's full view; the decoder, entropy models and gains stay frozen, so files keep decoding the same;
+    train_part: Literal["all", "encoder", "decoder", "context"] = "all"  # encoder: only the analysis side (g_a,
+    # h_a) learns, for the key's full view; the decoder, entropy models and gains stay frozen, so files keep decoding
+    # the same; decoder: only the synthesis and its condition path (g_s, CLTG) learn, on the frozen encoder's
+    # quantised latents, so the bitstream and every file's symbols stay the same;
     # context: only the checkerboard context of a mean-scale-checkerboard model learns, on the rate alone
     latent_crops: int = 4096  # train_part context: random crops whose latents the frozen encoder computes once
     new_channels_only: bool = False  # train_part encoder with a widened g_a: only its added channels learn (the

@@ -80,6 +80,8 @@ def draw_qualities(n: int, levels: int, weights: list[float], gen: torch.Generat
 
 #: the analysis side, all that ``train_part: encoder`` trains: nothing the decoder reads from a file
 ENCODER_PREFIXES = ("g_a.", "h_a.")
+#: the synthesis side, all that ``train_part: decoder`` trains: nothing the bitstream depends on
+DECODER_PREFIXES = ("g_s.", "cltg.")
 
 #: tensors never copied between weights: the entropy models' derived tables (rebuilt by ``update``)
 _NOT_COPIED = ("entropy_bottleneck._", "gaussian_conditional._", "gaussian_conditional.scale_table")
@@ -225,8 +227,15 @@ class RDStage:
         self.key = read_key(tc.key)
         self.key_cond = torch.tensor(condition(View.FULL, self.key, self.cfg.cond_dim))
         self.encoder_only = tc.train_part == "encoder"
+        self.part_only = tc.train_part in ("encoder", "decoder")  # one side on frozen weights (``base_steps``)
         self.clip = tc.clip
-        if self.encoder_only:  # the decoding side (h_s, g_s, entropy models, gains, CLTG) is frozen
+        if tc.train_part == "decoder":  # the encoder, hyperprior, entropy models and gains are frozen
+            self.name = "rd-decoder"
+            for n, p in self.model.named_parameters():
+                p.requires_grad_(n.startswith(DECODER_PREFIXES))
+            self.clip_params = [p for p in self.model.parameters() if p.requires_grad]
+            self.optimizers = {"opt": torch.optim.Adam(self.clip_params, lr=tc.lr)}
+        elif self.encoder_only:  # the decoding side (h_s, g_s, entropy models, gains, CLTG) is frozen
             self.name = "rd-encoder"
             for n, p in self.model.named_parameters():
                 p.requires_grad_(n.startswith(ENCODER_PREFIXES))
@@ -241,14 +250,14 @@ class RDStage:
             self.clip_params = [p for n, p in self.model.named_parameters() if not n.endswith(".quantiles")]
             self.optimizers = {"opt": torch.optim.Adam(self.clip_params, lr=tc.lr),
                                "aux_opt": torch.optim.Adam(aux_params, lr=tc.aux_lr)}
-        self.base_steps = 0  # encoder-only: the steps of the weights it started from (their decoder's training)
+        self.base_steps = 0  # one side only: the steps of the weights it started from (the frozen side's training)
         self.distributed = distributed
 
     def fresh_start(self) -> tuple[int, dict | None]:
         if not self.config.init_from:
             return 0, None
         rep = warm_start(self.model, self.config.init_from)
-        if self.encoder_only:  # a run of its own from step 0; the decoder's steps go into the weights' metadata
+        if self.part_only:  # a run of its own from step 0; the frozen side's steps go into the weights' metadata
             self.base_steps, rep["continue_step"] = rep.get("source_steps", 0), 0
         return rep["continue_step"], {"event": "init_from", "spec": self.config.init_from, **rep}
 
@@ -258,6 +267,9 @@ class RDStage:
     def start(self, step: int) -> None:
         tc, device = self.config, self.device
         self.model.to(device).train()
+        if tc.train_part == "decoder":  # z rounded as the codec rounds it (no training noise): the synthesis learns
+            self.model.entropy_bottleneck.eval()  # on the very latents that files carry
+            self.model.gaussian_conditional.eval()
         self.model.transform_dtype = torch.bfloat16 if tc.amp == "bf16" else None
         if device.type == "cuda":  # TF32 matmuls/convolutions: fp32 range, tensor-core speed
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -283,7 +295,7 @@ class RDStage:
         else:
             cond = draw_conditions(n, self.key_cond, self.gen).to(device)
         out = self.stepper(x, cond, q)
-        total = out["loss"] if self.encoder_only else out["loss"] + out["aux"]
+        total = out["loss"] if self.part_only else out["loss"] + out["aux"]
         return total, {k: float(out[k].detach()) for k in ("loss", "bpp", "mse", "aux")}
 
     def after_step(self) -> dict[str, float]:
@@ -297,7 +309,7 @@ class RDStage:
 
     def state(self) -> dict:
         extra = {"key_fingerprint": fingerprint(self.key)}
-        return {**extra, "base_steps": self.base_steps} if self.encoder_only else extra
+        return {**extra, "base_steps": self.base_steps} if self.part_only else extra
 
 
 def train(tc: TrainConfig) -> Path:
