@@ -15,6 +15,10 @@ analysis/synthesis pair is what caps it (its width, or its training).  Writes JS
 
     python benchmarks/transform_ceiling.py --weights lab_weights/rd/psic-msh2.safetensors --limit 6
     python benchmarks/transform_ceiling.py --render-only    # re-render the page from the JSON
+
+With several ``--weights`` (and ``--out``/``--docs`` for a page of their own) the page compares them side by
+side, with each quality's lambda and its real file size (``psic_cli.codec`` bytes, in bits per pixel): models
+trained at other lambdas are compared at equal rate, not at equal quality index.
 """
 
 from __future__ import annotations
@@ -35,12 +39,21 @@ DOCS = Path("docs/transform-ceiling.md")
 
 
 def measure(args: argparse.Namespace) -> dict:
+    """One weights file: the legacy page's JSON; several: ``{"models": [...]}`` with rates, side by side."""
+    git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    head = {"command": "python benchmarks/transform_ceiling.py " + " ".join(args.argv), "git_revision": git}
+    if len(args.weights) == 1:
+        return {**head, **measure_one(args, args.weights[0], with_rate=False)}
+    return {**head, "models": [measure_one(args, w, with_rate=True) for w in args.weights]}
+
+
+def measure_one(args: argparse.Namespace, weights: Path, with_rate: bool) -> dict:
     import tempfile
 
     import torch
     from PIL import Image
 
-    from psic_cli.codec import pad_to_multiple
+    from psic_cli.codec import encode_pixels, pad_to_multiple
     from psic_cli.container import FORMAT_VERSION, PAD_MULTIPLE
     from psic_cli.keys import read_key
     from psic_cli.views import View, condition
@@ -50,13 +63,15 @@ def measure(args: argparse.Namespace) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:  # loaded as the runtime loads any weights file
-        lm = load_model(install_weights(args.weights, Path(tmp)))
+    tmp = tempfile.TemporaryDirectory()  # loaded as the runtime loads any weights file
+    model_id = install_weights(weights, Path(tmp.name))
+    lm = load_model(model_id)
     model, cfg, meta = lm.model, lm.model.cfg, lm.info.metadata
     cond = torch.tensor([condition(View.FULL, read_key(args.key), cfg.cond_dim)])
     paths = sorted(p for p in args.folder.iterdir() if p.suffix.lower() == ".png")[: args.limit]
     qualities = args.qualities or list(range(1, cfg.qualities + 1))
     coded: dict[int, list[float]] = {q: [] for q in qualities}
+    bpp: dict[int, list[float]] = {q: [] for q in qualities}
     ceiling: list[float] = []
     synthesis: list[float] = []
     with torch.no_grad():
@@ -78,18 +93,23 @@ def measure(args: argparse.Namespace) -> dict:
             for q in qualities:
                 qt = torch.tensor([q - 1])
                 coded[q].append(view(model.quantized_latents(xp, qt), qt))
+                if with_rate:
+                    bpp[q].append(len(encode_pixels(img, model_id, q)) * 8 / (h * w))
             print(f"{p.name}: ceiling {ceiling[-1]:.2f}, " + (f"synthesis {synthesis[-1]:.2f}, " if synthesis else "")
                   + ", ".join(f"q{q} {coded[q][-1]:.2f}" for q in qualities),
                   file=sys.stderr, flush=True)
-    git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    tmp.cleanup()
+    model_info = {"id": meta.get("model_id"), "weights": str(weights), "steps": meta.get("steps"),
+                  "N": cfg.N, "M": cfg.M, "last_width": cfg.last_width}
+    if with_rate:
+        model_info.update(synthesis_width=cfg.synthesis_width or cfg.N, stage=meta.get("stage"),
+                          lambdas={str(q): cfg.lambdas[q - 1] for q in qualities})
     return {
-        "command": "python benchmarks/transform_ceiling.py " + " ".join(args.argv),
-        "git_revision": git,
-        "model": {"id": meta.get("model_id"), "weights": str(args.weights), "steps": meta.get("steps"),
-                  "N": cfg.N, "M": cfg.M, "last_width": cfg.last_width},
+        "model": model_info,
         "images": [p.name for p in paths],
         "ceiling_psnr": round(float(np.mean(ceiling)), 3),
         "coded_psnr": {str(q): round(float(np.mean(v)), 3) for q, v in coded.items()},
+        **({"bpp": {str(q): round(float(np.mean(v)), 4) for q, v in bpp.items()}} if with_rate else {}),
         **({"synthesis_ceiling_psnr": round(float(np.mean(synthesis)), 3), "decoder_steps": args.decoder_steps}
            if synthesis else {}),
     }
@@ -110,10 +130,12 @@ def best_latent(model, xp, y, cond, qt, h: int, w: int, steps: int, lr: float = 
     return y.detach()
 
 
-def render(res: dict) -> str:
+def render(res: dict, out: Path = OUT) -> str:
+    if "models" in res:
+        return render_many(res, out)
     m = res["model"]
     lines = ["# The transforms' ceiling", "",
-             f"Generated from `{OUT}` (measured by `{res['command']}` at revision `{res['git_revision'][:10]}`); "
+             f"Generated from `{out}` (measured by `{res['command']}` at revision `{res['git_revision'][:10]}`); "
              "do not edit by hand.", "",
              f"Model `{m['id']}` ({m['steps']} steps; N={m['N']}, M={m['M']}, last stage {m['last_width']} "
              f"channels), full view, mean PSNR (dB) over {len(res['images'])} Kodak images "
@@ -131,10 +153,33 @@ def render(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_many(res: dict, out: Path) -> str:
+    """Several weights side by side: each quality's lambda, real file size and PSNR, and each model's ceiling."""
+    first = res["models"][0]
+    lines = ["# The transforms' ceiling, model by model", "",
+             f"Generated from `{out}` (measured by `{res['command']}` at revision `{res['git_revision'][:10]}`); "
+             "do not edit by hand.", "",
+             f"Full view, mean over {len(first['images'])} Kodak images ({', '.join(first['images'])}). *bpp*: the "
+             "file's real size through `psic_cli.codec`. *PSNR*: its full view (dB), in process in float32. "
+             "*Ceiling*: the analysis output decoded with no rounding at all (dB): what no number of bits can "
+             "pass with these transforms.", "",
+             "| weights | stage | steps | synthesis width | ceiling | quality | lambda | bpp | PSNR "
+             "| below the ceiling |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["models"]:
+        m = r["model"]
+        for q, v in r["coded_psnr"].items():
+            lines.append(f"| `{Path(m['weights']).name}` | {m['stage']} | {m['steps']} | {m['synthesis_width']} | "
+                         f"{r['ceiling_psnr']:.2f} | {q} | {m['lambdas'][q]:g} | {r['bpp'][q]:.3f} | {v:.2f} | "
+                         f"{r['ceiling_psnr'] - v:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", type=Path, default=Path("lab_weights/rd/psic-msh2.safetensors"),
-                    help="weights file to measure (its metadata holds the model config)")
+    ap.add_argument("--weights", type=Path, nargs="+", default=[Path("lab_weights/rd/psic-msh2.safetensors")],
+                    help="weights file(s) to measure (their metadata holds the model config); several: side by "
+                         "side, with each quality's real file size")
     ap.add_argument("--folder", type=Path, default=Path("../shared/data/kodak"), help="evaluation images (Kodak)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N images (sorted by name)")
     ap.add_argument("--qualities", type=int, nargs="*", default=None, help="qualities to measure (default: all)")
@@ -142,16 +187,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="also the synthesis ceiling: Adam steps on the unrounded latent (0: skip)")
     ap.add_argument("--key", type=Path, default=Path("weights/shipped.key"), help="key whose full view is decoded")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    ap.add_argument("--render-only", action="store_true", help=f"only re-render {DOCS} from {OUT}")
-    ap.add_argument("--check", action="store_true", help=f"exit 1 if {DOCS} differs from the rendering of {OUT}")
+    ap.add_argument("--out", type=Path, default=OUT, help="the JSON to write (and to render)")
+    ap.add_argument("--docs", type=Path, default=DOCS, help="the page to render")
+    ap.add_argument("--render-only", action="store_true", help="only re-render --docs from --out")
+    ap.add_argument("--check", action="store_true", help="exit 1 if --docs differs from the rendering of --out")
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    out, docs = ROOT / args.out, ROOT / args.docs
     if args.check:
-        return 0 if (ROOT / DOCS).read_text() == render(json.loads((ROOT / OUT).read_text())) else 1
+        return 0 if docs.read_text() == render(json.loads(out.read_text()), args.out) else 1
     if not args.render_only:
-        (ROOT / OUT).write_text(json.dumps(measure(args), indent=2) + "\n")
-    (ROOT / DOCS).write_text(render(json.loads((ROOT / OUT).read_text())))
-    print(f"wrote {DOCS}", file=sys.stderr)
+        out.write_text(json.dumps(measure(args), indent=2) + "\n")
+    docs.write_text(render(json.loads(out.read_text()), args.out))
+    print(f"wrote {args.docs}", file=sys.stderr)
     return 0
 
 
