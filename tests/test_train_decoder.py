@@ -6,7 +6,7 @@ import json
 import torch
 
 from .conftest import noise_images
-from .test_train_encoder import _weights
+from .test_train_encoder import _weights, train_part_and_export
 
 
 def test_decoder_training_moves_only_the_synthesis_and_keeps_the_bitstream(tmp_path, key_file):
@@ -22,13 +22,7 @@ def test_decoder_training_moves_only_the_synthesis_and_keeps_the_bitstream(tmp_p
     _, path = _weights(tmp_path, TINY, steps=40)
     cfg = tmp_path / "wide.json"
     cfg.write_text(json.dumps({**TINY, "synthesis_width": 2 * TINY["N"]}))
-    run_dir = tmp_path / "run"
-    args = ["rd", "--model-id", str(cfg), "--data", str(data), "--key", str(key_file), "--run-dir", str(run_dir),
-            "--steps", "3", "--batch", "2", "--patch", "64", "--log-every", "1", "--ckpt-every", "2",
-            "--lr", "1e-2", "--train-part", "decoder", "--init-from", str(path)]
-    assert main(args) == 0
-    out = tmp_path / "wide.safetensors"
-    assert main(["export", str(run_dir / "checkpoint.pt"), str(out), "--data-desc", "noise"]) == 0
+    out = train_part_and_export(main, "decoder", cfg, data, key_file, path, tmp_path)
     old, new = load_file(str(path)), load_file(str(out))
     moved = {k for k in new if k not in old or old[k].shape != new[k].shape or not torch.equal(old[k], new[k])}
     assert moved and all(k.startswith(("g_s.", "cltg.")) for k in moved)  # the CDF tables and gains too

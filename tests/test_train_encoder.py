@@ -44,6 +44,19 @@ def test_a_widened_encoder_starts_with_the_same_latents(tmp_path):
     torch.testing.assert_close(z1, z0, rtol=1e-5, atol=1e-5)
 
 
+def train_part_and_export(main, part: str, cfg, data, key, init, tmp_path, steps: int = 3, extra=()):
+    """``rd --train-part part`` for a few steps from ``init`` (lr 1e-2, so that every trained tensor moves),
+    exported; returns the weights file."""
+    run_dir = tmp_path / "run"
+    args = ["rd", "--model-id", str(cfg), "--data", str(data), "--key", str(key), "--run-dir", str(run_dir),
+            "--steps", str(steps), "--batch", "2", "--patch", "64", "--log-every", "1", "--ckpt-every", "2",
+            "--lr", "1e-2", "--train-part", part, *extra, "--init-from", str(init)]
+    assert main(args) == 0
+    out = tmp_path / "wide.safetensors"
+    assert main(["export", str(run_dir / "checkpoint.pt"), str(out), "--data-desc", "noise"]) == 0
+    return out
+
+
 @pytest.fixture()
 def encoder_run(tmp_path, key_file):
     data = noise_images(tmp_path / "data", 3)
@@ -60,13 +73,7 @@ def test_encoder_training_moves_only_the_analysis_side_and_keeps_the_bitstream(e
     from psic_lab.training.__main__ import main
 
     data, cfg, key, path = encoder_run
-    run_dir = tmp_path / "run"
-    args = ["rd", "--model-id", str(cfg), "--data", str(data), "--key", str(key), "--run-dir", str(run_dir),
-            "--steps", "3", "--batch", "2", "--patch", "64", "--log-every", "1", "--ckpt-every", "2",
-            "--lr", "1e-2", "--train-part", "encoder", "--init-from", str(path)]
-    assert main(args) == 0
-    out = tmp_path / "wide.safetensors"
-    assert main(["export", str(run_dir / "checkpoint.pt"), str(out), "--data-desc", "noise"]) == 0
+    out = train_part_and_export(main, "encoder", cfg, data, key, path, tmp_path)
     old, new = load_file(str(path)), load_file(str(out))
     moved = {k for k in old if k in new and old[k].shape == new[k].shape and not torch.equal(old[k], new[k])}
     assert moved and all(k.startswith(("g_a.", "h_a.")) for k in moved)  # and nothing else, not even the CDFs
@@ -84,13 +91,8 @@ def test_new_channels_only_keeps_the_weights_it_was_widened_from(encoder_run, tm
     from psic_lab.training.__main__ import main
 
     data, cfg, key, path = encoder_run
-    run_dir = tmp_path / "run"
-    args = ["rd", "--model-id", str(cfg), "--data", str(data), "--key", str(key), "--run-dir", str(run_dir),
-            "--steps", "2", "--batch", "2", "--patch", "64", "--log-every", "1", "--lr", "1e-2",
-            "--train-part", "encoder", "--new-channels-only", "--init-from", str(path)]
-    assert main(args) == 0
-    out = tmp_path / "wide.safetensors"
-    assert main(["export", str(run_dir / "checkpoint.pt"), str(out), "--data-desc", "noise"]) == 0
+    out = train_part_and_export(main, "encoder", cfg, data, key, path, tmp_path, steps=2,
+                                extra=("--new-channels-only",))
     old, new = load_file(str(path)), load_file(str(out))
     n = old["g_a.0.weight"].shape[0]
     for k, v in old.items():
