@@ -65,6 +65,7 @@ def measure_one(args: argparse.Namespace, weights: Path, with_rate: bool) -> dic
         torch.set_num_threads(args.threads)
     tmp = tempfile.TemporaryDirectory()  # loaded as the runtime loads any weights file
     model_id = install_weights(weights, Path(tmp.name))
+    load_model.cache_clear()  # the runtime caches by model id, and two weights files may share one
     lm = load_model(model_id)
     model, cfg, meta = lm.model, lm.model.cfg, lm.info.metadata
     cond = torch.tensor([condition(View.FULL, read_key(args.key), cfg.cond_dim)])
@@ -103,6 +104,7 @@ def measure_one(args: argparse.Namespace, weights: Path, with_rate: bool) -> dic
                   "N": cfg.N, "M": cfg.M, "last_width": cfg.last_width}
     if with_rate:
         model_info.update(synthesis_width=cfg.synthesis_width or cfg.N, stage=meta.get("stage"),
+                          sha256=lm.weights_sha256,
                           lambdas={str(q): cfg.lambdas[q - 1] for q in qualities})
     return {
         "model": model_info,
