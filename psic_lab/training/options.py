@@ -217,14 +217,24 @@ def _hints(cls: type) -> dict[str, Any]:
 
 @functools.cache
 def field_help(cls: type) -> dict[str, str]:
-    """Each field's trailing comment in the class body of ``cls`` (``""`` where there is none)."""
+    """Each field's trailing comment in the class body of ``cls``, with the comment-only lines that continue it
+    (``""`` where there is none)."""
     import inspect
 
     source = Path(inspect.getsourcefile(cls)).read_text()
+    lines = source.splitlines()
     comments = {tok.start[0]: tok.string.lstrip("#").strip()
                 for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+
+    def text(end: int) -> str:
+        parts, n = [comments.get(end, "")], end + 1
+        while parts[0] and n in comments and lines[n - 1].lstrip().startswith("#"):
+            parts.append(comments[n])
+            n += 1
+        return " ".join(parts)
+
     node = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ClassDef) and n.name == cls.__name__)
-    return {st.target.id: comments.get(st.end_lineno, "") for st in node.body
+    return {st.target.id: text(st.end_lineno) for st in node.body
             if isinstance(st, ast.AnnAssign) and isinstance(st.target, ast.Name)}
 
 
