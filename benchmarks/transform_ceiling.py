@@ -63,10 +63,10 @@ def measure_one(args: argparse.Namespace, weights: Path, with_rate: bool) -> dic
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    tmp = tempfile.TemporaryDirectory()  # loaded as the runtime loads any weights file
-    model_id = install_weights(weights, Path(tmp.name))
     load_model.cache_clear()  # the runtime caches by model id, and two weights files may share one
-    lm = load_model(model_id)
+    with tempfile.TemporaryDirectory() as tmp:  # loaded as the runtime loads any weights file (then cached)
+        model_id = install_weights(weights, Path(tmp))
+        lm = load_model(model_id)
     model, cfg, meta = lm.model, lm.model.cfg, lm.info.metadata
     cond = torch.tensor([condition(View.FULL, read_key(args.key), cfg.cond_dim)])
     paths = sorted(p for p in args.folder.iterdir() if p.suffix.lower() == ".png")[: args.limit]
@@ -99,7 +99,6 @@ def measure_one(args: argparse.Namespace, weights: Path, with_rate: bool) -> dic
             print(f"{p.name}: ceiling {ceiling[-1]:.2f}, " + (f"synthesis {synthesis[-1]:.2f}, " if synthesis else "")
                   + ", ".join(f"q{q} {coded[q][-1]:.2f}" for q in qualities),
                   file=sys.stderr, flush=True)
-    tmp.cleanup()
     model_info = {"id": meta.get("model_id"), "weights": str(weights), "steps": meta.get("steps"),
                   "N": cfg.N, "M": cfg.M, "last_width": cfg.last_width}
     if with_rate:

@@ -229,16 +229,11 @@ class RDStage:
         self.encoder_only = tc.train_part == "encoder"
         self.part_only = tc.train_part in ("encoder", "decoder")  # one side on frozen weights (``base_steps``)
         self.clip = tc.clip
-        if tc.train_part == "decoder":  # the encoder, hyperprior, entropy models and gains are frozen
-            self.name = "rd-decoder"
+        if self.part_only:  # one side learns; the other side (and for the decoder, the whole bitstream) is frozen
+            self.name = f"rd-{tc.train_part}"
+            prefixes = ENCODER_PREFIXES if self.encoder_only else DECODER_PREFIXES
             for n, p in self.model.named_parameters():
-                p.requires_grad_(n.startswith(DECODER_PREFIXES))
-            self.clip_params = [p for p in self.model.parameters() if p.requires_grad]
-            self.optimizers = {"opt": torch.optim.Adam(self.clip_params, lr=tc.lr)}
-        elif self.encoder_only:  # the decoding side (h_s, g_s, entropy models, gains, CLTG) is frozen
-            self.name = "rd-encoder"
-            for n, p in self.model.named_parameters():
-                p.requires_grad_(n.startswith(ENCODER_PREFIXES))
+                p.requires_grad_(n.startswith(prefixes))
             if tc.new_channels_only:  # h_a stays as it was too
                 _fix_leading_channels(self.model.g_a, self.cfg.N, self.cfg.analysis_width or self.cfg.N)
                 for p in self.model.h_a.parameters():
