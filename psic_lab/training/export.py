@@ -64,7 +64,8 @@ def write_weights(model, out: str | Path, *, steps: int, key_fingerprint: str, d
 #: stages that train one part on frozen weights (``base_steps`` in the checkpoint): what trains, on what
 PART_STAGES = {"rd-encoder": ("analysis side (g_a, h_a) retrained", "a frozen decoder"),
                "rd-decoder": ("synthesis (g_s, CLTG) retrained", "a frozen encoder and entropy model"),
-               "rd-context": ("checkerboard context trained", "a frozen codec")}
+               "rd-context": ("checkerboard context trained", "a frozen codec"),
+               "rd-gain": ("gains of added quality levels trained", "a frozen codec")}
 
 
 def export_weights(checkpoint: str | Path, out: str | Path, data_desc: str, shield: str = "untrained",

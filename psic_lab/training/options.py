@@ -52,11 +52,13 @@ class TrainConfig:
     max_minutes: float | None = None  # stop (with a checkpoint) after this many minutes of wall time
     amp: Literal["off", "bf16"] = "off"  # bf16: analysis and synthesis in bfloat16 autocast (entropy models fp32)
     compile: bool = False  # torch.compile the training step (pays off on a GPU, not on 2 CPU cores)
-    train_part: Literal["all", "encoder", "decoder", "context"] = "all"  # encoder: only the analysis side (g_a,
+    train_part: Literal["all", "encoder", "decoder", "context", "gain"] = "all"  # encoder: only the analysis side (g_a,
     # h_a) learns, for the key's full view; the decoder, entropy models and gains stay frozen, so files keep decoding
     # the same; decoder: only the synthesis and its condition path (g_s, CLTG) learn, on the frozen encoder's
     # quantised latents, so the bitstream and every file's symbols stay the same;
-    # context: only the checkerboard context of a mean-scale-checkerboard model learns, on the rate alone
+    # context: only the checkerboard context of a mean-scale-checkerboard model learns, on the rate alone;
+    # gain: only the gains of quality levels (lambdas) that the --init-from weights lack learn, on the frozen
+    # codec, so a model config with added lambdas reaches new rates and its other levels stay as they were
     latent_crops: int = 4096  # train_part context: random crops whose latents the frozen encoder computes once
     new_channels_only: bool = False  # train_part encoder with a widened g_a: only its added channels learn (the
     # weights it was widened from and h_a stay fixed), so the run starts from them and stays near them

@@ -82,6 +82,8 @@ def draw_qualities(n: int, levels: int, weights: list[float], gen: torch.Generat
 ENCODER_PREFIXES = ("g_a.", "h_a.")
 #: the synthesis side, all that ``train_part: decoder`` trains: nothing the bitstream depends on
 DECODER_PREFIXES = ("g_s.", "cltg.")
+#: all that ``train_part: gain`` trains (and only the rows of levels the initial weights lack)
+GAIN_PREFIXES = ("log_gain",)
 
 #: tensors never copied between weights: the entropy models' derived tables (rebuilt by ``update``)
 _NOT_COPIED = ("entropy_bottleneck._", "gaussian_conditional._", "gaussian_conditional.scale_table")
@@ -186,6 +188,22 @@ def warm_start(model: nn.Module, spec: str) -> dict:
 
 
 
+def _added_levels(lambdas: list[float], spec: str | None) -> torch.Tensor:
+    """Which of ``lambdas`` the single ``--init-from`` weights file lacks (a bool per quality level); SystemExit
+    unless there is such a file and it lacks at least one (``train_part gain`` learns exactly those levels)."""
+    sources = [s for s in (spec or "").split(",") if s]
+    if len(sources) != 1 or "=" in sources[0]:
+        raise SystemExit("train_part gain needs --init-from: one weights file, whole (the codec the levels join)")
+    _, meta = _read_source(sources[0])
+    if "config" not in meta:
+        raise SystemExit(f"train_part gain: {sources[0]} records no model config (its lambdas)")
+    have = ModelConfig.from_dict(json.loads(meta["config"])).lambdas
+    added = torch.tensor([all(abs(math.log(lam / h)) > 1e-9 for h in have) for lam in lambdas])
+    if not added.any():
+        raise SystemExit("train_part gain: the model config adds no quality level (lambda) to the weights'")
+    return added
+
+
 def _fix_leading_channels(g_a: nn.Module, n: int, width: int) -> None:
     """Zero the gradient of each ``g_a`` tensor's slice that a narrower ``n``-channel transform had (what
     :func:`_widen` copied), so Adam leaves those weights as they were and only the added channels learn."""
@@ -226,14 +244,18 @@ class RDStage:
         self.quality_weights = quality_weights(tc.quality_weights, self.cfg.qualities)  # checked before any data
         self.key = read_key(tc.key)
         self.key_cond = torch.tensor(condition(View.FULL, self.key, self.cfg.cond_dim))
-        self.encoder_only = tc.train_part == "encoder"
-        self.part_only = tc.train_part in ("encoder", "decoder")  # one side on frozen weights (``base_steps``)
+        self.full_view_only = tc.train_part in ("encoder", "gain")  # what they serve: the key's full view
+        self.part_only = tc.train_part in ("encoder", "decoder", "gain")  # one part on frozen weights (``base_steps``)
         self.clip = tc.clip
         if self.part_only:  # one side learns; the other side (and for the decoder, the whole bitstream) is frozen
             self.name = f"rd-{tc.train_part}"
-            prefixes = ENCODER_PREFIXES if self.encoder_only else DECODER_PREFIXES
+            prefixes = {"encoder": ENCODER_PREFIXES, "decoder": DECODER_PREFIXES, "gain": GAIN_PREFIXES}[tc.train_part]
             for n, p in self.model.named_parameters():
                 p.requires_grad_(n.startswith(prefixes))
+            if tc.train_part == "gain":  # the levels the weights have keep their gains; the others are drawn
+                added = _added_levels(self.cfg.lambdas, tc.init_from)
+                self.model.log_gain.register_hook(lambda g, m=~added: g.masked_fill(m[:, None], 0))
+                self.quality_weights = self.quality_weights or added.double().tolist()
             if tc.new_channels_only:  # h_a stays as it was too
                 _fix_leading_channels(self.model.g_a, self.cfg.N, self.cfg.analysis_width or self.cfg.N)
                 for p in self.model.h_a.parameters():
@@ -285,7 +307,7 @@ class RDStage:
         n, device = self.config.batch, self.device
         x = self.bank.batch(n).to(device)
         q = draw_qualities(n, self.cfg.qualities, self.quality_weights, self.gen).to(device)
-        if self.encoder_only:  # what the encoder serves: the key's full view (the rate is the same for all)
+        if self.full_view_only:  # what the encoder and the gains serve: the key's full view (the rate is the same)
             cond = self.key_cond[None].expand(n, -1).to(device)
         else:
             cond = draw_conditions(n, self.key_cond, self.gen).to(device)
