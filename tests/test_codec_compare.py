@@ -28,7 +28,8 @@ PAGES = [(cc.RESULTS, cc.DOC), (Path("results/codec-large-psic-sh.json"), Path("
          (Path("results/codec-compare-psic-msh2.json"), Path("docs/codec-compare-psic-msh2.md")),
          (Path("results/codec-compare-effort.json"), Path("docs/codec-compare-effort.md")),
          (Path("results/codec-compare-psic-msh4.json"), Path("docs/codec-compare-psic-msh4.md")),
-         (Path("results/codec-compare-psic-msh2c-cont.json"), Path("docs/codec-compare-psic-msh2c-cont.md"))]
+         (Path("results/codec-compare-psic-msh2c-cont.json"), Path("docs/codec-compare-psic-msh2c-cont.md")),
+         (Path("results/codec-compare-psic-msh2r.json"), Path("docs/codec-compare-psic-msh2r.md"))]
 
 
 @pytest.mark.parametrize(("results_rel", "doc_rel"), PAGES, ids=lambda p: Path(p).name)

@@ -15,7 +15,7 @@ def test_gain_training_moves_only_the_added_levels(tmp_path, key_file):
     from safetensors.torch import load_file
 
     from psic_lab.training.__main__ import main
-    from psic_lab.training.train import _map_gains
+    from psic_lab.training.train import map_gains
 
     data = noise_images(tmp_path / "data", 3)
     _, path = _weights(tmp_path, TINY, steps=40)
@@ -26,7 +26,7 @@ def test_gain_training_moves_only_the_added_levels(tmp_path, key_file):
                                 extra=("--quality-weights", "1,1,1,1"))
     old, new = load_file(str(path)), load_file(str(out))
     assert torch.equal(new["log_gain"][[1, 3]], old["log_gain"])  # the weights' own levels, as they were
-    start = _map_gains(new["log_gain"], old["log_gain"], [0.001, 0.0035, 0.007, 0.013], TINY["lambdas"])
+    start = map_gains(new["log_gain"], old["log_gain"], [0.001, 0.0035, 0.007, 0.013], TINY["lambdas"])
     assert not torch.equal(new["log_gain"][0], start[0]) and not torch.equal(new["log_gain"][2], start[2])
     moved = {k for k in old if k != "log_gain" and not torch.equal(old[k], new[k])}
     assert not moved

@@ -101,6 +101,6 @@ def test_rd_needs_data(capsys):
 
 def test_a_help_continued_on_comment_lines_is_whole():
     helps = field_help(TrainConfig)
-    assert "decoder: only the synthesis" in helps["train_part"] and helps["train_part"].endswith("alone")
+    assert "decoder: only the synthesis" in helps["train_part"] and helps["train_part"].endswith("stay as they were")
     assert helps["quality_weights"].endswith("empty: uniform")
     assert helps["lr"] == "peak learning rate (Adam), held over the first half of the run"  # no next field's text

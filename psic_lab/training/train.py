@@ -126,7 +126,7 @@ def _read_source(path: str) -> tuple[dict, dict]:
     return state["model"], {"steps": str(state["step"]), "config": state["model_config"]}
 
 
-def _map_gains(own: torch.Tensor, src: torch.Tensor, own_lambdas, src_lambdas) -> torch.Tensor:
+def map_gains(own: torch.Tensor, src: torch.Tensor, own_lambdas, src_lambdas) -> torch.Tensor:
     """Per-quality log-gains for ``own_lambdas`` from a model trained at ``src_lambdas``: rows of equal
     lambda are copied, others start from the nearest trained row shifted by 0.5 log(lambda ratio)."""
     out = own.clone()
@@ -172,7 +172,7 @@ def warm_start(model: nn.Module, spec: str) -> dict:
                 report["tensors"] += 1
             elif k == "log_gain" and "config" in meta:  # other quality levels: map by lambda, never widen
                 src_cfg = ModelConfig.from_dict(json.loads(meta["config"]))
-                own[k] = _map_gains(own[k], v, cfg.lambdas, src_cfg.lambdas)
+                own[k] = map_gains(own[k], v, cfg.lambdas, src_cfg.lambdas)
                 report["tensors"] += 1
             elif own[k].dim() == v.dim() and all(a >= b for a, b in zip(own[k].shape, v.shape, strict=True)):
                 own[k] = _widen(own[k], v)
