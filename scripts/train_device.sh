@@ -3,6 +3,11 @@
 #
 #   OUT=$OUT MINUTES=6.2 DECAY_MINUTES=1.5 BATCH=32 AMP=off COMPILE=0 bash scripts/train_device.sh   # device `run`
 #   OUT=/tmp/out DATA=../shared/data/bsds500 MINUTES=0.05 BATCH=2 PATCH=128 COMPILE=0 bash scripts/train_device.sh
+#   OUT=$OUT MODEL=psic-msh5cj MODEL_ID=psic_lab/training/model_configs/psic-msh5c48.json MINUTES=8 BATCH=32 \
+#     LR=2e-4 AMP=bf16 COMPILE=0 bash scripts/train_device.sh  # the next device run (docs/profile-backbone.md):
+#     a wide encoder and latent with a 64-wide synthesis and a 48-wide last stage, with its context, from scratch
+#     (MODEL_ID=...psic-msh5c32.json: the 32-wide last stage, the one at CompressAI's decode speed on the CPU);
+#     its parts join as lab_weights/rd/psic-msh5cj.safetensors, which the next call continues
 #   OUT=$OUT MODEL=psic-msh3 MINUTES=8 BATCH=32 LR=2e-4 AMP=bf16 COMPILE=0 bash scripts/train_device.sh  # the wide
 #     model from scratch (no committed weights yet: it starts fresh; its weights come back in 15 MiB parts)
 #   OUT=$OUT MODEL=psic-msh3cj MODEL_ID=psic-msh3c MINUTES=8 BATCH=32 LR=2e-4 AMP=bf16 COMPILE=0 \
