@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from psic_lab.evaluation.report import add_page_options, provenance, run_page  # noqa: E402
 
 OUT = Path("results/profile-backbone.json")
 DOCS = Path("docs/profile-backbone.md")
@@ -177,8 +178,7 @@ def measure(args: argparse.Namespace) -> dict:
         img = img.transpose(1, 0, 2)
     x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 255
     y_ref = torch.zeros(1, ref.g_s[0].in_channels, x.shape[-2] // 16, x.shape[-1] // 16)
-    git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    res = {"command": "python benchmarks/profile_backbone.py " + " ".join(args.argv), "git_revision": git,
+    res = {**provenance("benchmarks/profile_backbone.py", args.argv, ROOT),
            "threads": torch.get_num_threads(), "image": args.image.name, "size": [x.shape[-1], x.shape[-2]],
            "quality": args.quality, "batch": args.batch, "patch": args.patch, "repeats": args.repeats,
            "compressai_g_s_gmac": round(conv_gmac(ref.g_s, lambda: ref.g_s(y_ref)), 2), "rows": []}
@@ -226,22 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--patch", type=int, default=256, help="training crop size in pixels")
     ap.add_argument("--repeats", type=int, default=5, help="timed decodes per model (best is kept)")
     ap.add_argument("--train-repeats", type=int, default=2, help="timed training steps per model (best is kept)")
-    ap.add_argument("--out", type=Path, default=OUT, help="the JSON to write (and to render)")
-    ap.add_argument("--docs", type=Path, default=DOCS, help="the page to render")
-    ap.add_argument("--render-only", action="store_true", help="only re-render --docs from --out")
-    ap.add_argument("--check", action="store_true", help="exit 1 if --docs differs from the rendering of --out")
+    add_page_options(ap, OUT, DOCS)
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    out, docs = ROOT / args.out, ROOT / args.docs
-    if args.check:
-        return 0 if docs.read_text() == render(json.loads(out.read_text()), args.out) else 1
-    if not args.render_only:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(measure(args), indent=2) + "\n")
-    docs.write_text(render(json.loads(out.read_text()), args.out))
-    print(f"wrote {args.docs}", file=sys.stderr)
-    return 0
-
+    return run_page(args, ROOT, measure, render)
 
 if __name__ == "__main__":
     sys.exit(main())

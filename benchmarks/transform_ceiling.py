@@ -24,8 +24,6 @@ trained at other lambdas are compared at equal rate, not at equal quality index.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -34,14 +32,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from psic_lab.evaluation.report import add_page_options, provenance, run_page  # noqa: E402
+
 OUT = Path("results/transform-ceiling.json")
 DOCS = Path("docs/transform-ceiling.md")
 
 
 def measure(args: argparse.Namespace) -> dict:
     """One weights file: the legacy page's JSON; several: ``{"models": [...]}`` with rates, side by side."""
-    git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    head = {"command": "python benchmarks/transform_ceiling.py " + " ".join(args.argv), "git_revision": git}
+    head = provenance("benchmarks/transform_ceiling.py", args.argv, ROOT)
     if len(args.weights) == 1:
         return {**head, **measure_one(args, args.weights[0], with_rate=False)}
     return {**head, "models": [measure_one(args, w, with_rate=True) for w in args.weights]}
@@ -188,21 +187,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="also the synthesis ceiling: Adam steps on the unrounded latent (0: skip)")
     ap.add_argument("--key", type=Path, default=Path("weights/shipped.key"), help="key whose full view is decoded")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    ap.add_argument("--out", type=Path, default=OUT, help="the JSON to write (and to render)")
-    ap.add_argument("--docs", type=Path, default=DOCS, help="the page to render")
-    ap.add_argument("--render-only", action="store_true", help="only re-render --docs from --out")
-    ap.add_argument("--check", action="store_true", help="exit 1 if --docs differs from the rendering of --out")
+    add_page_options(ap, OUT, DOCS)
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    out, docs = ROOT / args.out, ROOT / args.docs
-    if args.check:
-        return 0 if docs.read_text() == render(json.loads(out.read_text()), args.out) else 1
-    if not args.render_only:
-        out.write_text(json.dumps(measure(args), indent=2) + "\n")
-    docs.write_text(render(json.loads(out.read_text()), args.out))
-    print(f"wrote {args.docs}", file=sys.stderr)
-    return 0
-
+    return run_page(args, ROOT, measure, render)
 
 if __name__ == "__main__":
     sys.exit(main())
