@@ -79,19 +79,20 @@ def build(entry: str):
     """The model of ``entry`` (weights file, bundled id or config JSON), its config and a description."""
     import torch
 
-    from psic_cli.models import ModelConfig, build_model
+    from psic_cli.models import build_model
     from psic_cli.models.config import load_config
 
-    if entry.endswith(".safetensors"):
-        from safetensors import safe_open
-        from safetensors.torch import load_file
+    if entry.endswith(".safetensors"):  # loaded as the runtime loads any weights file
+        import tempfile
 
-        with safe_open(entry, "pt") as f:
-            meta = f.metadata()
-        cfg = ModelConfig.from_dict(json.loads(meta["config"]))
-        model = build_model(cfg)
-        model.load_state_dict(load_file(entry))
-        what = f"trained ({meta.get('steps', '?')} steps)"
+        from psic_cli.zoo import load_model
+        from psic_lab.evaluation.weights import install_weights
+
+        load_model.cache_clear()  # the runtime caches by model id, and two weights files may share one
+        with tempfile.TemporaryDirectory() as tmp:
+            lm = load_model(install_weights(Path(entry), Path(tmp)))
+        model, cfg = lm.model, lm.model.cfg
+        what = f"trained ({lm.info.metadata.get('steps', '?')} steps)"
     else:
         cfg = load_config(entry)
         torch.manual_seed(0)
@@ -140,7 +141,7 @@ def profile(entry: str, x_img, ref, args) -> dict:
     row["decode_ratio"] = round(min(t_ours) / min(t_ref), 2)
     row["bytes_random"] = sum(len(s[0]) for s in c["strings"])
 
-    train = build(entry)[0].train()
+    train = model.train()  # the decode is measured: the same model now takes training steps
     for p in train.parameters():
         p.requires_grad_(True)
     n = args.batch
@@ -230,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return run_page(args, ROOT, measure, render)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -192,5 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return run_page(args, ROOT, measure, render)
 
+
 if __name__ == "__main__":
     sys.exit(main())
